@@ -1,0 +1,256 @@
+//! The contract between the eBPF programs and user space: records in the ring buffer, the layout
+//! the programs read target memory with, and the attach cookie.
+//!
+//! Everything here is `#[repr(C)]`, holds no `bool` and no implicit padding, and is checked for
+//! size at compile time, so both sides agree byte for byte. The kernel side copies what it finds
+//! (strings, raw enum tags, raw option windows); user space interprets it with the layout.
+
+#![no_std]
+
+/// Bumped whenever a record or the layout changes shape.
+pub const ABI_VERSION: u32 = 1;
+
+/// Bytes of a run id kept (Temporal run ids are 36-byte UUIDs).
+pub const RUN_ID_CAP: usize = 64;
+/// Bytes of a workflow type name kept; longer names are cut and flagged by `Str::len`.
+pub const NAME_CAP: usize = 128;
+/// Activation jobs whose tags are copied.
+pub const MAX_JOBS: usize = 4;
+/// Bytes of an `Option<Timestamp>` / `Option<Duration>` copied raw (tag, seconds, nanos).
+pub const OPTION_TIME_WINDOW: usize = 24;
+
+/// What a record is. The header's `kind` holds one of these.
+pub mod kind {
+    /// An activation about to be handed to the workflow code.
+    pub const ACTIVATION: u32 = 1;
+    /// A completion handed back to core by the workflow code.
+    pub const COMPLETION: u32 = 2;
+    /// Core created an eviction for a run.
+    pub const EVICTION: u32 = 3;
+    /// A worker was asked to shut down.
+    pub const WORKER_SHUTDOWN: u32 = 4;
+}
+
+/// Which eBPF program a probe point runs, named as in `observer-ebpf`.
+pub mod program {
+    pub const ACTIVATION: &str = "activation";
+    pub const COMPLETION: &str = "completion";
+    pub const EVICTION: &str = "eviction";
+    pub const WORKER_SHUTDOWN: &str = "worker_shutdown";
+}
+
+/// The attach cookie: which probe fired and which argument registers hold its inputs.
+///
+/// Register use of internal Rust functions is not an ABI (LTO moves arguments), so the argument
+/// indices travel with each attachment instead of being compiled into the program.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cookie {
+    pub probe_id: u16,
+    /// Argument index (0 = first argument register) of the probe's main input.
+    pub arg_a: u8,
+    /// Argument index of a second input, where the probe has one.
+    pub arg_b: u8,
+}
+
+impl Cookie {
+    pub const fn encode(self) -> u64 {
+        (self.probe_id as u64) | ((self.arg_a as u64) << 16) | ((self.arg_b as u64) << 24)
+    }
+
+    pub const fn decode(raw: u64) -> Self {
+        Self {
+            probe_id: raw as u16,
+            arg_a: (raw >> 16) as u8,
+            arg_b: (raw >> 24) as u8,
+        }
+    }
+}
+
+/// Matches an enum's raw tag value: `lo <= tag <= hi`, or outside that range when `invert` is 1.
+///
+/// Rust stores most enums with niche encoding: the dataful variant is "any value outside the
+/// niche range", the others are single values. Both forms fit here.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TagMatch {
+    pub lo: u64,
+    pub hi: u64,
+    pub invert: u32,
+    pub _pad: u32,
+}
+
+impl TagMatch {
+    pub const fn exact(value: u64) -> Self {
+        Self {
+            lo: value,
+            hi: value,
+            invert: 0,
+            _pad: 0,
+        }
+    }
+
+    pub const fn outside(lo: u64, hi: u64) -> Self {
+        Self {
+            lo,
+            hi,
+            invert: 1,
+            _pad: 0,
+        }
+    }
+
+    #[inline(always)]
+    pub fn matches(&self, tag: u64) -> bool {
+        let inside = self.lo <= tag && tag <= self.hi;
+        inside != (self.invert != 0)
+    }
+}
+
+/// Offsets the eBPF programs need to read sdk-core's data, filled by user space from DWARF or
+/// from the shipped layout table. All offsets are in bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Layout {
+    pub abi_version: u32,
+    /// `String`: where its data pointer and its length are.
+    pub string_ptr: u32,
+    pub string_len: u32,
+    /// `Vec<T>`: where its data pointer and its length are.
+    pub vec_ptr: u32,
+    pub vec_len: u32,
+
+    /// `WorkflowActivation`
+    pub activation_run_id: u32,
+    pub activation_jobs: u32,
+    pub activation_history_length: u32,
+    pub activation_is_replaying: u32,
+    /// `WorkflowActivationJob`: size of one element of `jobs`, and where its variant tag is.
+    pub job_size: u32,
+    pub job_tag: u32,
+    /// `InitializeWorkflow` inside a job (offsets from the job's start).
+    pub init_workflow_type: u32,
+    pub init_execution_timeout: u32,
+    pub init_run_timeout: u32,
+    pub init_execution_expiration: u32,
+    pub init_start_time: u32,
+    /// Which job tag values mean `InitializeWorkflow`.
+    pub init_tag: TagMatch,
+
+    /// `WorkflowActivationCompletion`
+    pub completion_run_id: u32,
+    pub completion_status_tag: u32,
+    /// Offset of `Success.commands` from the completion's start.
+    pub completion_commands: u32,
+    /// `WorkflowCommand`: size of one, and where its variant tag is.
+    pub command_size: u32,
+    pub command_tag: u32,
+    pub _pad1: u32,
+    /// Which status tag values mean `Successful`.
+    pub status_successful: TagMatch,
+}
+
+/// A string copied out of the target: `len` is its length there, `bytes` holds the first
+/// `min(len, N)` bytes. `len > N` means the copy was cut.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Str<const N: usize> {
+    pub len: u64,
+    pub bytes: [u8; N],
+}
+
+/// Every record starts with this header.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct EventHeader {
+    /// One of [`kind`].
+    pub kind: u32,
+    /// The probe table's id of the probe that fired.
+    pub probe_id: u32,
+    /// Process (thread group) id.
+    pub pid: u32,
+    /// Thread id.
+    pub tid: u32,
+    /// `bpf_ktime_get_ns`: CLOCK_MONOTONIC.
+    pub ktime_ns: u64,
+}
+
+/// An activation about to reach the workflow code.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ActivationEvent {
+    pub header: EventHeader,
+    pub run_id: Str<RUN_ID_CAP>,
+    pub history_length: u32,
+    /// 0 or 1, copied from the activation.
+    pub is_replaying: u32,
+    pub job_count: u64,
+    /// Raw variant tags of the first `MAX_JOBS` jobs.
+    pub job_tags: [u64; MAX_JOBS],
+    /// 1 when the first job is `InitializeWorkflow`; the fields below are valid only then.
+    pub has_init: u32,
+    pub _pad: u32,
+    pub workflow_type: Str<NAME_CAP>,
+    /// Raw `Option<Duration>` / `Option<Timestamp>` windows, in this order: execution timeout,
+    /// run timeout, execution expiration time, start time.
+    pub init_times: [[u8; OPTION_TIME_WINDOW]; 4],
+}
+
+/// A completion handed to core.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct CompletionEvent {
+    pub header: EventHeader,
+    pub run_id: Str<RUN_ID_CAP>,
+    /// Raw tag of the completion's status.
+    pub status_tag: u64,
+    /// 1 when the status is `Successful`; then the command fields are valid.
+    pub successful: u32,
+    pub _pad: u32,
+    pub command_count: u64,
+    /// Raw variant tag of the last command (the terminal command, when there is one).
+    pub last_command_tag: u64,
+}
+
+/// An eviction core created for a run.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct EvictionEvent {
+    pub header: EventHeader,
+    pub run_id: Str<RUN_ID_CAP>,
+    pub reason: u32,
+    pub _pad: u32,
+}
+
+/// A worker was asked to shut down.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct WorkerShutdownEvent {
+    pub header: EventHeader,
+    /// The address of the core `Worker`: identifies the worker within its process.
+    pub worker: u64,
+}
+
+/// Counters the kernel side keeps (index into the `COUNTERS` per-CPU array).
+pub mod counter {
+    /// Records that did not fit in the ring buffer.
+    pub const EVENTS_LOST: u32 = 0;
+    /// Target memory that could not be read (the record was still sent, with what was read).
+    pub const READ_FAULTS: u32 = 1;
+    pub const COUNT: u32 = 2;
+}
+
+const _: () = {
+    assert!(core::mem::size_of::<TagMatch>() == 24);
+    assert!(core::mem::size_of::<Layout>() == 4 * 16 + 24 + 4 * 6 + 24);
+    assert!(core::mem::size_of::<EventHeader>() == 24);
+    assert!(core::mem::size_of::<Str<RUN_ID_CAP>>() == 8 + RUN_ID_CAP);
+    assert!(core::mem::size_of::<ActivationEvent>() == 24 + 72 + 8 + 8 + 32 + 8 + 136 + 96);
+    assert!(core::mem::size_of::<CompletionEvent>() == 24 + 72 + 8 + 8 + 8 + 8);
+    assert!(core::mem::size_of::<EvictionEvent>() == 24 + 72 + 8);
+    assert!(core::mem::size_of::<WorkerShutdownEvent>() == 24 + 8);
+};
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: plain-old-data: `#[repr(C)]`, only integers, no padding (sizes asserted above).
+    unsafe impl aya::Pod for super::Layout {}
+}

@@ -1,0 +1,330 @@
+//! Uprobe programs that copy what sdk-core holds at a few functions into one ring buffer.
+//!
+//! Each program is a thin entry that calls a `try_` function. They only read the target's memory
+//! (`bpf_probe_read_user`); nothing here writes to user memory. Which function a program is
+//! attached to, and which argument register holds its input, is decided by user space (the probe
+//! table) and passed in the attach cookie; how to walk the structs is in the per-process layout.
+
+#![no_std]
+#![no_main]
+
+#[cfg(not(bpf_target_arch = "x86_64"))]
+compile_error!(
+    "observer-ebpf reads x86-64 argument registers; other architectures are not supported yet"
+);
+
+use aya_ebpf::{
+    EbpfContext,
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user,
+        generated::{bpf_get_attach_cookie, bpf_probe_read_user as raw_probe_read_user},
+    },
+    macros::{map, uprobe},
+    maps::{HashMap, PerCpuArray, RingBuf},
+    programs::ProbeContext,
+};
+use observer_common::{
+    ActivationEvent, CompletionEvent, Cookie, EventHeader, EvictionEvent, Layout, MAX_JOBS,
+    OPTION_TIME_WINDOW, Str, WorkerShutdownEvent, counter, kind,
+};
+
+/// The ring buffer; user space sets its real size at load time.
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+
+/// How to read sdk-core's structs, per observed process (tgid).
+#[map]
+static LAYOUTS: HashMap<u32, Layout> = HashMap::with_max_entries(1024, 0);
+
+/// Lost records and read faults; see `observer_common::counter`.
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+/// User space is woken once this many bytes wait in the ring buffer; below that it drains on a
+/// short timer. Waking it for every record would cost the probed thread far more than the probe.
+#[unsafe(no_mangle)]
+static WAKEUP_BYTES: u64 = 64 * 1024;
+
+#[uprobe]
+pub fn activation(ctx: ProbeContext) -> u32 {
+    let _ = try_activation(&ctx);
+    0
+}
+
+#[uprobe]
+pub fn completion(ctx: ProbeContext) -> u32 {
+    let _ = try_completion(&ctx);
+    0
+}
+
+#[uprobe]
+pub fn eviction(ctx: ProbeContext) -> u32 {
+    let _ = try_eviction(&ctx);
+    0
+}
+
+#[uprobe]
+pub fn worker_shutdown(ctx: ProbeContext) -> u32 {
+    let _ = try_worker_shutdown(&ctx);
+    0
+}
+
+struct Probe {
+    cookie: Cookie,
+    pid: u32,
+    tid: u32,
+}
+
+#[inline(always)]
+fn probe(ctx: &ProbeContext) -> Probe {
+    // SAFETY: the helper only reads the attach cookie of the running program.
+    let cookie = Cookie::decode(unsafe { bpf_get_attach_cookie(ctx.as_ptr()) });
+    let pid_tgid = bpf_get_current_pid_tgid();
+    Probe {
+        cookie,
+        pid: (pid_tgid >> 32) as u32,
+        tid: pid_tgid as u32,
+    }
+}
+
+#[inline(always)]
+fn header(p: &Probe, event_kind: u32) -> EventHeader {
+    EventHeader {
+        kind: event_kind,
+        probe_id: p.cookie.probe_id as u32,
+        pid: p.pid,
+        tid: p.tid,
+        // SAFETY: reads the monotonic clock; no memory is touched.
+        ktime_ns: unsafe { bpf_ktime_get_ns() },
+    }
+}
+
+/// The integer argument register `index` names (x86-64 System V order).
+///
+/// The verifier forbids loads from the context at a variable offset, and LLVM folds per-register
+/// loads into exactly that; copying the register out with `bpf_probe_read_kernel` is allowed.
+#[inline(always)]
+fn arg(ctx: &ProbeContext, index: u8) -> Result<u64, ()> {
+    use aya_ebpf::bindings::pt_regs;
+    let offset = match index {
+        0 => core::mem::offset_of!(pt_regs, rdi),
+        1 => core::mem::offset_of!(pt_regs, rsi),
+        2 => core::mem::offset_of!(pt_regs, rdx),
+        3 => core::mem::offset_of!(pt_regs, rcx),
+        4 => core::mem::offset_of!(pt_regs, r8),
+        5 => core::mem::offset_of!(pt_regs, r9),
+        _ => return Err(()),
+    };
+    let src = (ctx.regs as *const u8).wrapping_add(offset) as *const u64;
+    // SAFETY: `src` lies inside the probe's pt_regs; the helper checks the read regardless.
+    unsafe { bpf_probe_read_kernel(src) }.map_err(|_| bump(counter::READ_FAULTS))
+}
+
+#[inline(always)]
+fn bump(index: u32) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot of this CPU; programs do not migrate while running.
+        unsafe { *slot += 1 };
+    }
+}
+
+/// Reads a `u64` from the target. A fault is counted, never propagated as garbage.
+#[inline(always)]
+fn read_u64(addr: u64) -> Result<u64, ()> {
+    // SAFETY: bpf_probe_read_user checks the address; a bad one returns an error, not a fault.
+    unsafe { bpf_probe_read_user(addr as *const u64) }.map_err(|_| bump(counter::READ_FAULTS))
+}
+
+#[inline(always)]
+fn read_u32(addr: u64) -> Result<u32, ()> {
+    // SAFETY: as in `read_u64`.
+    unsafe { bpf_probe_read_user(addr as *const u32) }.map_err(|_| bump(counter::READ_FAULTS))
+}
+
+#[inline(always)]
+fn read_u8(addr: u64) -> Result<u8, ()> {
+    // SAFETY: as in `read_u64`.
+    unsafe { bpf_probe_read_user(addr as *const u8) }.map_err(|_| bump(counter::READ_FAULTS))
+}
+
+/// Copies the Rust `String` at `addr` into `dst`, keeping at most `N - 1` bytes.
+#[inline(always)]
+fn read_string<const N: usize>(dst: &mut Str<N>, addr: u64, layout: &Layout) -> Result<(), ()> {
+    let ptr = read_u64(addr + layout.string_ptr as u64)?;
+    let len = read_u64(addr + layout.string_len as u64)?;
+    dst.len = len;
+    // The mask keeps the verifier's bound below N; names longer than that are flagged by `len`.
+    let n = (if len < N as u64 { len } else { N as u64 - 1 }) & (N as u64 - 1);
+    // SAFETY: `n < N` bytes into `dst.bytes`; the source is checked by the helper.
+    let ret =
+        unsafe { raw_probe_read_user(dst.bytes.as_mut_ptr().cast(), n as u32, ptr as *const _) };
+    if ret != 0 {
+        bump(counter::READ_FAULTS);
+        return Err(());
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn read_window(dst: &mut [u8; OPTION_TIME_WINDOW], addr: u64) {
+    // SAFETY: fixed-size copy into a buffer of that size; the source is checked by the helper.
+    let ret = unsafe {
+        raw_probe_read_user(
+            dst.as_mut_ptr().cast(),
+            OPTION_TIME_WINDOW as u32,
+            addr as *const _,
+        )
+    };
+    if ret != 0 {
+        bump(counter::READ_FAULTS);
+    }
+}
+
+#[inline(always)]
+fn layout_for(pid: u32) -> Result<&'static Layout, ()> {
+    // SAFETY: map values are only written by user space before attaching; reads are plain loads.
+    unsafe { LAYOUTS.get(&pid) }.ok_or(())
+}
+
+/// Reserves a zeroed record; a full buffer is counted as lost.
+#[inline(always)]
+fn reserve<T: 'static>() -> Result<aya_ebpf::maps::ring_buf::RingBufEntry<T>, ()> {
+    match EVENTS.reserve::<T>(0) {
+        Some(mut entry) => {
+            // SAFETY: zeroes the reserved record so no stale ring-buffer bytes reach user space.
+            unsafe { core::ptr::write_bytes(entry.as_mut_ptr(), 0, 1) };
+            Ok(entry)
+        }
+        None => {
+            bump(counter::EVENTS_LOST);
+            Err(())
+        }
+    }
+}
+
+#[inline(always)]
+fn submit_flags() -> u64 {
+    // SAFETY: a read-only global that user space may set at load time.
+    let threshold = unsafe { core::ptr::read_volatile(&WAKEUP_BYTES) };
+    if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= threshold {
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        BPF_RB_NO_WAKEUP as u64
+    }
+}
+
+fn try_activation(ctx: &ProbeContext) -> Result<(), ()> {
+    let p = probe(ctx);
+    let layout = layout_for(p.pid)?;
+    let activation = arg(ctx, p.cookie.arg_a)?;
+    let mut entry = reserve::<ActivationEvent>()?;
+    // SAFETY: `entry` is a reserved, zeroed, properly aligned record.
+    let e = unsafe { &mut *entry.as_mut_ptr() };
+    e.header = header(&p, kind::ACTIVATION);
+    let _ = read_string(
+        &mut e.run_id,
+        activation + layout.activation_run_id as u64,
+        layout,
+    );
+    e.history_length = read_u32(activation + layout.activation_history_length as u64).unwrap_or(0);
+    e.is_replaying =
+        read_u8(activation + layout.activation_is_replaying as u64).unwrap_or(0) as u32;
+    let jobs = activation + layout.activation_jobs as u64;
+    let jobs_ptr = read_u64(jobs + layout.vec_ptr as u64).unwrap_or(0);
+    e.job_count = read_u64(jobs + layout.vec_len as u64).unwrap_or(0);
+    let job_size = layout.job_size as u64;
+    for i in 0..MAX_JOBS {
+        if (i as u64) < e.job_count {
+            let job = jobs_ptr + i as u64 * job_size;
+            e.job_tags[i] = read_u64(job + layout.job_tag as u64).unwrap_or(u64::MAX);
+        }
+    }
+    if e.job_count > 0 && layout.init_tag.matches(e.job_tags[0]) {
+        e.has_init = 1;
+        let init = jobs_ptr;
+        let _ = read_string(
+            &mut e.workflow_type,
+            init + layout.init_workflow_type as u64,
+            layout,
+        );
+        read_window(
+            &mut e.init_times[0],
+            init + layout.init_execution_timeout as u64,
+        );
+        read_window(&mut e.init_times[1], init + layout.init_run_timeout as u64);
+        read_window(
+            &mut e.init_times[2],
+            init + layout.init_execution_expiration as u64,
+        );
+        read_window(&mut e.init_times[3], init + layout.init_start_time as u64);
+    }
+    entry.submit(submit_flags());
+    Ok(())
+}
+
+fn try_completion(ctx: &ProbeContext) -> Result<(), ()> {
+    let p = probe(ctx);
+    let layout = layout_for(p.pid)?;
+    let completion = arg(ctx, p.cookie.arg_a)?;
+    let mut entry = reserve::<CompletionEvent>()?;
+    // SAFETY: `entry` is a reserved, zeroed, properly aligned record.
+    let e = unsafe { &mut *entry.as_mut_ptr() };
+    e.header = header(&p, kind::COMPLETION);
+    let _ = read_string(
+        &mut e.run_id,
+        completion + layout.completion_run_id as u64,
+        layout,
+    );
+    e.status_tag = read_u64(completion + layout.completion_status_tag as u64).unwrap_or(u64::MAX);
+    if layout.status_successful.matches(e.status_tag) {
+        e.successful = 1;
+        let commands = completion + layout.completion_commands as u64;
+        let ptr = read_u64(commands + layout.vec_ptr as u64).unwrap_or(0);
+        e.command_count = read_u64(commands + layout.vec_len as u64).unwrap_or(0);
+        e.last_command_tag = u64::MAX;
+        if e.command_count > 0 {
+            let last = ptr + (e.command_count - 1) * layout.command_size as u64;
+            e.last_command_tag = read_u64(last + layout.command_tag as u64).unwrap_or(u64::MAX);
+        }
+    }
+    entry.submit(submit_flags());
+    Ok(())
+}
+
+fn try_eviction(ctx: &ProbeContext) -> Result<(), ()> {
+    let p = probe(ctx);
+    let layout = layout_for(p.pid)?;
+    let run_id = arg(ctx, p.cookie.arg_a)?;
+    let reason = arg(ctx, p.cookie.arg_b)?;
+    let mut entry = reserve::<EvictionEvent>()?;
+    // SAFETY: `entry` is a reserved, zeroed, properly aligned record.
+    let e = unsafe { &mut *entry.as_mut_ptr() };
+    e.header = header(&p, kind::EVICTION);
+    let _ = read_string(&mut e.run_id, run_id, layout);
+    e.reason = reason as u32;
+    entry.submit(submit_flags());
+    Ok(())
+}
+
+fn try_worker_shutdown(ctx: &ProbeContext) -> Result<(), ()> {
+    let p = probe(ctx);
+    let worker = arg(ctx, p.cookie.arg_a)?;
+    let mut entry = reserve::<WorkerShutdownEvent>()?;
+    // SAFETY: `entry` is a reserved, zeroed, properly aligned record.
+    let e = unsafe { &mut *entry.as_mut_ptr() };
+    e.header = header(&p, kind::WORKER_SHUTDOWN);
+    e.worker = worker;
+    entry.submit(submit_flags());
+    Ok(())
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

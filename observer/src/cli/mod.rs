@@ -1,0 +1,28 @@
+//! The command line: one file per subcommand.
+
+pub mod attach;
+pub mod layout;
+
+use clap::{Parser, Subcommand};
+
+/// Observe Rust Temporal workers from outside, with eBPF uprobes on the sdk-core code linked into
+/// them. The worker's code is never changed and its memory is only read.
+#[derive(Debug, Parser)]
+#[command(name = "temporal-observer", version, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Attach to one running worker process and stream what its sdk-core does.
+    ///
+    /// Needs CAP_BPF and CAP_PERFMON (or root). Probes are removed when the observer exits,
+    /// however it exits.
+    Attach(attach::AttachArgs),
+    /// Print the struct layout the observer would use, derived from a binary's DWARF, as JSON.
+    ///
+    /// `cargo xtask gen-layouts` uses this on a debug build to generate the shipped layout table.
+    Layout(layout::LayoutArgs),
+}

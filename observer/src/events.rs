@@ -1,0 +1,520 @@
+//! Records from the ring buffer, decoded with the target's layout into events a person (and the
+//! lifecycle engine) can read. Pure: bytes in, events out.
+
+use observer_common::{
+    ActivationEvent, CompletionEvent, EventHeader, EvictionEvent, MAX_JOBS, Str,
+    WorkerShutdownEvent, kind,
+};
+use serde::Serialize;
+
+use crate::layout::TargetLayout;
+
+/// How a completion ends its run, when it carries a terminal command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Terminal {
+    Complete,
+    Fail,
+    Cancel,
+    ContinueAsNew,
+}
+
+impl Terminal {
+    /// The `workflow_command::Variant` name of each terminal command.
+    pub fn from_command(variant: &str) -> Option<Self> {
+        Some(match variant {
+            "CompleteWorkflowExecution" => Terminal::Complete,
+            "FailWorkflowExecution" => Terminal::Fail,
+            "CancelWorkflowExecution" => Terminal::Cancel,
+            "ContinueAsNewWorkflowExecution" => Terminal::ContinueAsNew,
+            _ => return None,
+        })
+    }
+}
+
+/// A time span or point read from the target, in whole nanoseconds.
+pub type Nanos = i128;
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "probe", rename_all = "snake_case")]
+pub enum EventBody {
+    Activation {
+        run_id: String,
+        replaying: bool,
+        history_length: u32,
+        job_count: u64,
+        /// Variant names of the first jobs.
+        jobs: Vec<String>,
+        /// Set when the activation starts (or restarts) a run: `InitializeWorkflow` is its first job.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        init: Option<RunInit>,
+    },
+    Completion {
+        run_id: String,
+        /// `successful`, `failed` (a workflow task failure), or the raw status variant name.
+        status: String,
+        command_count: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        last_command: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        terminal: Option<Terminal>,
+    },
+    Eviction {
+        run_id: String,
+        reason: u32,
+        reason_name: &'static str,
+    },
+    WorkerShutdown {
+        /// Address of the core worker in the target: identifies it within the process.
+        worker: String,
+    },
+}
+
+/// What a run's `InitializeWorkflow` job says about it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RunInit {
+    pub workflow_type: String,
+    pub start_time_unix_nanos: Option<Nanos>,
+    pub execution_timeout_nanos: Option<Nanos>,
+    pub run_timeout_nanos: Option<Nanos>,
+    pub execution_expiration_unix_nanos: Option<Nanos>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Event {
+    /// Wall-clock time of the probe hit.
+    pub time_unix_nanos: Nanos,
+    pub pid: u32,
+    pub tid: u32,
+    #[serde(flatten)]
+    pub body: EventBody,
+}
+
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("record of {len} bytes is too short for its kind {kind}")]
+    Short { kind: u32, len: usize },
+    #[error("record of unknown kind {0}")]
+    UnknownKind(u32),
+}
+
+/// Maps kernel monotonic time to wall-clock time.
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    realtime_minus_monotonic: Nanos,
+}
+
+impl Clock {
+    /// Samples both clocks now.
+    pub fn now() -> Self {
+        Self {
+            realtime_minus_monotonic: clock_nanos(libc::CLOCK_REALTIME)
+                - clock_nanos(libc::CLOCK_MONOTONIC),
+        }
+    }
+
+    pub fn fixed(realtime_minus_monotonic: Nanos) -> Self {
+        Self {
+            realtime_minus_monotonic,
+        }
+    }
+
+    pub fn wall(&self, ktime_ns: u64) -> Nanos {
+        Nanos::from(ktime_ns) + self.realtime_minus_monotonic
+    }
+}
+
+fn clock_nanos(clock: libc::clockid_t) -> Nanos {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into the valid pointer it is given.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    Nanos::from(ts.tv_sec) * 1_000_000_000 + Nanos::from(ts.tv_nsec)
+}
+
+/// Copies a `#[repr(C)]` record out of ring-buffer bytes.
+fn read_record<T: Copy>(bytes: &[u8], kind: u32) -> Result<T, DecodeError> {
+    if bytes.len() < size_of::<T>() {
+        return Err(DecodeError::Short {
+            kind,
+            len: bytes.len(),
+        });
+    }
+    // SAFETY: the length was checked; `T` is one of the plain-integer records of
+    // `observer_common` (no invalid bit patterns); `read_unaligned` makes no alignment assumption.
+    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+}
+
+fn text<const N: usize>(s: &Str<N>) -> String {
+    let copied = (s.len as usize).min(N - 1);
+    String::from_utf8_lossy(&s.bytes[..copied]).into_owned()
+}
+
+/// Eviction reasons (`EvictionReason` in sdk-core's protos).
+pub fn eviction_reason_name(reason: u32) -> &'static str {
+    match reason {
+        0 => "Unspecified",
+        1 => "CacheFull",
+        2 => "CacheMiss",
+        3 => "Nondeterminism",
+        4 => "LangFail",
+        5 => "LangRequested",
+        6 => "TaskNotFound",
+        7 => "UnhandledCommand",
+        8 => "Fatal",
+        9 => "PaginationOrHistoryFetch",
+        10 => "WorkflowExecutionEnding",
+        _ => "Unknown",
+    }
+}
+
+fn duration_nanos((seconds, nanos): (i64, i32)) -> Nanos {
+    Nanos::from(seconds) * 1_000_000_000 + Nanos::from(nanos)
+}
+
+/// Decodes one ring-buffer record.
+pub fn decode(bytes: &[u8], layout: &TargetLayout, clock: &Clock) -> Result<Event, DecodeError> {
+    let header: EventHeader = read_record(bytes, 0)?;
+    let body = match header.kind {
+        kind::ACTIVATION => {
+            let e: ActivationEvent = read_record(bytes, header.kind)?;
+            let shown = (e.job_count as usize).min(MAX_JOBS);
+            let jobs = e.job_tags[..shown]
+                .iter()
+                .map(|tag| {
+                    layout
+                        .job
+                        .name_of(*tag)
+                        .map(str::to_string)
+                        .unwrap_or_else(|| format!("tag:{tag}"))
+                })
+                .collect();
+            let init = (e.has_init != 0).then(|| RunInit {
+                workflow_type: text(&e.workflow_type),
+                execution_timeout_nanos: layout
+                    .duration
+                    .decode(&e.init_times[0])
+                    .map(duration_nanos),
+                run_timeout_nanos: layout.duration.decode(&e.init_times[1]).map(duration_nanos),
+                execution_expiration_unix_nanos: layout
+                    .timestamp
+                    .decode(&e.init_times[2])
+                    .map(duration_nanos),
+                start_time_unix_nanos: layout
+                    .timestamp
+                    .decode(&e.init_times[3])
+                    .map(duration_nanos),
+            });
+            EventBody::Activation {
+                run_id: text(&e.run_id),
+                replaying: e.is_replaying != 0,
+                history_length: e.history_length,
+                job_count: e.job_count,
+                jobs,
+                init,
+            }
+        }
+        kind::COMPLETION => {
+            let e: CompletionEvent = read_record(bytes, header.kind)?;
+            let status_name = layout
+                .completion_status
+                .name_of(e.status_tag)
+                .unwrap_or("Unknown");
+            let last_command = (e.successful != 0 && e.command_count > 0).then(|| {
+                layout
+                    .command
+                    .name_of(e.last_command_tag)
+                    .unwrap_or("Unknown")
+                    .to_string()
+            });
+            EventBody::Completion {
+                run_id: text(&e.run_id),
+                status: status_name.to_ascii_lowercase(),
+                command_count: e.command_count,
+                terminal: last_command.as_deref().and_then(Terminal::from_command),
+                last_command,
+            }
+        }
+        kind::EVICTION => {
+            let e: EvictionEvent = read_record(bytes, header.kind)?;
+            EventBody::Eviction {
+                run_id: text(&e.run_id),
+                reason: e.reason,
+                reason_name: eviction_reason_name(e.reason),
+            }
+        }
+        kind::WORKER_SHUTDOWN => {
+            let e: WorkerShutdownEvent = read_record(bytes, header.kind)?;
+            EventBody::WorkerShutdown {
+                worker: format!("{:#x}", e.worker),
+            }
+        }
+        other => return Err(DecodeError::UnknownKind(other)),
+    };
+    Ok(Event {
+        time_unix_nanos: clock.wall(header.ktime_ns),
+        pid: header.pid,
+        tid: header.tid,
+        body,
+    })
+}
+
+/// One human-readable line: time, pid, tid, probe, fields.
+pub fn format_text(event: &Event) -> String {
+    let secs = event.time_unix_nanos.div_euclid(1_000_000_000);
+    let millis = event.time_unix_nanos.rem_euclid(1_000_000_000) / 1_000_000;
+    let (h, m, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
+    let prefix = format!(
+        "{h:02}:{m:02}:{s:02}.{millis:03} pid={} tid={}",
+        event.pid, event.tid
+    );
+    let fields = match &event.body {
+        EventBody::Activation {
+            run_id,
+            replaying,
+            history_length,
+            job_count,
+            jobs,
+            init,
+        } => {
+            let mut line = format!(
+                "activation run_id={run_id} replaying={replaying} history_length={history_length} jobs={job_count}[{}]",
+                jobs.join(",")
+            );
+            if let Some(init) = init {
+                line.push_str(&format!(" workflow_type={}", init.workflow_type));
+                if let Some(start) = init.start_time_unix_nanos {
+                    line.push_str(&format!(" start_time_unix_nanos={start}"));
+                }
+                if let Some(t) = init.execution_timeout_nanos {
+                    line.push_str(&format!(" execution_timeout_ms={}", t / 1_000_000));
+                }
+                if let Some(t) = init.run_timeout_nanos {
+                    line.push_str(&format!(" run_timeout_ms={}", t / 1_000_000));
+                }
+            }
+            line
+        }
+        EventBody::Completion {
+            run_id,
+            status,
+            command_count,
+            last_command,
+            terminal,
+        } => {
+            let mut line =
+                format!("completion run_id={run_id} status={status} commands={command_count}");
+            if let Some(c) = last_command {
+                line.push_str(&format!(" last_command={c}"));
+            }
+            if let Some(t) = terminal {
+                line.push_str(&format!(
+                    " terminal={}",
+                    serde_json::to_value(t)
+                        .unwrap_or_default()
+                        .as_str()
+                        .unwrap_or("")
+                ));
+            }
+            line
+        }
+        EventBody::Eviction {
+            run_id,
+            reason,
+            reason_name,
+        } => {
+            format!("eviction run_id={run_id} reason={reason}({reason_name})")
+        }
+        EventBody::WorkerShutdown { worker } => format!("worker_shutdown worker={worker}"),
+    };
+    format!("{prefix} {fields}")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use observer_common::{OPTION_TIME_WINDOW, RUN_ID_CAP};
+
+    use super::*;
+    use crate::layout::{EnumTags, OptionTime, Tag};
+
+    fn layout() -> TargetLayout {
+        let tags = |pairs: &[(&str, Tag)]| EnumTags {
+            offset: 0,
+            variants: pairs
+                .iter()
+                .map(|(n, t)| (n.to_string(), *t))
+                .collect::<BTreeMap<_, _>>(),
+        };
+        let time = OptionTime {
+            tag_offset: 0,
+            some: Tag::Exact(1),
+            seconds: 8,
+            nanos: 16,
+        };
+        TargetLayout {
+            sdk_core: "0.0.0".into(),
+            rustc: "0.0.0".into(),
+            string_ptr: 8,
+            string_len: 16,
+            vec_ptr: 8,
+            vec_len: 16,
+            activation_run_id: 0,
+            activation_jobs: 0,
+            activation_history_length: 0,
+            activation_is_replaying: 0,
+            job_size: 0,
+            job: tags(&[
+                ("InitializeWorkflow", Tag::Outside { lo: 2, hi: 17 }),
+                ("FireTimer", Tag::Exact(2)),
+                ("RemoveFromCache", Tag::Exact(16)),
+            ]),
+            init_workflow_type: 0,
+            init_execution_timeout: 0,
+            init_run_timeout: 0,
+            init_execution_expiration: 0,
+            init_start_time: 0,
+            duration: time.clone(),
+            timestamp: time,
+            completion_run_id: 0,
+            completion_status: tags(&[
+                ("Successful", Tag::Exact(0x8000_0000_0000_0001)),
+                (
+                    "Failed",
+                    Tag::Outside {
+                        lo: 0x8000_0000_0000_0001,
+                        hi: 0x8000_0000_0000_0002,
+                    },
+                ),
+                ("None", Tag::Exact(0x8000_0000_0000_0002)),
+            ]),
+            completion_commands: 0,
+            command_size: 0,
+            command: tags(&[
+                ("StartTimer", Tag::Exact(2)),
+                ("CompleteWorkflowExecution", Tag::Exact(7)),
+            ]),
+        }
+    }
+
+    fn bytes_of<T>(record: &T) -> Vec<u8> {
+        // SAFETY: test-only view of a plain-integer record as bytes.
+        unsafe {
+            std::slice::from_raw_parts((record as *const T).cast::<u8>(), size_of::<T>()).to_vec()
+        }
+    }
+
+    fn run_id(s: &str) -> Str<RUN_ID_CAP> {
+        let mut out = Str {
+            len: s.len() as u64,
+            bytes: [0; RUN_ID_CAP],
+        };
+        out.bytes[..s.len()].copy_from_slice(s.as_bytes());
+        out
+    }
+
+    fn header(kind: u32) -> EventHeader {
+        EventHeader {
+            kind,
+            probe_id: 1,
+            pid: 10,
+            tid: 11,
+            ktime_ns: 5_000_000_000,
+        }
+    }
+
+    #[test]
+    fn a_first_activation_decodes_with_its_init_fields() {
+        let mut name = Str {
+            len: 16,
+            bytes: [0; observer_common::NAME_CAP],
+        };
+        name.bytes[..16].copy_from_slice(b"CompleteWorkflow");
+        let mut start = [0u8; OPTION_TIME_WINDOW];
+        start[0] = 1;
+        start[8..16].copy_from_slice(&1_800_000_000i64.to_le_bytes());
+        start[16..20].copy_from_slice(&5i32.to_le_bytes());
+        let record = ActivationEvent {
+            header: header(kind::ACTIVATION),
+            run_id: run_id("0196-run"),
+            history_length: 3,
+            is_replaying: 0,
+            job_count: 1,
+            job_tags: [0, 0, 0, 0],
+            has_init: 1,
+            _pad: 0,
+            workflow_type: name,
+            init_times: [
+                [0; OPTION_TIME_WINDOW],
+                [0; OPTION_TIME_WINDOW],
+                [0; OPTION_TIME_WINDOW],
+                start,
+            ],
+        };
+        let event = decode(&bytes_of(&record), &layout(), &Clock::fixed(1_000)).expect("decodes");
+        assert_eq!(event.time_unix_nanos, 5_000_001_000);
+        let EventBody::Activation {
+            run_id,
+            replaying,
+            jobs,
+            init,
+            ..
+        } = event.body
+        else {
+            panic!("kind")
+        };
+        assert_eq!(run_id, "0196-run");
+        assert!(!replaying);
+        assert_eq!(jobs, vec!["InitializeWorkflow"]);
+        let init = init.expect("init");
+        assert_eq!(init.workflow_type, "CompleteWorkflow");
+        assert_eq!(init.start_time_unix_nanos, Some(1_800_000_000_000_000_005));
+        assert_eq!(init.execution_timeout_nanos, None);
+    }
+
+    #[test]
+    fn a_terminal_completion_is_recognized() {
+        let record = CompletionEvent {
+            header: header(kind::COMPLETION),
+            run_id: run_id("r1"),
+            status_tag: 0x8000_0000_0000_0001,
+            successful: 1,
+            _pad: 0,
+            command_count: 2,
+            last_command_tag: 7,
+        };
+        let event = decode(&bytes_of(&record), &layout(), &Clock::fixed(0)).expect("decodes");
+        assert!(format_text(&event).contains("terminal=complete"));
+        let EventBody::Completion {
+            status,
+            terminal,
+            last_command,
+            ..
+        } = event.body
+        else {
+            panic!("kind")
+        };
+        assert_eq!(status, "successful");
+        assert_eq!(terminal, Some(Terminal::Complete));
+        assert_eq!(last_command.as_deref(), Some("CompleteWorkflowExecution"));
+    }
+
+    #[test]
+    fn short_and_unknown_records_are_errors() {
+        assert_eq!(
+            decode(&[0; 4], &layout(), &Clock::fixed(0)),
+            Err(DecodeError::Short { kind: 0, len: 4 })
+        );
+        let record = WorkerShutdownEvent {
+            header: header(99),
+            worker: 0,
+        };
+        assert_eq!(
+            decode(&bytes_of(&record), &layout(), &Clock::fixed(0)),
+            Err(DecodeError::UnknownKind(99))
+        );
+    }
+}
