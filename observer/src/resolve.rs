@@ -37,6 +37,10 @@ pub enum ResolveError {
     #[error(transparent)]
     Layout(#[from] LayoutError),
     #[error(
+        "this is not a Temporal Rust worker: it has no symbol table and nothing of sdk-core in it"
+    )]
+    NotAWorker,
+    #[error(
         "the binary has no symbol table (it was stripped), but it links sdk-core{0}: build the worker \
          without `strip = \"symbols\"` (use `strip = \"debuginfo\"` or `strip = false`)"
     )]
@@ -52,9 +56,11 @@ pub fn resolve_with_table(image: &[u8], table: &str) -> Result<Resolved, Resolve
     let versions = versions::detect(image);
     let symbols = match SymbolIndex::from_elf(image) {
         Ok(symbols) => symbols,
-        Err(SymbolError::Stripped) if versions.sdk_core.is_some() => {
-            let v = versions.sdk_core.clone().unwrap_or_default();
-            return Err(ResolveError::StrippedWorker(format!(" {v}")));
+        Err(SymbolError::Stripped) => {
+            return Err(match &versions.sdk_core {
+                Some(v) => ResolveError::StrippedWorker(format!(" {v}")),
+                None => ResolveError::NotAWorker,
+            });
         }
         Err(e) => return Err(e.into()),
     };

