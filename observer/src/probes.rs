@@ -163,7 +163,7 @@ pub enum AttachError {
     Program {
         program: &'static str,
         #[source]
-        source: ProgramError,
+        source: Box<ProgramError>,
     },
     #[error("attaching probe `{probe}` to {function} at file offset {offset:#x}: {source}")]
     Attach {
@@ -171,10 +171,12 @@ pub enum AttachError {
         function: String,
         offset: u64,
         #[source]
-        source: ProgramError,
+        source: Box<ProgramError>,
     },
     #[error("eBPF map `{0}` is missing from the object")]
     MissingMap(&'static str),
+    #[error("eBPF program `{0}` is missing from the object")]
+    MissingProgram(&'static str),
     #[error("eBPF map `{name}`: {source}")]
     Map {
         name: &'static str,
@@ -239,11 +241,11 @@ impl Attachment {
             let name = probe.spec.program;
             let program: &mut UProbe = ebpf
                 .program_mut(name)
-                .ok_or(AttachError::MissingMap(name))?
+                .ok_or(AttachError::MissingProgram(name))?
                 .try_into()
                 .map_err(|source| AttachError::Program {
                     program: name,
-                    source,
+                    source: Box::new(source),
                 })?;
             if program.fd().is_err() {
                 program.load().map_err(|source| match source {
@@ -257,7 +259,7 @@ impl Attachment {
                     },
                     source => AttachError::Program {
                         program: name,
-                        source,
+                        source: Box::new(source),
                     },
                 })?;
             }
@@ -277,7 +279,7 @@ impl Attachment {
                         probe: probe.spec.name,
                         function: function.path.clone(),
                         offset: function.file_offset,
-                        source,
+                        source: Box::new(source),
                     })?;
                 attached += 1;
             }

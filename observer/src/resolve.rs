@@ -82,12 +82,12 @@ fn layout_for(
 ) -> Result<(TargetLayout, LayoutSource), LayoutError> {
     let sdk_core = versions.sdk_core.as_deref().unwrap_or("unknown");
     let rustc = versions.rustc.as_deref().unwrap_or("unknown");
-    if let Ok(sections) = DwarfSections::load(image) {
-        if let Ok(types) = sections.types() {
-            match TargetLayout::from_dwarf(&types, sdk_core, rustc) {
-                Ok(layout) => return Ok((layout, LayoutSource::Dwarf)),
-                Err(e) => log::debug!("DWARF present but not usable for layouts: {e}"),
-            }
+    if let Ok(sections) = DwarfSections::load(image)
+        && let Ok(types) = sections.types()
+    {
+        match TargetLayout::from_dwarf(&types, sdk_core, rustc) {
+            Ok(layout) => return Ok((layout, LayoutSource::Dwarf)),
+            Err(e) => log::debug!("DWARF present but not usable for layouts: {e}"),
         }
     }
     let sdk_core = versions

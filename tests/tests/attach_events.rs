@@ -31,7 +31,7 @@ fn raw_events_match_the_servers_record() -> anyhow::Result<()> {
         signal: 2,
         server_timeout_ms: SERVER_TIMEOUT_MS,
     };
-    let truth = drive(&env, &server, &task_queue, &mix)?;
+    let truth = drive(&env, &server, &task_queue, &task_queue, &mix)?;
     // The last run's end and eviction reach the ring buffer within a drain interval.
     std::thread::sleep(std::time::Duration::from_millis(500));
     let (status, stdout, log) = observer.stop()?;

