@@ -8,7 +8,7 @@
 #![no_std]
 
 /// Bumped whenever a record or the layout changes shape.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 /// Bytes of a run id kept (Temporal run ids are 36-byte UUIDs).
 pub const RUN_ID_CAP: usize = 64;
@@ -29,7 +29,12 @@ pub mod kind {
     pub const EVICTION: u32 = 3;
     /// A worker was asked to shut down.
     pub const WORKER_SHUTDOWN: u32 = 4;
+    /// A worker polled for the first time (it is running).
+    pub const WORKER_START: u32 = 5;
 }
+
+/// How deep the kernel follows a failure's `cause` chain looking for a timeout.
+pub const MAX_FAILURE_DEPTH: usize = 8;
 
 /// Which eBPF program a probe point runs, named as in `observer-ebpf`.
 pub mod program {
@@ -37,6 +42,7 @@ pub mod program {
     pub const COMPLETION: &str = "completion";
     pub const EVICTION: &str = "eviction";
     pub const WORKER_SHUTDOWN: &str = "worker_shutdown";
+    pub const WORKER_START: &str = "worker_start";
 }
 
 /// The attach cookie: which probe fired and which argument registers hold its inputs.
@@ -143,9 +149,24 @@ pub struct Layout {
     /// `WorkflowCommand`: size of one, and where its variant tag is.
     pub command_size: u32,
     pub command_tag: u32,
-    pub _pad1: u32,
+    /// Offset, from a command's start, of the tag of `FailWorkflowExecution.failure`
+    /// (an `Option<Failure>`), and of the `Failure` inside it.
+    pub fail_failure_tag: u32,
     /// Which status tag values mean `Successful`.
     pub status_successful: TagMatch,
+    /// Which command tag values mean `FailWorkflowExecution`.
+    pub command_fail: TagMatch,
+    /// Which `Option<Failure>` tag values mean `Some`.
+    pub failure_some: TagMatch,
+    pub fail_failure: u32,
+    /// `Failure`: where its `cause` (`Option<Box<Failure>>`, a nullable pointer) is, and the tag
+    /// of its `failure_info`.
+    pub failure_cause: u32,
+    pub failure_info_tag: u32,
+    /// `Worker`: where its task queue `String` is (`config.task_queue`).
+    pub worker_task_queue: u32,
+    /// Which `failure_info` tag values mean `TimeoutFailureInfo`.
+    pub failure_timeout: TagMatch,
 }
 
 /// A string copied out of the target: `len` is its length there, `bytes` holds the first
@@ -204,7 +225,8 @@ pub struct CompletionEvent {
     pub status_tag: u64,
     /// 1 when the status is `Successful`; then the command fields are valid.
     pub successful: u32,
-    pub _pad: u32,
+    /// 1 when the last command fails the run with a failure whose cause chain holds a timeout.
+    pub timeout_failure: u32,
     pub command_count: u64,
     /// Raw variant tag of the last command (the terminal command, when there is one).
     pub last_command_tag: u64,
@@ -220,13 +242,14 @@ pub struct EvictionEvent {
     pub _pad: u32,
 }
 
-/// A worker was asked to shut down.
+/// A worker started polling, or was asked to shut down (the header's kind tells which).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
-pub struct WorkerShutdownEvent {
+pub struct WorkerEvent {
     pub header: EventHeader,
     /// The address of the core `Worker`: identifies the worker within its process.
     pub worker: u64,
+    pub task_queue: Str<NAME_CAP>,
 }
 
 /// Counters the kernel side keeps (index into the `COUNTERS` per-CPU array).
@@ -240,13 +263,13 @@ pub mod counter {
 
 const _: () = {
     assert!(core::mem::size_of::<TagMatch>() == 24);
-    assert!(core::mem::size_of::<Layout>() == 4 * 16 + 24 + 4 * 6 + 24);
+    assert!(core::mem::size_of::<Layout>() == 4 * 16 + 24 + 4 * 6 + 24 * 3 + 4 * 4 + 24);
     assert!(core::mem::size_of::<EventHeader>() == 24);
     assert!(core::mem::size_of::<Str<RUN_ID_CAP>>() == 8 + RUN_ID_CAP);
     assert!(core::mem::size_of::<ActivationEvent>() == 24 + 72 + 8 + 8 + 32 + 8 + 136 + 96);
     assert!(core::mem::size_of::<CompletionEvent>() == 24 + 72 + 8 + 8 + 8 + 8);
     assert!(core::mem::size_of::<EvictionEvent>() == 24 + 72 + 8);
-    assert!(core::mem::size_of::<WorkerShutdownEvent>() == 24 + 8);
+    assert!(core::mem::size_of::<WorkerEvent>() == 24 + 8 + 8 + NAME_CAP);
 };
 
 #[cfg(feature = "user")]

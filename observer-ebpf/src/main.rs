@@ -21,12 +21,12 @@ use aya_ebpf::{
         generated::{bpf_get_attach_cookie, bpf_probe_read_user as raw_probe_read_user},
     },
     macros::{map, uprobe},
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::ProbeContext,
 };
 use observer_common::{
-    ActivationEvent, CompletionEvent, Cookie, EventHeader, EvictionEvent, Layout, MAX_JOBS,
-    OPTION_TIME_WINDOW, Str, WorkerShutdownEvent, counter, kind,
+    ActivationEvent, CompletionEvent, Cookie, EventHeader, EvictionEvent, Layout,
+    MAX_FAILURE_DEPTH, MAX_JOBS, OPTION_TIME_WINDOW, Str, WorkerEvent, counter, kind,
 };
 
 /// The ring buffer; user space sets its real size at load time.
@@ -36,6 +36,11 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 /// How to read sdk-core's structs, per observed process (tgid).
 #[map]
 static LAYOUTS: HashMap<u32, Layout> = HashMap::with_max_entries(1024, 0);
+
+/// Workers already reported as started. `mark_started` runs on every poll; only the first one
+/// per worker makes a record. Shutdown removes the entry.
+#[map]
+static STARTED_WORKERS: LruHashMap<u64, u8> = LruHashMap::with_max_entries(4096, 0);
 
 /// Lost records and read faults; see `observer_common::counter`.
 #[map]
@@ -66,7 +71,13 @@ pub fn eviction(ctx: ProbeContext) -> u32 {
 
 #[uprobe]
 pub fn worker_shutdown(ctx: ProbeContext) -> u32 {
-    let _ = try_worker_shutdown(&ctx);
+    let _ = try_worker(&ctx, kind::WORKER_SHUTDOWN);
+    0
+}
+
+#[uprobe]
+pub fn worker_start(ctx: ProbeContext) -> u32 {
+    let _ = try_worker(&ctx, kind::WORKER_START);
     0
 }
 
@@ -286,6 +297,9 @@ fn try_completion(ctx: &ProbeContext) -> Result<(), ()> {
         if e.command_count > 0 {
             let last = ptr + (e.command_count - 1) * layout.command_size as u64;
             e.last_command_tag = read_u64(last + layout.command_tag as u64).unwrap_or(u64::MAX);
+            if layout.command_fail.matches(e.last_command_tag) {
+                e.timeout_failure = failure_has_timeout(last, layout) as u32;
+            }
         }
     }
     entry.submit(submit_flags());
@@ -307,14 +321,51 @@ fn try_eviction(ctx: &ProbeContext) -> Result<(), ()> {
     Ok(())
 }
 
-fn try_worker_shutdown(ctx: &ProbeContext) -> Result<(), ()> {
+/// Whether the failure of the `FailWorkflowExecution` command at `command`, or any failure in
+/// its `cause` chain, is a timeout.
+#[inline(always)]
+fn failure_has_timeout(command: u64, layout: &Layout) -> bool {
+    let tag = read_u64(command + layout.fail_failure_tag as u64).unwrap_or(u64::MAX);
+    if !layout.failure_some.matches(tag) {
+        return false;
+    }
+    let mut failure = command + layout.fail_failure as u64;
+    for _ in 0..MAX_FAILURE_DEPTH {
+        let info = read_u64(failure + layout.failure_info_tag as u64).unwrap_or(u64::MAX);
+        if layout.failure_timeout.matches(info) {
+            return true;
+        }
+        match read_u64(failure + layout.failure_cause as u64) {
+            Ok(cause) if cause != 0 => failure = cause,
+            _ => return false,
+        }
+    }
+    false
+}
+
+fn try_worker(ctx: &ProbeContext, event_kind: u32) -> Result<(), ()> {
     let p = probe(ctx);
+    let layout = layout_for(p.pid)?;
     let worker = arg(ctx, p.cookie.arg_a)?;
-    let mut entry = reserve::<WorkerShutdownEvent>()?;
+    if event_kind == kind::WORKER_START {
+        // SAFETY: a read of this program's own map.
+        if unsafe { STARTED_WORKERS.get(&worker) }.is_some() {
+            return Ok(());
+        }
+        let _ = STARTED_WORKERS.insert(&worker, &1, 0);
+    } else {
+        let _ = STARTED_WORKERS.remove(&worker);
+    }
+    let mut entry = reserve::<WorkerEvent>()?;
     // SAFETY: `entry` is a reserved, zeroed, properly aligned record.
     let e = unsafe { &mut *entry.as_mut_ptr() };
-    e.header = header(&p, kind::WORKER_SHUTDOWN);
+    e.header = header(&p, event_kind);
     e.worker = worker;
+    let _ = read_string(
+        &mut e.task_queue,
+        worker + layout.worker_task_queue as u64,
+        layout,
+    );
     entry.submit(submit_flags());
     Ok(())
 }

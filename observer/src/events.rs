@@ -2,8 +2,7 @@
 //! lifecycle engine) can read. Pure: bytes in, events out.
 
 use observer_common::{
-    ActivationEvent, CompletionEvent, EventHeader, EvictionEvent, MAX_JOBS, Str,
-    WorkerShutdownEvent, kind,
+    ActivationEvent, CompletionEvent, EventHeader, EvictionEvent, MAX_JOBS, Str, WorkerEvent, kind,
 };
 use serde::Serialize;
 
@@ -58,15 +57,23 @@ pub enum EventBody {
         last_command: Option<String>,
         #[serde(skip_serializing_if = "Option::is_none")]
         terminal: Option<Terminal>,
+        /// The run fails with a failure whose cause chain holds a timeout.
+        timeout_failure: bool,
     },
     Eviction {
         run_id: String,
         reason: u32,
         reason_name: &'static str,
     },
-    WorkerShutdown {
+    /// A worker polled for the first time.
+    WorkerStart {
         /// Address of the core worker in the target: identifies it within the process.
         worker: String,
+        task_queue: String,
+    },
+    WorkerShutdown {
+        worker: String,
+        task_queue: String,
     },
 }
 
@@ -235,6 +242,7 @@ pub fn decode(bytes: &[u8], layout: &TargetLayout, clock: &Clock) -> Result<Even
                 command_count: e.command_count,
                 terminal: last_command.as_deref().and_then(Terminal::from_command),
                 last_command,
+                timeout_failure: e.timeout_failure != 0,
             }
         }
         kind::EVICTION => {
@@ -245,10 +253,13 @@ pub fn decode(bytes: &[u8], layout: &TargetLayout, clock: &Clock) -> Result<Even
                 reason_name: eviction_reason_name(e.reason),
             }
         }
-        kind::WORKER_SHUTDOWN => {
-            let e: WorkerShutdownEvent = read_record(bytes, header.kind)?;
-            EventBody::WorkerShutdown {
-                worker: format!("{:#x}", e.worker),
+        kind::WORKER_START | kind::WORKER_SHUTDOWN => {
+            let e: WorkerEvent = read_record(bytes, header.kind)?;
+            let (worker, task_queue) = (format!("{:#x}", e.worker), text(&e.task_queue));
+            if header.kind == kind::WORKER_START {
+                EventBody::WorkerStart { worker, task_queue }
+            } else {
+                EventBody::WorkerShutdown { worker, task_queue }
             }
         }
         other => return Err(DecodeError::UnknownKind(other)),
@@ -303,6 +314,7 @@ pub fn format_text(event: &Event) -> String {
             command_count,
             last_command,
             terminal,
+            timeout_failure,
         } => {
             let mut line =
                 format!("completion run_id={run_id} status={status} commands={command_count}");
@@ -318,6 +330,9 @@ pub fn format_text(event: &Event) -> String {
                         .unwrap_or("")
                 ));
             }
+            if *timeout_failure {
+                line.push_str(" timeout_failure=true");
+            }
             line
         }
         EventBody::Eviction {
@@ -327,7 +342,12 @@ pub fn format_text(event: &Event) -> String {
         } => {
             format!("eviction run_id={run_id} reason={reason}({reason_name})")
         }
-        EventBody::WorkerShutdown { worker } => format!("worker_shutdown worker={worker}"),
+        EventBody::WorkerStart { worker, task_queue } => {
+            format!("worker_start worker={worker} task_queue={task_queue}")
+        }
+        EventBody::WorkerShutdown { worker, task_queue } => {
+            format!("worker_shutdown worker={worker} task_queue={task_queue}")
+        }
     };
     format!("{prefix} {fields}")
 }
@@ -339,7 +359,7 @@ mod tests {
     use observer_common::{OPTION_TIME_WINDOW, RUN_ID_CAP};
 
     use super::*;
-    use crate::layout::{EnumTags, OptionTime, Tag};
+    use crate::layout::{EnumTags, OptionAt, OptionTime, Tag};
 
     fn layout() -> TargetLayout {
         let tags = |pairs: &[(&str, Tag)]| EnumTags {
@@ -397,6 +417,17 @@ mod tests {
                 ("StartTimer", Tag::Exact(2)),
                 ("CompleteWorkflowExecution", Tag::Exact(7)),
             ]),
+            fail_failure: OptionAt {
+                tag_offset: 8,
+                some: Tag::Outside {
+                    lo: 1 << 63,
+                    hi: 1 << 63,
+                },
+                payload_offset: 8,
+            },
+            failure_cause: 0,
+            failure_info: tags(&[("TimeoutFailureInfo", Tag::Exact(1))]),
+            worker_task_queue: 0,
         }
     }
 
@@ -482,7 +513,7 @@ mod tests {
             run_id: run_id("r1"),
             status_tag: 0x8000_0000_0000_0001,
             successful: 1,
-            _pad: 0,
+            timeout_failure: 0,
             command_count: 2,
             last_command_tag: 7,
         };
@@ -508,13 +539,37 @@ mod tests {
             decode(&[0; 4], &layout(), &Clock::fixed(0)),
             Err(DecodeError::Short { kind: 0, len: 4 })
         );
-        let record = WorkerShutdownEvent {
+        let record = EvictionEvent {
             header: header(99),
-            worker: 0,
+            run_id: run_id("r"),
+            reason: 0,
+            _pad: 0,
         };
         assert_eq!(
             decode(&bytes_of(&record), &layout(), &Clock::fixed(0)),
             Err(DecodeError::UnknownKind(99))
+        );
+    }
+
+    #[test]
+    fn worker_records_decode_with_their_task_queue() {
+        let mut task_queue = Str {
+            len: 5,
+            bytes: [0; observer_common::NAME_CAP],
+        };
+        task_queue.bytes[..5].copy_from_slice(b"queue");
+        let record = WorkerEvent {
+            header: header(kind::WORKER_START),
+            worker: 0xabc,
+            task_queue,
+        };
+        let event = decode(&bytes_of(&record), &layout(), &Clock::fixed(0)).expect("decodes");
+        assert_eq!(
+            event.body,
+            EventBody::WorkerStart {
+                worker: "0xabc".into(),
+                task_queue: "queue".into()
+            }
         );
     }
 }

@@ -8,6 +8,7 @@
 pub mod cli;
 pub mod events;
 pub mod layout;
+pub mod lifecycle;
 pub mod privileges;
 pub mod probes;
 pub mod resolve;

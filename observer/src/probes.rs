@@ -76,7 +76,17 @@ pub const PROBES: &[ProbeSpec] = &[
         arg_a: 0, // &Worker
         arg_b: 0,
         required: false,
-        yields: "a worker asked to shut down (the worker's address identifies it)",
+        yields: "a worker asked to shut down, and its task queue",
+    },
+    ProbeSpec {
+        id: 5,
+        name: "worker_start",
+        function: "temporalio_sdk_core::worker::Worker::mark_started",
+        program: program::WORKER_START,
+        arg_a: 0, // &Worker, the same address initiate_shutdown gets
+        arg_b: 0,
+        required: false,
+        yields: "a worker's first poll (it is running), and its task queue",
     },
 ];
 
@@ -350,6 +360,7 @@ mod tests {
             program::COMPLETION,
             program::EVICTION,
             program::WORKER_SHUTDOWN,
+            program::WORKER_START,
         ];
         assert!(PROBES.iter().all(|p| programs.contains(&p.program)));
     }

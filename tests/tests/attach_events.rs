@@ -56,6 +56,7 @@ fn raw_events_match_the_servers_record() -> anyhow::Result<()> {
 
     let mut starts: HashMap<&str, Vec<&Value>> = HashMap::new();
     let mut terminals: HashMap<&str, Vec<&str>> = HashMap::new();
+    let mut timeout_failures: HashMap<&str, bool> = HashMap::new();
     let mut endings: HashMap<&str, usize> = HashMap::new();
     for event in &events {
         let run_id = str_field(event, "run_id");
@@ -66,6 +67,7 @@ fn raw_events_match_the_servers_record() -> anyhow::Result<()> {
             "completion" => {
                 if let Some(kind) = event.get("terminal").and_then(Value::as_str) {
                     terminals.entry(run_id).or_default().push(kind);
+                    timeout_failures.insert(run_id, event["timeout_failure"] == true);
                 }
             }
             "eviction" if event["reason_name"] == "WorkflowExecutionEnding" => {
@@ -140,7 +142,21 @@ fn raw_events_match_the_servers_record() -> anyhow::Result<()> {
             run.workflow_type == "ActivityTimeoutWorkflow",
             "run {id}: only activity-timeout runs fail with a timeout cause"
         );
+        if expected_terminal.is_some() {
+            assert_eq!(
+                timeout_failures.get(id),
+                Some(&run.failure_is_timeout),
+                "run {id}: the probe must see the timeout in the failure's cause chain exactly when the server does"
+            );
+        }
     }
+    let worker_starts: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["probe"] == "worker_start")
+        .collect();
+    // The worker polled before the observer attached; its next poll reveals it, exactly once.
+    assert_eq!(worker_starts.len(), 1, "{worker_starts:?}");
+    assert_eq!(worker_starts[0]["task_queue"], task_queue.as_str());
     for run_id in terminals.keys() {
         assert!(
             truth.runs.iter().any(|r| r.run_id == *run_id),

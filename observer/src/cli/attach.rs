@@ -253,5 +253,6 @@ fn probe_name(event: &Event) -> &'static str {
         events::EventBody::Completion { .. } => "completion",
         events::EventBody::Eviction { .. } => "eviction",
         events::EventBody::WorkerShutdown { .. } => "worker_shutdown",
+        events::EventBody::WorkerStart { .. } => "worker_start",
     }
 }

@@ -126,6 +126,22 @@ pub struct TargetLayout {
     pub command_size: u64,
     /// Tag of a command's `variant`, both levels merged.
     pub command: EnumTags,
+    /// `FailWorkflowExecution.failure` (an `Option<Failure>`), from the command's start.
+    pub fail_failure: OptionAt,
+    /// `Failure.cause`: a nullable pointer to the next failure.
+    pub failure_cause: u64,
+    /// Tag of `Failure.failure_info`, both levels merged.
+    pub failure_info: EnumTags,
+    /// `Worker.config.task_queue`.
+    pub worker_task_queue: u64,
+}
+
+/// Where an `Option<T>` keeps its tag and its payload, from some base.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OptionAt {
+    pub tag_offset: u64,
+    pub some: Tag,
+    pub payload_offset: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -204,7 +220,28 @@ impl TargetLayout {
             types.info(types.find(&format!("{PROTOS}::workflow_completion::Success"))?)?;
         let command =
             types.info(types.find(&format!("{PROTOS}::workflow_commands::WorkflowCommand"))?)?;
-        let (command_tags, _) = merged_tags(types, &command, "variant")?;
+        let (command_tags, command_payloads) = merged_tags(types, &command, "variant")?;
+        let fail_offset = *command_payloads
+            .get("FailWorkflowExecution")
+            .ok_or_else(|| shape("no FailWorkflowExecution command"))?;
+        let fail = types.info(types.find(&format!(
+            "{PROTOS}::workflow_commands::FailWorkflowExecution"
+        ))?)?;
+        let fail_failure = option_at(types, &fail, "failure", fail_offset)?;
+
+        let failure = types
+            .info(types.find("temporalio_protos::protos::temporal::api::failure::v1::Failure")?)?;
+        let cause = option_at(types, &failure, "cause", 0)?;
+        if cause.tag_offset != cause.payload_offset || cause.some != (Tag::Outside { lo: 0, hi: 0 })
+        {
+            return Err(shape("Failure.cause is not a nullable pointer"));
+        }
+        let (failure_info, _) = merged_tags(types, &failure, "failure_info")?;
+
+        let worker = types.info(types.find("temporalio_sdk_core::worker::Worker")?)?;
+        let config = follow(types, &worker, "config")?;
+        let worker_task_queue =
+            worker.member("config")?.offset + config.member("task_queue")?.offset;
 
         Ok(Self {
             sdk_core: sdk_core.to_string(),
@@ -231,6 +268,10 @@ impl TargetLayout {
             completion_commands: success_offset + success.member("commands")?.offset,
             command_size: command.size,
             command: command_tags,
+            fail_failure,
+            failure_cause: cause.payload_offset,
+            failure_info,
+            worker_task_queue,
         })
     }
 
@@ -268,10 +309,23 @@ impl TargetLayout {
             completion_commands: fit("completion_commands", self.completion_commands)?,
             command_size: fit("command_size", self.command_size)?,
             command_tag: fit("command_tag", self.command.offset)?,
-            _pad1: 0,
+            fail_failure_tag: fit("fail_failure_tag", self.fail_failure.tag_offset)?,
             status_successful: self
                 .completion_status
                 .tag("Successful", "completion status")?
+                .to_match(),
+            command_fail: self
+                .command
+                .tag("FailWorkflowExecution", "command")?
+                .to_match(),
+            failure_some: self.fail_failure.some.to_match(),
+            fail_failure: fit("fail_failure", self.fail_failure.payload_offset)?,
+            failure_cause: fit("failure_cause", self.failure_cause)?,
+            failure_info_tag: fit("failure_info_tag", self.failure_info.offset)?,
+            worker_task_queue: fit("worker_task_queue", self.worker_task_queue)?,
+            failure_timeout: self
+                .failure_info
+                .tag("TimeoutFailureInfo", "failure info")?
                 .to_match(),
         })
     }
@@ -421,34 +475,82 @@ fn merged_tags(
     ))
 }
 
+/// Where `owner.member` (an `Option<T>`) keeps its tag and payload, from `base` (the owner's
+/// offset from the chosen origin).
+fn option_at(
+    types: &DwarfTypes<'_>,
+    owner: &TypeInfo,
+    member: &str,
+    base: u64,
+) -> Result<OptionAt, LayoutError> {
+    let at = base + owner.member(member)?.offset;
+    let (relative, _) = option_parts(types, owner, member)?;
+    Ok(OptionAt {
+        tag_offset: at + relative.tag_offset,
+        some: relative.some,
+        payload_offset: at + relative.payload_offset,
+    })
+}
+
+/// An `Option<T>` member's tag and payload, relative to the option's start, and `T`.
+fn option_parts(
+    types: &DwarfTypes<'_>,
+    owner: &TypeInfo,
+    member: &str,
+) -> Result<(OptionAt, Option<TypeRef>), LayoutError> {
+    let what = || format!("{}.{member}", owner.name);
+    let option = follow(types, owner, member)?;
+    let part = option
+        .variant_part
+        .as_ref()
+        .ok_or_else(|| shape(format!("{} is not an Option", what())))?;
+    let variant = |name: &str| {
+        part.variants
+            .iter()
+            .find(|v| v.name == name)
+            .ok_or_else(|| shape(format!("{} has no {name}", what())))
+    };
+    let (none, some) = (variant("None")?, variant("Some")?);
+    let some_tag = match (some.discr, none.discr) {
+        (Some(v), _) => Tag::Exact(v),
+        (None, Some(n)) => Tag::Outside { lo: n, hi: n },
+        (None, None) => {
+            return Err(shape(format!(
+                "{}: neither variant has a tag value",
+                what()
+            )));
+        }
+    };
+    if part.discr_size != 8 {
+        return Err(shape(format!(
+            "{}: a {}-byte tag (only 8-byte tags are read)",
+            what(),
+            part.discr_size
+        )));
+    }
+    let at = OptionAt {
+        tag_offset: part.discr_offset,
+        some: some_tag,
+        payload_offset: some.payload_offset,
+    };
+    Ok((at, some.payload))
+}
+
 /// How an `Option<Duration|Timestamp>` member is laid out, relative to the option's start.
 fn option_time(
     types: &DwarfTypes<'_>,
     owner: &TypeInfo,
     member: &str,
 ) -> Result<OptionTime, LayoutError> {
-    let option = follow(types, owner, member)?;
-    let part = option
-        .variant_part
-        .as_ref()
-        .ok_or_else(|| shape(format!("{}.{member} is not an Option", owner.name)))?;
-    let some = part
-        .variants
-        .iter()
-        .find(|v| v.name == "Some")
-        .ok_or_else(|| shape(format!("{}.{member} has no Some", owner.name)))?;
-    let (Some(discr), Some(payload)) = (some.discr, some.payload) else {
-        return Err(shape(format!(
-            "{}.{member}: Some without a tag value or payload",
-            owner.name
-        )));
-    };
+    let (at, payload) = option_parts(types, owner, member)?;
+    let payload =
+        payload.ok_or_else(|| shape(format!("{}.{member}: Some without a payload", owner.name)))?;
     let time = types.info(payload)?;
     let layout = OptionTime {
-        tag_offset: part.discr_offset,
-        some: Tag::Exact(discr),
-        seconds: some.payload_offset + time.member("seconds")?.offset,
-        nanos: some.payload_offset + time.member("nanos")?.offset,
+        tag_offset: at.tag_offset,
+        some: at.some,
+        seconds: at.payload_offset + time.member("seconds")?.offset,
+        nanos: at.payload_offset + time.member("nanos")?.offset,
     };
     let window = OPTION_TIME_WINDOW as u64;
     if layout.tag_offset + 8 > window || layout.seconds + 8 > window || layout.nanos + 4 > window {

@@ -1,0 +1,636 @@
+//! Rebuilds each workflow run's lifecycle from decoded events and turns it into metric updates.
+//!
+//! Pure and deterministic: events and the current time go in, updates come out. The rules are the
+//! metric contract's:
+//! - a run starts when its first workflow task runs for real (`InitializeWorkflow`, not replaying);
+//!   a replay after an eviction or a restart never starts it again;
+//! - a run ends once: its terminal command is pending until core evicts the run because its
+//!   execution ended (`WorkflowExecutionEnding`), which core does only after the server accepted
+//!   the command; any other eviction or new work means the server did not take it;
+//! - terminal commands that answer a replaying activation (a query on a closed run replays it
+//!   entirely) are ignored, and so is anything about a run already ended;
+//! - a run the server times out sends nothing: it is ended `timed_out` once its deadline (known
+//!   from its first activation) plus a grace period has passed;
+//! - open runs are bounded: past the cap the least recently active is forgotten and counted.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use serde::Serialize;
+
+use crate::events::{Event, EventBody, Nanos, RunInit, Terminal};
+
+/// How a run ended; the end states are exclusive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndState {
+    Completed,
+    Failed,
+    Canceled,
+    TimedOut,
+    ContinuedAsNew,
+}
+
+/// What the metrics must record.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "update", rename_all = "snake_case")]
+pub enum Update {
+    RunStarted {
+        workflow_type: String,
+    },
+    RunEnded {
+        run_id: String,
+        workflow_type: String,
+        end: EndState,
+        /// From the run's start (as history records it) to its end; unknown when the observer
+        /// never saw the run's first activation.
+        duration_seconds: Option<f64>,
+    },
+    /// A worker started (+1) or stopped (-1) running.
+    WorkersRunning {
+        delta: i64,
+    },
+}
+
+/// Limits of the engine.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Open runs kept at most.
+    pub max_open_runs: usize,
+    /// Ended run ids remembered, so that late duplicates are ignored.
+    pub max_ended_runs: usize,
+    /// How long past a run's deadline before the server is taken to have timed it out.
+    pub timeout_grace_nanos: Nanos,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_open_runs: 100_000,
+            max_ended_runs: 100_000,
+            timeout_grace_nanos: 2_000_000_000,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Run {
+    workflow_type: Option<String>,
+    start_unix_nanos: Option<Nanos>,
+    deadline_unix_nanos: Option<Nanos>,
+    /// Whether the latest activation replayed history.
+    replaying: bool,
+    /// A terminal command handed to core, and when, awaiting the server's acceptance.
+    pending_end: Option<(EndState, Nanos)>,
+    last_active: Nanos,
+}
+
+/// The lifecycle state of every run of one observed process.
+#[derive(Debug, Default)]
+pub struct Engine {
+    limits: Limits,
+    runs: HashMap<String, Run>,
+    ended: HashSet<String>,
+    ended_order: VecDeque<String>,
+    workers_running: HashSet<String>,
+    workers_seen: HashSet<String>,
+    dropped_runs: u64,
+}
+
+impl Engine {
+    pub fn new(limits: Limits) -> Self {
+        Self {
+            limits,
+            ..Self::default()
+        }
+    }
+
+    /// Runs currently tracked in memory.
+    pub fn open_runs(&self) -> usize {
+        self.runs.len()
+    }
+
+    /// Open runs forgotten because of the cap.
+    pub fn dropped_runs(&self) -> u64 {
+        self.dropped_runs
+    }
+
+    /// Distinct workers seen in this process.
+    pub fn workers_seen(&self) -> usize {
+        self.workers_seen.len()
+    }
+
+    pub fn workers_running(&self) -> usize {
+        self.workers_running.len()
+    }
+
+    /// Applies one event.
+    pub fn on_event(&mut self, event: &Event, out: &mut Vec<Update>) {
+        let now = event.time_unix_nanos;
+        match &event.body {
+            EventBody::Activation {
+                run_id,
+                replaying,
+                init,
+                ..
+            } => {
+                if self.ended.contains(run_id) {
+                    return;
+                }
+                let run = self.run(run_id, now);
+                run.replaying = *replaying;
+                // New work for the run: a terminal command still pending was not accepted.
+                if !*replaying {
+                    run.pending_end = None;
+                }
+                if let Some(init) = init {
+                    let first_time = run.workflow_type.is_none();
+                    apply_init(run, init);
+                    if first_time && !*replaying {
+                        out.push(Update::RunStarted {
+                            workflow_type: init.workflow_type.clone(),
+                        });
+                    }
+                }
+            }
+            EventBody::Completion {
+                run_id,
+                terminal,
+                timeout_failure,
+                ..
+            } => {
+                let Some(terminal) = terminal else { return };
+                if self.ended.contains(run_id) {
+                    return;
+                }
+                let run = self.run(run_id, now);
+                if run.replaying {
+                    return;
+                }
+                let end = match terminal {
+                    Terminal::Complete => EndState::Completed,
+                    Terminal::Fail if *timeout_failure => EndState::TimedOut,
+                    Terminal::Fail => EndState::Failed,
+                    Terminal::Cancel => EndState::Canceled,
+                    Terminal::ContinueAsNew => EndState::ContinuedAsNew,
+                };
+                run.pending_end = Some((end, now));
+            }
+            EventBody::Eviction { run_id, reason, .. } => {
+                if *reason == WORKFLOW_EXECUTION_ENDING {
+                    let pending = self.runs.get(run_id).and_then(|r| r.pending_end);
+                    if let Some((end, at)) = pending {
+                        self.end(run_id, end, at, out);
+                    } else {
+                        // Ended without a counted end here (e.g. a replay for a query): forget it.
+                        self.runs.remove(run_id);
+                    }
+                } else if let Some(run) = self.runs.get_mut(run_id) {
+                    // Evicted for another reason: whatever terminal command was pending did not
+                    // end the run; it will come back, replayed.
+                    run.pending_end = None;
+                }
+            }
+            EventBody::WorkerStart { worker, .. } => {
+                self.workers_seen.insert(worker.clone());
+                if self.workers_running.insert(worker.clone()) {
+                    out.push(Update::WorkersRunning { delta: 1 });
+                }
+            }
+            EventBody::WorkerShutdown { worker, .. } => {
+                if self.workers_running.remove(worker) {
+                    out.push(Update::WorkersRunning { delta: -1 });
+                }
+            }
+        }
+    }
+
+    /// Ends the runs whose deadline passed long enough ago: the server timed them out.
+    pub fn on_tick(&mut self, now: Nanos, out: &mut Vec<Update>) {
+        let grace = self.limits.timeout_grace_nanos;
+        let expired: Vec<(String, Nanos)> = self
+            .runs
+            .iter()
+            .filter(|(_, run)| run.pending_end.is_none())
+            .filter_map(|(id, run)| {
+                run.deadline_unix_nanos
+                    .filter(|d| now > d + grace)
+                    .map(|d| (id.clone(), d))
+            })
+            .collect();
+        for (run_id, deadline) in expired {
+            self.end(&run_id, EndState::TimedOut, deadline, out);
+        }
+    }
+
+    /// The process exited: its workers stopped running.
+    pub fn on_process_exit(&mut self, out: &mut Vec<Update>) {
+        for _ in self.workers_running.drain() {
+            out.push(Update::WorkersRunning { delta: -1 });
+        }
+    }
+
+    fn run(&mut self, run_id: &str, now: Nanos) -> &mut Run {
+        if !self.runs.contains_key(run_id) && self.runs.len() >= self.limits.max_open_runs {
+            let oldest = self
+                .runs
+                .iter()
+                .min_by_key(|(_, r)| r.last_active)
+                .map(|(id, _)| id.clone());
+            if let Some(oldest) = oldest {
+                self.runs.remove(&oldest);
+                self.dropped_runs += 1;
+            }
+        }
+        let run = self.runs.entry(run_id.to_string()).or_default();
+        run.last_active = now;
+        run
+    }
+
+    fn end(&mut self, run_id: &str, end: EndState, at: Nanos, out: &mut Vec<Update>) {
+        let Some(run) = self.runs.remove(run_id) else {
+            return;
+        };
+        let duration_seconds = run
+            .start_unix_nanos
+            .map(|start| (at - start).max(0) as f64 / 1e9);
+        out.push(Update::RunEnded {
+            run_id: run_id.to_string(),
+            workflow_type: run
+                .workflow_type
+                .unwrap_or_else(|| UNKNOWN_TYPE.to_string()),
+            end,
+            duration_seconds,
+        });
+        if self.ended.insert(run_id.to_string()) {
+            self.ended_order.push_back(run_id.to_string());
+        }
+        while self.ended_order.len() > self.limits.max_ended_runs {
+            if let Some(old) = self.ended_order.pop_front() {
+                self.ended.remove(&old);
+            }
+        }
+    }
+}
+
+/// `EvictionReason::WorkflowExecutionEnding`: core evicts a run after the server accepted its end.
+pub const WORKFLOW_EXECUTION_ENDING: u32 = 10;
+
+/// The workflow type of a run whose first activation this observer did not see.
+pub const UNKNOWN_TYPE: &str = "unknown";
+
+fn apply_init(run: &mut Run, init: &RunInit) {
+    run.workflow_type = Some(init.workflow_type.clone());
+    run.start_unix_nanos = init.start_time_unix_nanos;
+    // The server ends the run at the earliest of its run timeout and its execution's expiration.
+    let run_deadline = init
+        .run_timeout_nanos
+        .filter(|t| *t > 0)
+        .zip(init.start_time_unix_nanos)
+        .map(|(timeout, start)| start + timeout);
+    let execution_deadline = init
+        .execution_expiration_unix_nanos
+        .filter(|t| *t > 0)
+        .or_else(|| {
+            init.execution_timeout_nanos
+                .filter(|t| *t > 0)
+                .zip(init.start_time_unix_nanos)
+                .map(|(timeout, start)| start + timeout)
+        });
+    run.deadline_unix_nanos = match (run_deadline, execution_deadline) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEC: Nanos = 1_000_000_000;
+
+    fn event(at: Nanos, body: EventBody) -> Event {
+        Event {
+            time_unix_nanos: at,
+            pid: 1,
+            tid: 1,
+            body,
+        }
+    }
+
+    fn init(workflow_type: &str, start: Nanos) -> RunInit {
+        RunInit {
+            workflow_type: workflow_type.into(),
+            start_time_unix_nanos: Some(start),
+            execution_timeout_nanos: None,
+            run_timeout_nanos: None,
+            execution_expiration_unix_nanos: None,
+        }
+    }
+
+    fn activation(at: Nanos, run: &str, replaying: bool, init: Option<RunInit>) -> Event {
+        event(
+            at,
+            EventBody::Activation {
+                run_id: run.into(),
+                replaying,
+                history_length: 3,
+                job_count: 1,
+                jobs: vec![],
+                init,
+            },
+        )
+    }
+
+    fn completion(
+        at: Nanos,
+        run: &str,
+        terminal: Option<Terminal>,
+        timeout_failure: bool,
+    ) -> Event {
+        event(
+            at,
+            EventBody::Completion {
+                run_id: run.into(),
+                status: "successful".into(),
+                command_count: 1,
+                last_command: None,
+                terminal,
+                timeout_failure,
+            },
+        )
+    }
+
+    fn eviction(at: Nanos, run: &str, reason: u32) -> Event {
+        event(
+            at,
+            EventBody::Eviction {
+                run_id: run.into(),
+                reason,
+                reason_name: "",
+            },
+        )
+    }
+
+    fn feed(engine: &mut Engine, events: &[Event]) -> Vec<Update> {
+        let mut out = Vec::new();
+        for e in events {
+            engine.on_event(e, &mut out);
+        }
+        out
+    }
+
+    fn ended(run: &str, ty: &str, end: EndState, secs: Option<f64>) -> Update {
+        Update::RunEnded {
+            run_id: run.into(),
+            workflow_type: ty.into(),
+            end,
+            duration_seconds: secs,
+        }
+    }
+
+    #[test]
+    fn a_run_starts_once_and_ends_once_when_the_server_accepts() {
+        let mut engine = Engine::default();
+        let out = feed(
+            &mut engine,
+            &[
+                activation(10 * SEC, "r1", false, Some(init("Greet", 10 * SEC))),
+                completion(10 * SEC, "r1", None, false),
+                completion(12 * SEC, "r1", Some(Terminal::Complete), false),
+                eviction(12 * SEC + 1, "r1", WORKFLOW_EXECUTION_ENDING),
+                // The RemoveFromCache activation and its empty completion that follow.
+                activation(12 * SEC + 2, "r1", false, None),
+                completion(12 * SEC + 3, "r1", None, false),
+            ],
+        );
+        assert_eq!(
+            out,
+            vec![
+                Update::RunStarted {
+                    workflow_type: "Greet".into()
+                },
+                ended("r1", "Greet", EndState::Completed, Some(2.0)),
+            ]
+        );
+        assert_eq!(engine.open_runs(), 0);
+    }
+
+    #[test]
+    fn each_terminal_command_maps_to_its_exclusive_end_state() {
+        let cases = [
+            (Terminal::Complete, false, EndState::Completed),
+            (Terminal::Fail, false, EndState::Failed),
+            (Terminal::Fail, true, EndState::TimedOut),
+            (Terminal::Cancel, false, EndState::Canceled),
+            (Terminal::ContinueAsNew, false, EndState::ContinuedAsNew),
+        ];
+        for (terminal, timeout, expected) in cases {
+            let mut engine = Engine::default();
+            let out = feed(
+                &mut engine,
+                &[
+                    activation(0, "r", false, Some(init("T", 0))),
+                    completion(SEC, "r", Some(terminal), timeout),
+                    eviction(SEC, "r", WORKFLOW_EXECUTION_ENDING),
+                ],
+            );
+            assert_eq!(
+                out[1],
+                ended("r", "T", expected, Some(1.0)),
+                "{terminal:?} timeout={timeout}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_replay_after_eviction_does_not_start_again_and_the_end_counts_once() {
+        let mut engine = Engine::default();
+        let out = feed(
+            &mut engine,
+            &[
+                activation(0, "r1", false, Some(init("T", 0))),
+                completion(0, "r1", None, false),
+                eviction(SEC, "r1", 1), // CacheFull
+                // The run comes back and is replayed from history, then gets new work.
+                activation(2 * SEC, "r1", true, Some(init("T", 0))),
+                completion(2 * SEC, "r1", None, false),
+                activation(2 * SEC, "r1", false, None),
+                completion(3 * SEC, "r1", Some(Terminal::Complete), false),
+                eviction(3 * SEC, "r1", WORKFLOW_EXECUTION_ENDING),
+            ],
+        );
+        assert_eq!(
+            out,
+            vec![
+                Update::RunStarted {
+                    workflow_type: "T".into()
+                },
+                ended("r1", "T", EndState::Completed, Some(3.0))
+            ]
+        );
+    }
+
+    #[test]
+    fn a_query_on_a_closed_run_replays_it_without_counting_again() {
+        let mut engine = Engine::default();
+        let mut out = feed(
+            &mut engine,
+            &[
+                activation(0, "r1", false, Some(init("T", 0))),
+                completion(SEC, "r1", Some(Terminal::Fail), false),
+                eviction(SEC, "r1", WORKFLOW_EXECUTION_ENDING),
+            ],
+        );
+        assert_eq!(out.len(), 2);
+        out.clear();
+        // The query replays the whole history, terminal command included, and evicts again.
+        let replay = [
+            activation(5 * SEC, "r1", true, Some(init("T", 0))),
+            completion(5 * SEC, "r1", Some(Terminal::Fail), false),
+            eviction(5 * SEC, "r1", WORKFLOW_EXECUTION_ENDING),
+        ];
+        assert_eq!(feed(&mut engine, &replay), vec![]);
+        // Even for an engine that never saw the run end (observer restarted since).
+        let mut fresh = Engine::default();
+        assert_eq!(feed(&mut fresh, &replay), vec![]);
+        assert_eq!(fresh.open_runs(), 0);
+    }
+
+    #[test]
+    fn a_terminal_command_the_server_rejects_is_not_an_end() {
+        let mut engine = Engine::default();
+        let out = feed(
+            &mut engine,
+            &[
+                activation(0, "r1", false, Some(init("T", 0))),
+                completion(SEC, "r1", Some(Terminal::Complete), false),
+                // A signal arrived meanwhile: the server rejects the completion, core evicts.
+                eviction(SEC, "r1", 7), // UnhandledCommand
+                activation(2 * SEC, "r1", true, Some(init("T", 0))),
+                activation(2 * SEC, "r1", false, None),
+                completion(3 * SEC, "r1", Some(Terminal::Cancel), false),
+                eviction(3 * SEC, "r1", WORKFLOW_EXECUTION_ENDING),
+            ],
+        );
+        assert_eq!(
+            out,
+            vec![
+                Update::RunStarted {
+                    workflow_type: "T".into()
+                },
+                ended("r1", "T", EndState::Canceled, Some(3.0))
+            ]
+        );
+    }
+
+    #[test]
+    fn an_end_whose_start_was_not_seen_still_counts() {
+        let mut engine = Engine::default();
+        let out = feed(
+            &mut engine,
+            &[
+                activation(0, "late", false, None),
+                completion(SEC, "late", Some(Terminal::Complete), false),
+                eviction(SEC, "late", WORKFLOW_EXECUTION_ENDING),
+            ],
+        );
+        assert_eq!(
+            out,
+            vec![ended("late", UNKNOWN_TYPE, EndState::Completed, None)]
+        );
+    }
+
+    #[test]
+    fn a_server_enforced_timeout_is_inferred_after_the_deadline_and_grace() {
+        let mut engine = Engine::new(Limits {
+            timeout_grace_nanos: SEC,
+            ..Limits::default()
+        });
+        let mut start = init("Slow", 100 * SEC);
+        start.execution_timeout_nanos = Some(2 * SEC);
+        let mut out = feed(
+            &mut engine,
+            &[activation(100 * SEC, "r", false, Some(start))],
+        );
+        out.clear();
+        engine.on_tick(102 * SEC + SEC / 2, &mut out);
+        assert_eq!(out, vec![], "within the grace period");
+        engine.on_tick(103 * SEC + 1, &mut out);
+        assert_eq!(out, vec![ended("r", "Slow", EndState::TimedOut, Some(2.0))]);
+        out.clear();
+        engine.on_tick(200 * SEC, &mut out);
+        assert_eq!(out, vec![], "ended once");
+    }
+
+    #[test]
+    fn the_earliest_of_run_and_execution_deadlines_applies() {
+        let mut run = Run::default();
+        let mut i = init("T", 10 * SEC);
+        i.run_timeout_nanos = Some(5 * SEC);
+        i.execution_expiration_unix_nanos = Some(12 * SEC);
+        apply_init(&mut run, &i);
+        assert_eq!(run.deadline_unix_nanos, Some(12 * SEC));
+        i.execution_expiration_unix_nanos = None;
+        i.execution_timeout_nanos = Some(0);
+        apply_init(&mut run, &i);
+        assert_eq!(run.deadline_unix_nanos, Some(15 * SEC));
+    }
+
+    #[test]
+    fn open_runs_are_capped_and_the_dropped_are_counted() {
+        let mut engine = Engine::new(Limits {
+            max_open_runs: 3,
+            ..Limits::default()
+        });
+        let events: Vec<Event> = (0..10)
+            .map(|i| activation(i * SEC, &format!("r{i}"), false, Some(init("T", i * SEC))))
+            .collect();
+        let out = feed(&mut engine, &events);
+        assert_eq!(out.len(), 10, "every start counts");
+        assert_eq!(engine.open_runs(), 3);
+        assert_eq!(engine.dropped_runs(), 7);
+    }
+
+    #[test]
+    fn workers_running_follows_start_shutdown_and_exit() {
+        let mut engine = Engine::default();
+        let w = |worker: &str, start: bool| {
+            event(
+                0,
+                if start {
+                    EventBody::WorkerStart {
+                        worker: worker.into(),
+                        task_queue: "q".into(),
+                    }
+                } else {
+                    EventBody::WorkerShutdown {
+                        worker: worker.into(),
+                        task_queue: "q".into(),
+                    }
+                },
+            )
+        };
+        let out = feed(
+            &mut engine,
+            &[
+                w("a", true),
+                w("a", true),
+                w("b", true),
+                w("a", false),
+                w("a", false),
+            ],
+        );
+        let deltas: Vec<i64> = out
+            .iter()
+            .map(|u| match u {
+                Update::WorkersRunning { delta } => *delta,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(deltas, vec![1, 1, -1]);
+        assert_eq!(engine.workers_seen(), 2);
+        let mut out = Vec::new();
+        engine.on_process_exit(&mut out);
+        assert_eq!(out, vec![Update::WorkersRunning { delta: -1 }]);
+    }
+}
