@@ -7,6 +7,7 @@
 
 pub mod cli;
 pub mod events;
+pub mod export;
 pub mod layout;
 pub mod lifecycle;
 pub mod privileges;

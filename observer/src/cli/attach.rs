@@ -1,4 +1,5 @@
-//! `temporal-observer attach --pid PID`: attach to one worker and stream its events.
+//! `temporal-observer attach --pid PID`: attach to one worker, rebuild its runs' lifecycles and
+//! export the metric set.
 
 use std::{
     collections::BTreeMap,
@@ -16,10 +17,12 @@ use tokio::{
 };
 
 use crate::{
-    events::{self, Clock, Event},
+    events::{self, Clock, Event, EventBody},
+    export::{self, ExportConfig, Health, Metrics, Transport},
     layout::TargetLayout,
+    lifecycle::{Engine, Limits, Update},
     privileges,
-    probes::{Attachment, KernelSettings},
+    probes::{Attachment, KernelCounters, KernelSettings},
     resolve::{self, LayoutSource},
     target::Target,
 };
@@ -37,22 +40,63 @@ pub struct AttachArgs {
     /// PID of the worker process.
     #[arg(long)]
     pub pid: u32,
+
     /// Print every event the probes report, one per line, on stdout.
-    #[arg(long)]
+    #[arg(long, help_heading = "Output")]
     pub print_events: bool,
-    /// Format of --print-events.
-    #[arg(long, value_enum, default_value_t = EventFormat::Text)]
+    /// Print every lifecycle update (run started, run ended with its duration, worker running)
+    /// as it is recorded, one per line, on stdout.
+    #[arg(long, help_heading = "Output")]
+    pub print_updates: bool,
+    /// Print the table of metric values every N seconds and at exit, on stdout.
+    #[arg(long, value_name = "SECS", help_heading = "Output")]
+    pub print_metrics: Option<u64>,
+    /// Format of --print-events and --print-updates.
+    #[arg(long, value_enum, default_value_t = EventFormat::Text, help_heading = "Output")]
     pub format: EventFormat,
+
+    /// OTLP endpoint [default: OTEL_EXPORTER_OTLP_[METRICS_]ENDPOINT, else localhost:4318 for
+    /// http/protobuf, localhost:4317 for grpc].
+    #[arg(long, value_name = "URL", help_heading = "Export")]
+    pub otlp_endpoint: Option<String>,
+    /// OTLP transport [default: OTEL_EXPORTER_OTLP_[METRICS_]PROTOCOL, else http/protobuf].
+    #[arg(long, value_enum, help_heading = "Export")]
+    pub otlp_protocol: Option<Transport>,
+    /// How often metrics are exported [default: OTEL_METRIC_EXPORT_INTERVAL, else 60000].
+    #[arg(long, value_name = "MS", help_heading = "Export")]
+    pub metric_export_interval_ms: Option<u64>,
+    /// Do not export over OTLP (print only).
+    #[arg(long, help_heading = "Export")]
+    pub no_export: bool,
+    /// Workers this instance is configured to run, for compozy_temporal_workers_configured_total
+    /// [default: the number of distinct workers seen].
+    #[arg(long, value_name = "N", help_heading = "Export")]
+    pub configured_workers: Option<i64>,
+
+    /// Open runs kept in memory at most; past it the least recently active is forgotten (and
+    /// counted in temporal_observer_runs_dropped_total).
+    #[arg(long, default_value_t = Limits::default().max_open_runs, help_heading = "Lifecycle")]
+    pub max_open_runs: usize,
+    /// How long after a run's deadline it is counted as timed out by the server.
+    #[arg(
+        long,
+        value_name = "MS",
+        default_value_t = 2000,
+        help_heading = "Lifecycle"
+    )]
+    pub timeout_grace_ms: u64,
+
     /// Ring buffer size in bytes (a power of two, at least one page).
-    #[arg(long, default_value_t = 1 << 20, value_parser = parse_ring_size)]
+    #[arg(long, default_value_t = 1 << 20, value_parser = parse_ring_size, help_heading = "Kernel")]
     pub ring_buffer_bytes: u32,
     /// Wake the observer once this many bytes of events wait; below that it drains every
     /// --drain-interval-ms. Waking on every event would slow the worker's threads.
-    #[arg(long, default_value_t = 64 * 1024)]
+    #[arg(long, default_value_t = 64 * 1024, help_heading = "Kernel")]
     pub wakeup_bytes: u64,
     /// How often to drain the ring buffer when it is not full enough to wake us.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, help_heading = "Kernel")]
     pub drain_interval_ms: u64,
+
     /// Detach after this many seconds (default: until Ctrl-C, SIGTERM, or the worker exits).
     #[arg(long)]
     pub duration_secs: Option<u64>,
@@ -67,7 +111,9 @@ fn parse_ring_size(text: &str) -> Result<u32, String> {
 }
 
 pub fn run(args: &AttachArgs) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    // Multi-threaded: the gRPC exporter needs a runtime that keeps running beside our loop.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .enable_all()
         .build()
         .context("starting the async runtime")?;
@@ -108,6 +154,23 @@ async fn attach(args: &AttachArgs) -> anyhow::Result<()> {
         }
     }
     privileges::check()?;
+
+    let metrics = if args.no_export {
+        Metrics::in_memory()
+    } else {
+        let config = ExportConfig {
+            endpoint: args.otlp_endpoint.clone(),
+            transport: args.otlp_protocol,
+            interval: args.metric_export_interval_ms.map(Duration::from_millis),
+            pid: target.pid,
+            executable: target.exe_name.clone(),
+        };
+        Metrics::otlp(&config)?
+    };
+    if let Some(n) = args.configured_workers {
+        metrics.set_workers_configured(n);
+    }
+
     let kernel_layout = resolved.layout.kernel_layout()?;
     let settings = KernelSettings {
         ring_buffer_bytes: args.ring_buffer_bytes,
@@ -130,10 +193,25 @@ async fn attach(args: &AttachArgs) -> anyhow::Result<()> {
     // (and with it the `RingBuf`) is dropped below.
     let mut ring = unsafe { AsyncFd::register(ring) }
         .map_err(|e| anyhow::anyhow!("polling the ring buffer: {}", e.into_parts().1))?;
-    let mut sink = Sink::new(
-        args.print_events.then_some(args.format),
-        resolved.layout.clone(),
-    );
+    let limits = Limits {
+        max_open_runs: args.max_open_runs.max(1),
+        timeout_grace_nanos: i128::from(args.timeout_grace_ms) * 1_000_000,
+        ..Limits::default()
+    };
+    let mut pipeline = Pipeline {
+        print_events: args.print_events,
+        print_updates: args.print_updates,
+        format: args.format,
+        configured_workers: args.configured_workers,
+        layout: resolved.layout.clone(),
+        clock: Clock::now(),
+        engine: Engine::new(limits),
+        metrics,
+        per_probe: BTreeMap::new(),
+        undecodable: 0,
+        workers_seen: 0,
+        attached: attachment.attached as i64,
+    };
     let mut tick = tokio::time::interval(Duration::from_millis(args.drain_interval_ms.max(1)));
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
@@ -141,34 +219,52 @@ async fn attach(args: &AttachArgs) -> anyhow::Result<()> {
         .duration_secs
         .map(|s| Instant::now() + Duration::from_secs(s));
     let mut status_at = Instant::now() + Duration::from_secs(10);
+    let mut health_at = Instant::now();
+    let mut table_at = args
+        .print_metrics
+        .map(|s| (Instant::now() + Duration::from_secs(s), s));
 
     let reason = loop {
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("waiting on the ring buffer")?;
-                sink.drain(guard.get_inner_mut());
+                pipeline.drain(guard.get_inner_mut());
                 guard.clear_ready();
             }
             _ = tick.tick() => {
-                sink.drain(ring.get_mut());
+                pipeline.drain(ring.get_mut());
+                pipeline.tick(wall_now());
                 if !target.is_alive() {
                     break "the worker exited";
                 }
                 if deadline.is_some_and(|d| Instant::now() >= d) {
                     break "the requested duration passed";
                 }
+                if Instant::now() >= health_at {
+                    health_at = Instant::now() + Duration::from_secs(1);
+                    pipeline.health(attachment.counters().ok(), 1);
+                }
+                if let Some((at, every)) = table_at.filter(|(at, _)| Instant::now() >= *at) {
+                    table_at = Some((at + Duration::from_secs(every.max(1)), every));
+                    pipeline.print_table();
+                }
                 if !args.print_events && Instant::now() >= status_at {
                     status_at = Instant::now() + Duration::from_secs(10);
-                    info!("{}", sink.summary(attachment.counters().ok()));
+                    info!("{}", pipeline.summary(attachment.counters().ok()));
                 }
             }
             _ = sigint.recv() => break "interrupted",
             _ = sigterm.recv() => break "terminated",
         }
     };
-    sink.drain(ring.get_mut());
+    pipeline.drain(ring.get_mut());
+    pipeline.tick(wall_now());
     let counters = attachment.counters().ok();
-    info!("{reason}; {}", sink.summary(counters));
+    if reason == "the worker exited" {
+        pipeline.process_exit();
+    }
+    pipeline.health(counters, if reason == "the worker exited" { 0 } else { 1 });
+    info!("{reason}; {}", pipeline.summary(counters));
     if let Some(lost) = counters.map(|c| c.events_lost).filter(|lost| *lost > 0) {
         warn!(
             "{lost} events were lost because the ring buffer was full; raise --ring-buffer-bytes"
@@ -177,45 +273,55 @@ async fn attach(args: &AttachArgs) -> anyhow::Result<()> {
     drop(ring);
     drop(attachment);
     info!("detached from PID {}", target.pid);
+    if args.print_metrics.is_some() {
+        pipeline.print_table();
+    }
+    // The last values are exported before exit; the exporter blocks, so off the async threads.
+    let mut metrics = pipeline.metrics;
+    let flushed = tokio::task::spawn_blocking(move || metrics.shutdown()).await;
+    match flushed {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => warn!("the final metric export failed: {e}"),
+        Err(e) => warn!("the final metric export did not finish: {e}"),
+    }
     Ok(())
 }
 
-/// Where decoded events go: stdout when printing, counts always.
-struct Sink {
-    format: Option<EventFormat>,
-    layout: TargetLayout,
-    clock: Clock,
-    per_probe: BTreeMap<&'static str, u64>,
-    undecodable: u64,
+fn wall_now() -> i128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i128)
+        .unwrap_or(0)
 }
 
-impl Sink {
-    fn new(format: Option<EventFormat>, layout: TargetLayout) -> Self {
-        Self {
-            format,
-            layout,
-            clock: Clock::now(),
-            per_probe: BTreeMap::new(),
-            undecodable: 0,
-        }
-    }
+/// Decoded events flow through here: printed, fed to the lifecycle engine, recorded.
+struct Pipeline {
+    print_events: bool,
+    print_updates: bool,
+    format: EventFormat,
+    configured_workers: Option<i64>,
+    layout: TargetLayout,
+    clock: Clock,
+    engine: Engine,
+    metrics: Metrics,
+    per_probe: BTreeMap<&'static str, u64>,
+    undecodable: u64,
+    workers_seen: usize,
+    attached: i64,
+}
 
+impl Pipeline {
     fn drain(&mut self, ring: &mut RingBuf<MapData>) {
-        let stdout = std::io::stdout();
-        let mut out = stdout.lock();
+        let mut updates = Vec::new();
+        let mut lines = Vec::new();
         while let Some(item) = ring.next() {
             match events::decode(&item, &self.layout, &self.clock) {
                 Ok(event) => {
                     *self.per_probe.entry(probe_name(&event)).or_default() += 1;
-                    let line = match self.format {
-                        Some(EventFormat::Text) => events::format_text(&event),
-                        Some(EventFormat::Json) => {
-                            serde_json::to_string(&event).unwrap_or_default()
-                        }
-                        None => continue,
-                    };
-                    // A closed stdout (e.g. `| head`) must not kill the observer mid-detach.
-                    let _ = writeln!(out, "{line}");
+                    if self.print_events {
+                        lines.push(self.render(&event, events::format_text));
+                    }
+                    self.engine.on_event(&event, &mut updates);
                 }
                 Err(e) => {
                     self.undecodable += 1;
@@ -223,10 +329,71 @@ impl Sink {
                 }
             }
         }
+        self.apply(updates, lines);
+    }
+
+    fn tick(&mut self, now: i128) {
+        let mut updates = Vec::new();
+        self.engine.on_tick(now, &mut updates);
+        self.apply(updates, Vec::new());
+    }
+
+    fn process_exit(&mut self) {
+        let mut updates = Vec::new();
+        self.engine.on_process_exit(&mut updates);
+        self.apply(updates, Vec::new());
+    }
+
+    fn apply(&mut self, updates: Vec<Update>, mut lines: Vec<String>) {
+        for update in &updates {
+            self.metrics.record(update);
+            if self.print_updates {
+                lines.push(self.render(update, format_update));
+            }
+        }
+        if self.configured_workers.is_none() && self.engine.workers_seen() != self.workers_seen {
+            self.workers_seen = self.engine.workers_seen();
+            self.metrics
+                .set_workers_configured(self.workers_seen as i64);
+        }
+        if !lines.is_empty() {
+            let stdout = std::io::stdout();
+            let mut out = stdout.lock();
+            for line in lines {
+                // A closed stdout (e.g. `| head`) must not kill the observer mid-detach.
+                let _ = writeln!(out, "{line}");
+            }
+            let _ = out.flush();
+        }
+    }
+
+    fn render<T: serde::Serialize>(&self, item: &T, text: fn(&T) -> String) -> String {
+        match self.format {
+            EventFormat::Text => text(item),
+            EventFormat::Json => serde_json::to_string(item).unwrap_or_default(),
+        }
+    }
+
+    fn health(&mut self, counters: Option<KernelCounters>, targets: i64) {
+        let counters = counters.unwrap_or_default();
+        self.metrics.record_health(&Health {
+            events_lost: counters.events_lost,
+            read_faults: counters.read_faults,
+            runs_dropped: self.engine.dropped_runs(),
+            probes_attached: if targets > 0 { self.attached } else { 0 },
+            targets_observed: targets,
+            runs_tracked: self.engine.open_runs() as i64,
+        });
+    }
+
+    fn print_table(&self) {
+        let stdout = std::io::stdout();
+        let mut out = stdout.lock();
+        let _ = writeln!(out, "{}", export::format_snapshot(&self.metrics.snapshot()));
         let _ = out.flush();
     }
 
-    fn summary(&self, counters: Option<crate::probes::KernelCounters>) -> String {
+    fn summary(&self, counters: Option<KernelCounters>) -> String {
         let seen: Vec<String> = self
             .per_probe
             .iter()
@@ -236,23 +403,48 @@ impl Sink {
             .map(|c| format!("lost={} read_faults={}", c.events_lost, c.read_faults))
             .unwrap_or_else(|| "kernel counters unavailable".into());
         format!(
-            "events: {} ({kernel}, undecodable={})",
+            "events: {} ({kernel}, undecodable={}); runs open: {}",
             if seen.is_empty() {
                 "none".to_string()
             } else {
                 seen.join(" ")
             },
-            self.undecodable
+            self.undecodable,
+            self.engine.open_runs(),
         )
+    }
+}
+
+fn format_update(update: &Update) -> String {
+    match update {
+        Update::RunStarted { workflow_type } => {
+            format!("run_started workflow_type={workflow_type}")
+        }
+        Update::RunEnded {
+            run_id,
+            workflow_type,
+            end,
+            duration_seconds,
+        } => format!(
+            "run_ended run_id={run_id} workflow_type={workflow_type} end={} duration_s={}",
+            serde_json::to_value(end)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default(),
+            duration_seconds
+                .map(|d| format!("{d:.3}"))
+                .unwrap_or_else(|| "unknown".into())
+        ),
+        Update::WorkersRunning { delta } => format!("workers_running delta={delta:+}"),
     }
 }
 
 fn probe_name(event: &Event) -> &'static str {
     match event.body {
-        events::EventBody::Activation { .. } => "activation",
-        events::EventBody::Completion { .. } => "completion",
-        events::EventBody::Eviction { .. } => "eviction",
-        events::EventBody::WorkerShutdown { .. } => "worker_shutdown",
-        events::EventBody::WorkerStart { .. } => "worker_start",
+        EventBody::Activation { .. } => "activation",
+        EventBody::Completion { .. } => "completion",
+        EventBody::Eviction { .. } => "eviction",
+        EventBody::WorkerShutdown { .. } => "worker_shutdown",
+        EventBody::WorkerStart { .. } => "worker_start",
     }
 }

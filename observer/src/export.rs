@@ -1,0 +1,497 @@
+//! The metric set, exported over OTLP (gRPC or HTTP/protobuf), and mirrored in memory so that it
+//! can be printed (`--print-metrics`) exactly as exported.
+//!
+//! Configuration follows the OpenTelemetry conventions: `OTEL_EXPORTER_OTLP_[METRICS_]ENDPOINT`,
+//! `OTEL_EXPORTER_OTLP_[METRICS_]PROTOCOL`, `OTEL_EXPORTER_OTLP_HEADERS`,
+//! `OTEL_METRIC_EXPORT_INTERVAL`, `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_SERVICE_NAME`; flags given on
+//! the command line win over the environment.
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use opentelemetry::{
+    KeyValue,
+    metrics::{Counter, Gauge, Histogram, Meter, MeterProvider as _, UpDownCounter},
+};
+use opentelemetry_otlp::{MetricExporter, Protocol, WithExportConfig as _};
+use opentelemetry_sdk::{
+    Resource,
+    metrics::{PeriodicReader, SdkMeterProvider},
+    resource::EnvResourceDetector,
+};
+use serde::Serialize;
+
+use crate::lifecycle::{EndState, Update};
+
+/// Histogram bucket bounds of `compozy_temporal_workflow_duration_seconds`.
+pub const DURATION_BUCKETS: [f64; 11] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Names of the contract's instruments.
+pub mod name {
+    pub const STARTED: &str = "compozy_temporal_workflow_started_total";
+    pub const COMPLETED: &str = "compozy_temporal_workflow_completed_total";
+    pub const FAILED: &str = "compozy_temporal_workflow_failed_total";
+    pub const CANCELED: &str = "compozy_temporal_workflow_canceled_total";
+    pub const TIMED_OUT: &str = "compozy_temporal_workflow_timed_out_total";
+    pub const CONTINUED_AS_NEW: &str = "compozy_temporal_workflow_continued_as_new_total";
+    pub const DURATION: &str = "compozy_temporal_workflow_duration_seconds";
+    pub const WORKERS_RUNNING: &str = "compozy_temporal_workers_running_total";
+    pub const WORKERS_CONFIGURED: &str = "compozy_temporal_workers_configured_total";
+    pub const EVENTS_LOST: &str = "temporal_observer_events_lost_total";
+    pub const READ_FAULTS: &str = "temporal_observer_read_faults_total";
+    pub const PROBES_ATTACHED: &str = "temporal_observer_probes_attached";
+    pub const TARGETS_OBSERVED: &str = "temporal_observer_targets_observed";
+    pub const RUNS_TRACKED: &str = "temporal_observer_runs_tracked";
+    pub const RUNS_DROPPED: &str = "temporal_observer_runs_dropped_total";
+}
+
+/// The OTLP transport.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Transport {
+    #[value(name = "grpc")]
+    Grpc,
+    #[value(name = "http/protobuf")]
+    HttpProtobuf,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct ExportConfig {
+    /// Overrides `OTEL_EXPORTER_OTLP_[METRICS_]ENDPOINT`.
+    pub endpoint: Option<String>,
+    /// Overrides `OTEL_EXPORTER_OTLP_[METRICS_]PROTOCOL`.
+    pub transport: Option<Transport>,
+    /// Overrides `OTEL_METRIC_EXPORT_INTERVAL`.
+    pub interval: Option<Duration>,
+    /// Resource attributes of the observed process; `service.name` defaults to its executable.
+    pub pid: u32,
+    pub executable: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error("cannot set up the OTLP exporter: {0}")]
+    Build(#[from] opentelemetry_otlp::ExporterBuildError),
+    #[error("{var}={value:?} is not a supported OTLP protocol; use `grpc` or `http/protobuf`")]
+    Protocol { var: &'static str, value: String },
+}
+
+/// The transport the environment asks for, validated (the exporter would silently fall back).
+fn transport_from_env() -> Result<Option<Transport>, ExportError> {
+    for var in [
+        "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+    ] {
+        if let Ok(value) = std::env::var(var) {
+            return match value.trim() {
+                "grpc" => Ok(Some(Transport::Grpc)),
+                "http/protobuf" => Ok(Some(Transport::HttpProtobuf)),
+                _ => Err(ExportError::Protocol { var, value }),
+            };
+        }
+    }
+    Ok(None)
+}
+
+/// A point-in-time copy of every value, as exported.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Snapshot {
+    /// instrument name -> workflow type -> value
+    pub counters: BTreeMap<&'static str, BTreeMap<String, u64>>,
+    /// workflow type -> (count, sum of seconds)
+    pub durations: BTreeMap<String, (u64, f64)>,
+    pub workers_running: i64,
+    pub workers_configured: i64,
+}
+
+/// The instruments, and the mirror of their values.
+#[derive(Debug)]
+pub struct Metrics {
+    provider: Option<SdkMeterProvider>,
+    started: Counter<u64>,
+    ends: [(EndState, &'static str, Counter<u64>); 5],
+    duration: Histogram<f64>,
+    workers_running: UpDownCounter<i64>,
+    workers_configured: Gauge<i64>,
+    events_lost: Counter<u64>,
+    read_faults: Counter<u64>,
+    probes_attached: Gauge<i64>,
+    targets_observed: Gauge<i64>,
+    runs_tracked: Gauge<i64>,
+    runs_dropped: Counter<u64>,
+    snapshot: Arc<Mutex<Snapshot>>,
+    reported_lost: u64,
+    reported_faults: u64,
+    reported_dropped: u64,
+}
+
+impl Metrics {
+    /// Sets up the OTLP pipeline. Must run inside a multi-threaded tokio runtime (gRPC).
+    pub fn otlp(config: &ExportConfig) -> Result<Self, ExportError> {
+        let transport = match config.transport {
+            Some(t) => Some(t),
+            None => transport_from_env()?,
+        };
+        let exporter = match transport.unwrap_or(Transport::HttpProtobuf) {
+            Transport::Grpc => {
+                let builder = MetricExporter::builder()
+                    .with_tonic()
+                    .with_protocol(Protocol::Grpc);
+                match &config.endpoint {
+                    Some(endpoint) => builder.with_endpoint(endpoint.clone()).build()?,
+                    None => builder.build()?,
+                }
+            }
+            Transport::HttpProtobuf => {
+                let builder = MetricExporter::builder()
+                    .with_http()
+                    .with_protocol(Protocol::HttpBinary);
+                match &config.endpoint {
+                    // The HTTP exporter takes the full URL of the metrics path.
+                    Some(endpoint) => builder.with_endpoint(http_metrics_url(endpoint)).build()?,
+                    None => builder.build()?,
+                }
+            }
+        };
+        let mut reader = PeriodicReader::builder(exporter);
+        if let Some(interval) = config.interval {
+            reader = reader.with_interval(interval);
+        }
+        let provider = SdkMeterProvider::builder()
+            .with_reader(reader.build())
+            .with_resource(resource(config))
+            .build();
+        let meter = provider.meter("temporal-observer");
+        Ok(Self::with_meter(&meter, Some(provider)))
+    }
+
+    /// Instruments that record nothing anywhere but the in-memory mirror (tests, `--no-export`).
+    pub fn in_memory() -> Self {
+        let provider = SdkMeterProvider::builder().build();
+        let meter = provider.meter("temporal-observer");
+        Self::with_meter(&meter, None)
+    }
+
+    fn with_meter(meter: &Meter, provider: Option<SdkMeterProvider>) -> Self {
+        let counter = |name: &'static str, description: &'static str| {
+            meter
+                .u64_counter(name)
+                .with_description(description)
+                .build()
+        };
+        Self {
+            started: counter(
+                name::STARTED,
+                "Runs whose first workflow task ran (not replayed)",
+            ),
+            ends: [
+                (
+                    EndState::Completed,
+                    name::COMPLETED,
+                    counter(name::COMPLETED, "Runs completed"),
+                ),
+                (
+                    EndState::Failed,
+                    name::FAILED,
+                    counter(name::FAILED, "Runs failed, not by a timeout"),
+                ),
+                (
+                    EndState::Canceled,
+                    name::CANCELED,
+                    counter(name::CANCELED, "Runs canceled"),
+                ),
+                (
+                    EndState::TimedOut,
+                    name::TIMED_OUT,
+                    counter(name::TIMED_OUT, "Runs that timed out"),
+                ),
+                (
+                    EndState::ContinuedAsNew,
+                    name::CONTINUED_AS_NEW,
+                    counter(name::CONTINUED_AS_NEW, "Runs continued as new"),
+                ),
+            ],
+            duration: meter
+                .f64_histogram(name::DURATION)
+                .with_unit("s")
+                .with_description("Seconds from a run's start to its end")
+                .with_boundaries(DURATION_BUCKETS.to_vec())
+                .build(),
+            workers_running: meter
+                .i64_up_down_counter(name::WORKERS_RUNNING)
+                .with_description("sdk-core workers running in observed processes")
+                .build(),
+            workers_configured: meter
+                .i64_gauge(name::WORKERS_CONFIGURED)
+                .with_description("Workers configured per observed instance")
+                .build(),
+            events_lost: counter(
+                name::EVENTS_LOST,
+                "Probe records lost because the ring buffer was full",
+            ),
+            read_faults: counter(
+                name::READ_FAULTS,
+                "Reads of the target's memory that failed",
+            ),
+            probes_attached: meter.i64_gauge(name::PROBES_ATTACHED).build(),
+            targets_observed: meter.i64_gauge(name::TARGETS_OBSERVED).build(),
+            runs_tracked: meter.i64_gauge(name::RUNS_TRACKED).build(),
+            runs_dropped: counter(
+                name::RUNS_DROPPED,
+                "Open runs forgotten because of the memory cap",
+            ),
+            snapshot: Arc::default(),
+            reported_lost: 0,
+            reported_faults: 0,
+            reported_dropped: 0,
+            provider,
+        }
+    }
+
+    /// Records one lifecycle update.
+    pub fn record(&self, update: &Update) {
+        let mut snapshot = self
+            .snapshot
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match update {
+            Update::RunStarted { workflow_type } => {
+                self.started
+                    .add(1, &[KeyValue::new("workflow_type", workflow_type.clone())]);
+                *snapshot
+                    .counters
+                    .entry(name::STARTED)
+                    .or_default()
+                    .entry(workflow_type.clone())
+                    .or_default() += 1;
+            }
+            Update::RunEnded {
+                workflow_type,
+                end,
+                duration_seconds,
+                ..
+            } => {
+                let attributes = [KeyValue::new("workflow_type", workflow_type.clone())];
+                if let Some((_, name, counter)) =
+                    self.ends.iter().find(|(state, _, _)| state == end)
+                {
+                    counter.add(1, &attributes);
+                    *snapshot
+                        .counters
+                        .entry(name)
+                        .or_default()
+                        .entry(workflow_type.clone())
+                        .or_default() += 1;
+                }
+                if let Some(seconds) = duration_seconds {
+                    self.duration.record(*seconds, &attributes);
+                    let entry = snapshot.durations.entry(workflow_type.clone()).or_default();
+                    entry.0 += 1;
+                    entry.1 += seconds;
+                }
+            }
+            Update::WorkersRunning { delta } => {
+                self.workers_running.add(*delta, &[]);
+                snapshot.workers_running += delta;
+            }
+        }
+    }
+
+    pub fn set_workers_configured(&self, value: i64) {
+        self.workers_configured.record(value, &[]);
+        self.snapshot
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .workers_configured = value;
+    }
+
+    /// The observer's own health. Kernel counters are cumulative; the deltas are exported.
+    pub fn record_health(&mut self, health: &Health) {
+        self.events_lost
+            .add(health.events_lost.saturating_sub(self.reported_lost), &[]);
+        self.read_faults
+            .add(health.read_faults.saturating_sub(self.reported_faults), &[]);
+        self.runs_dropped.add(
+            health.runs_dropped.saturating_sub(self.reported_dropped),
+            &[],
+        );
+        self.reported_lost = self.reported_lost.max(health.events_lost);
+        self.reported_faults = self.reported_faults.max(health.read_faults);
+        self.reported_dropped = self.reported_dropped.max(health.runs_dropped);
+        self.probes_attached.record(health.probes_attached, &[]);
+        self.targets_observed.record(health.targets_observed, &[]);
+        self.runs_tracked.record(health.runs_tracked, &[]);
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        self.snapshot
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Exports what is left and stops the pipeline. Blocking: call it off the async threads.
+    pub fn shutdown(&mut self) -> Result<(), String> {
+        match self.provider.take() {
+            Some(provider) => provider.shutdown().map_err(|e| e.to_string()),
+            None => Ok(()),
+        }
+    }
+}
+
+/// What the observer knows about its own health, cumulative.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Health {
+    pub events_lost: u64,
+    pub read_faults: u64,
+    pub runs_dropped: u64,
+    pub probes_attached: i64,
+    pub targets_observed: i64,
+    pub runs_tracked: i64,
+}
+
+/// `http://host:4318` -> `http://host:4318/v1/metrics`; a URL with a path is kept as given.
+pub fn http_metrics_url(endpoint: &str) -> String {
+    let trimmed = endpoint.trim_end_matches('/');
+    let after_scheme = trimmed
+        .split_once("://")
+        .map(|(_, rest)| rest)
+        .unwrap_or(trimmed);
+    if after_scheme.contains('/') {
+        trimmed.to_string()
+    } else {
+        format!("{trimmed}/v1/metrics")
+    }
+}
+
+/// Resource attributes: where the numbers come from, never metric attributes.
+fn resource(config: &ExportConfig) -> Resource {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let defaults = [
+        KeyValue::new("service.name", config.executable.clone()),
+        KeyValue::new("process.pid", i64::from(config.pid)),
+        KeyValue::new("process.executable.name", config.executable.clone()),
+        KeyValue::new("host.name", host.trim().to_string()),
+    ];
+    // Later sources win: OTEL_RESOURCE_ATTRIBUTES over the defaults, OTEL_SERVICE_NAME over both.
+    let mut builder = Resource::builder_empty()
+        .with_attributes(defaults)
+        .with_detector(Box::new(EnvResourceDetector::new()));
+    if let Ok(service) = std::env::var("OTEL_SERVICE_NAME")
+        && !service.trim().is_empty()
+    {
+        builder = builder.with_service_name(service);
+    }
+    builder.build()
+}
+
+/// Human-readable table of a snapshot, for `--print-metrics`.
+pub fn format_snapshot(snapshot: &Snapshot) -> String {
+    let mut types: Vec<&String> = snapshot.counters.values().flat_map(|m| m.keys()).collect();
+    types.sort();
+    types.dedup();
+    let columns = [
+        ("started", name::STARTED),
+        ("completed", name::COMPLETED),
+        ("failed", name::FAILED),
+        ("canceled", name::CANCELED),
+        ("timed_out", name::TIMED_OUT),
+        ("cont_as_new", name::CONTINUED_AS_NEW),
+    ];
+    let mut out = format!("{:<28}", "workflow_type");
+    for (label, _) in columns {
+        out.push_str(&format!("{label:>12}"));
+    }
+    out.push_str(&format!("{:>14}\n", "mean_dur_s"));
+    for ty in types {
+        out.push_str(&format!("{ty:<28}"));
+        for (_, metric) in columns {
+            let value = snapshot
+                .counters
+                .get(metric)
+                .and_then(|m| m.get(ty))
+                .copied()
+                .unwrap_or(0);
+            out.push_str(&format!("{value:>12}"));
+        }
+        let mean = snapshot
+            .durations
+            .get(ty)
+            .filter(|(n, _)| *n > 0)
+            .map(|(n, sum)| sum / *n as f64);
+        out.push_str(
+            &mean
+                .map(|m| format!("{m:>14.3}\n"))
+                .unwrap_or_else(|| format!("{:>14}\n", "-")),
+        );
+    }
+    out.push_str(&format!(
+        "workers running: {}   workers configured: {}\n",
+        snapshot.workers_running, snapshot.workers_configured
+    ));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_endpoints_get_the_metrics_path() {
+        assert_eq!(
+            http_metrics_url("http://127.0.0.1:4318"),
+            "http://127.0.0.1:4318/v1/metrics"
+        );
+        assert_eq!(
+            http_metrics_url("http://127.0.0.1:4318/"),
+            "http://127.0.0.1:4318/v1/metrics"
+        );
+        assert_eq!(
+            http_metrics_url("http://h:1/custom/path"),
+            "http://h:1/custom/path"
+        );
+    }
+
+    #[test]
+    fn updates_reach_the_mirror_per_workflow_type() {
+        let metrics = Metrics::in_memory();
+        metrics.record(&Update::RunStarted {
+            workflow_type: "A".into(),
+        });
+        metrics.record(&Update::RunStarted {
+            workflow_type: "A".into(),
+        });
+        metrics.record(&Update::RunEnded {
+            run_id: "r".into(),
+            workflow_type: "A".into(),
+            end: EndState::TimedOut,
+            duration_seconds: Some(1.5),
+        });
+        metrics.record(&Update::WorkersRunning { delta: 1 });
+        metrics.set_workers_configured(3);
+        let s = metrics.snapshot();
+        assert_eq!(s.counters[name::STARTED]["A"], 2);
+        assert_eq!(s.counters[name::TIMED_OUT]["A"], 1);
+        assert!(!s.counters.contains_key(name::FAILED));
+        assert_eq!(s.durations["A"], (1, 1.5));
+        assert_eq!((s.workers_running, s.workers_configured), (1, 3));
+        let table = format_snapshot(&s);
+        assert!(table.contains("workers running: 1"), "{table}");
+    }
+
+    #[test]
+    fn a_bad_protocol_variable_is_refused_with_its_name() {
+        let err = ExportError::Protocol {
+            var: "OTEL_EXPORTER_OTLP_PROTOCOL",
+            value: "http/json".into(),
+        };
+        assert!(
+            err.to_string()
+                .contains("OTEL_EXPORTER_OTLP_PROTOCOL=\"http/json\"")
+        );
+    }
+}
