@@ -176,18 +176,21 @@ impl Engine {
                 run.pending_end = Some((end, now));
             }
             EventBody::Eviction { run_id, reason, .. } => {
-                if *reason == WORKFLOW_EXECUTION_ENDING {
-                    let pending = self.runs.get(run_id).and_then(|r| r.pending_end);
-                    if let Some((end, at)) = pending {
-                        self.end(run_id, end, at, out);
-                    } else {
-                        // Ended without a counted end here (e.g. a replay for a query): forget it.
+                let pending = self.runs.get(run_id).and_then(|r| r.pending_end);
+                match pending {
+                    Some((end, at)) if eviction_confirms_end(*reason) => {
+                        self.end(run_id, end, at, out)
+                    }
+                    // Ended without a counted end here (e.g. a replay for a query): forget it.
+                    None if *reason == WORKFLOW_EXECUTION_ENDING => {
                         self.runs.remove(run_id);
                     }
-                } else if let Some(run) = self.runs.get_mut(run_id) {
-                    // Evicted for another reason: whatever terminal command was pending did not
-                    // end the run; it will come back, replayed.
-                    run.pending_end = None;
+                    // The completion failed; the run goes on and will come back, replayed.
+                    _ => {
+                        if let Some(run) = self.runs.get_mut(run_id) {
+                            run.pending_end = None;
+                        }
+                    }
                 }
             }
             EventBody::WorkerStart { worker, .. } => {
@@ -274,6 +277,21 @@ impl Engine {
 
 /// `EvictionReason::WorkflowExecutionEnding`: core evicts a run after the server accepted its end.
 pub const WORKFLOW_EXECUTION_ENDING: u32 = 10;
+
+/// Whether an eviction that follows a terminal command means the server took it.
+///
+/// Core evicts an ended run with `WorkflowExecutionEnding`, unless an eviction was already
+/// pending for it: under cache pressure a run evicted for room (`CacheFull`) right after its
+/// terminal completion was accepted never gets the ending eviction (seen in the end-to-end
+/// tests with a cache of one). Reasons that mean the completion failed reject the end.
+pub fn eviction_confirms_end(reason: u32) -> bool {
+    match reason {
+        // Unspecified, CacheFull, CacheMiss, LangRequested, WorkflowExecutionEnding
+        0 | 1 | 2 | 5 | WORKFLOW_EXECUTION_ENDING => true,
+        // Nondeterminism, LangFail, TaskNotFound, UnhandledCommand, Fatal, PaginationOrHistoryFetch
+        _ => false,
+    }
+}
 
 /// The workflow type of a run whose first activation this observer did not see.
 pub const UNKNOWN_TYPE: &str = "unknown";
@@ -521,6 +539,31 @@ mod tests {
                 ended("r1", "T", EndState::Canceled, Some(3.0))
             ]
         );
+    }
+
+    #[test]
+    fn a_run_evicted_for_room_right_after_its_end_still_ends() {
+        let mut engine = Engine::default();
+        let out = feed(
+            &mut engine,
+            &[
+                activation(0, "r1", false, Some(init("T", 0))),
+                completion(SEC, "r1", Some(Terminal::Complete), false),
+                // Core had already asked to evict it for room; no WorkflowExecutionEnding follows.
+                eviction(SEC, "r1", 1),
+                activation(SEC, "r1", false, None),
+            ],
+        );
+        assert_eq!(
+            out,
+            vec![
+                Update::RunStarted {
+                    workflow_type: "T".into()
+                },
+                ended("r1", "T", EndState::Completed, Some(1.0))
+            ]
+        );
+        assert_eq!(engine.open_runs(), 0);
     }
 
     #[test]

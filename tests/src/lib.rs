@@ -16,6 +16,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod otlp;
+
 use anyhow::{Context as _, bail, ensure};
 pub use ground_truth::{GroundTruth, GroundTruthRun, RunStatus};
 
