@@ -8,7 +8,7 @@
 #![no_std]
 
 /// Bumped whenever a record or the layout changes shape.
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 
 /// Bytes of a run id kept (Temporal run ids are 36-byte UUIDs).
 pub const RUN_ID_CAP: usize = 64;
@@ -31,6 +31,8 @@ pub mod kind {
     pub const WORKER_SHUTDOWN: u32 = 4;
     /// A worker polled for the first time (it is running).
     pub const WORKER_START: u32 = 5;
+    /// A workflow task reached core: which run, of which workflow type.
+    pub const TASK: u32 = 6;
 }
 
 /// How deep the kernel follows a failure's `cause` chain looking for a timeout.
@@ -43,6 +45,7 @@ pub mod program {
     pub const EVICTION: &str = "eviction";
     pub const WORKER_SHUTDOWN: &str = "worker_shutdown";
     pub const WORKER_START: &str = "worker_start";
+    pub const TASK: &str = "task";
 }
 
 /// The attach cookie: which probe fired and which argument registers hold its inputs.
@@ -167,6 +170,9 @@ pub struct Layout {
     pub worker_task_queue: u32,
     /// Which `failure_info` tag values mean `TimeoutFailureInfo`.
     pub failure_timeout: TagMatch,
+    /// `PermittedWFT`: where the run id and workflow type `String`s of a workflow task are.
+    pub task_run_id: u32,
+    pub task_workflow_type: u32,
 }
 
 /// A string copied out of the target: `len` is its length there, `bytes` holds the first
@@ -252,6 +258,15 @@ pub struct WorkerEvent {
     pub task_queue: Str<NAME_CAP>,
 }
 
+/// A workflow task reached core.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct TaskEvent {
+    pub header: EventHeader,
+    pub run_id: Str<RUN_ID_CAP>,
+    pub workflow_type: Str<NAME_CAP>,
+}
+
 /// Counters the kernel side keeps (index into the `COUNTERS` per-CPU array).
 pub mod counter {
     /// Records that did not fit in the ring buffer.
@@ -263,7 +278,8 @@ pub mod counter {
 
 const _: () = {
     assert!(core::mem::size_of::<TagMatch>() == 24);
-    assert!(core::mem::size_of::<Layout>() == 4 * 16 + 24 + 4 * 6 + 24 * 3 + 4 * 4 + 24);
+    assert!(core::mem::size_of::<Layout>() == 4 * 16 + 24 + 4 * 6 + 24 * 3 + 4 * 4 + 24 + 4 * 2);
+    assert!(core::mem::size_of::<TaskEvent>() == 24 + 8 + RUN_ID_CAP + 8 + NAME_CAP);
     assert!(core::mem::size_of::<EventHeader>() == 24);
     assert!(core::mem::size_of::<Str<RUN_ID_CAP>>() == 8 + RUN_ID_CAP);
     assert!(core::mem::size_of::<ActivationEvent>() == 24 + 72 + 8 + 8 + 32 + 8 + 136 + 96);

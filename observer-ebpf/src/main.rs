@@ -26,7 +26,7 @@ use aya_ebpf::{
 };
 use observer_common::{
     ActivationEvent, CompletionEvent, Cookie, EventHeader, EvictionEvent, Layout,
-    MAX_FAILURE_DEPTH, MAX_JOBS, OPTION_TIME_WINDOW, Str, WorkerEvent, counter, kind,
+    MAX_FAILURE_DEPTH, MAX_JOBS, OPTION_TIME_WINDOW, Str, TaskEvent, WorkerEvent, counter, kind,
 };
 
 /// The ring buffer; user space sets its real size at load time.
@@ -72,6 +72,12 @@ pub fn eviction(ctx: ProbeContext) -> u32 {
 #[uprobe]
 pub fn worker_shutdown(ctx: ProbeContext) -> u32 {
     let _ = try_worker(&ctx, kind::WORKER_SHUTDOWN);
+    0
+}
+
+#[uprobe]
+pub fn task(ctx: ProbeContext) -> u32 {
+    let _ = try_task(&ctx);
     0
 }
 
@@ -341,6 +347,24 @@ fn failure_has_timeout(command: u64, layout: &Layout) -> bool {
         }
     }
     false
+}
+
+fn try_task(ctx: &ProbeContext) -> Result<(), ()> {
+    let p = probe(ctx);
+    let layout = layout_for(p.pid)?;
+    let task = arg(ctx, p.cookie.arg_a)?;
+    let mut entry = reserve::<TaskEvent>()?;
+    // SAFETY: `entry` is a reserved, zeroed, properly aligned record.
+    let e = unsafe { &mut *entry.as_mut_ptr() };
+    e.header = header(&p, kind::TASK);
+    let _ = read_string(&mut e.run_id, task + layout.task_run_id as u64, layout);
+    let _ = read_string(
+        &mut e.workflow_type,
+        task + layout.task_workflow_type as u64,
+        layout,
+    );
+    entry.submit(submit_flags());
+    Ok(())
 }
 
 fn try_worker(ctx: &ProbeContext, event_kind: u32) -> Result<(), ()> {

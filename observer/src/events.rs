@@ -2,7 +2,8 @@
 //! lifecycle engine) can read. Pure: bytes in, events out.
 
 use observer_common::{
-    ActivationEvent, CompletionEvent, EventHeader, EvictionEvent, MAX_JOBS, Str, WorkerEvent, kind,
+    ActivationEvent, CompletionEvent, EventHeader, EvictionEvent, MAX_JOBS, Str, TaskEvent,
+    WorkerEvent, kind,
 };
 use serde::Serialize;
 
@@ -64,6 +65,11 @@ pub enum EventBody {
         run_id: String,
         reason: u32,
         reason_name: &'static str,
+    },
+    /// A workflow task reached core.
+    Task {
+        run_id: String,
+        workflow_type: String,
     },
     /// A worker polled for the first time.
     WorkerStart {
@@ -253,6 +259,13 @@ pub fn decode(bytes: &[u8], layout: &TargetLayout, clock: &Clock) -> Result<Even
                 reason_name: eviction_reason_name(e.reason),
             }
         }
+        kind::TASK => {
+            let e: TaskEvent = read_record(bytes, header.kind)?;
+            EventBody::Task {
+                run_id: text(&e.run_id),
+                workflow_type: text(&e.workflow_type),
+            }
+        }
         kind::WORKER_START | kind::WORKER_SHUTDOWN => {
             let e: WorkerEvent = read_record(bytes, header.kind)?;
             let (worker, task_queue) = (format!("{:#x}", e.worker), text(&e.task_queue));
@@ -342,6 +355,12 @@ pub fn format_text(event: &Event) -> String {
         } => {
             format!("eviction run_id={run_id} reason={reason}({reason_name})")
         }
+        EventBody::Task {
+            run_id,
+            workflow_type,
+        } => {
+            format!("task run_id={run_id} workflow_type={workflow_type}")
+        }
         EventBody::WorkerStart { worker, task_queue } => {
             format!("worker_start worker={worker} task_queue={task_queue}")
         }
@@ -428,6 +447,8 @@ mod tests {
             failure_cause: 0,
             failure_info: tags(&[("TimeoutFailureInfo", Tag::Exact(1))]),
             worker_task_queue: 0,
+            task_run_id: 0,
+            task_workflow_type: 0,
         }
     }
 

@@ -74,6 +74,8 @@ impl Default for Limits {
 
 #[derive(Debug, Default)]
 struct Run {
+    /// An `InitializeWorkflow` was seen: the run's start counted then, unless it replayed.
+    init_seen: bool,
     workflow_type: Option<String>,
     start_unix_nanos: Option<Nanos>,
     deadline_unix_nanos: Option<Nanos>,
@@ -143,7 +145,8 @@ impl Engine {
                     run.pending_end = None;
                 }
                 if let Some(init) = init {
-                    let first_time = run.workflow_type.is_none();
+                    let first_time = !run.init_seen;
+                    run.init_seen = true;
                     apply_init(run, init);
                     if first_time && !*replaying {
                         out.push(Update::RunStarted {
@@ -190,6 +193,18 @@ impl Engine {
                         if let Some(run) = self.runs.get_mut(run_id) {
                             run.pending_end = None;
                         }
+                    }
+                }
+            }
+            EventBody::Task {
+                run_id,
+                workflow_type,
+            } => {
+                // Names a run whose first activation this observer did not see (attached late).
+                if !self.ended.contains(run_id) {
+                    let run = self.run(run_id, now);
+                    if run.workflow_type.is_none() {
+                        run.workflow_type = Some(workflow_type.clone());
                     }
                 }
             }
@@ -580,6 +595,42 @@ mod tests {
         assert_eq!(
             out,
             vec![ended("late", UNKNOWN_TYPE, EndState::Completed, None)]
+        );
+    }
+
+    #[test]
+    fn a_task_names_a_run_seen_late_and_does_not_hide_a_real_start() {
+        let task = |run: &str| {
+            event(
+                0,
+                EventBody::Task {
+                    run_id: run.into(),
+                    workflow_type: "Late".into(),
+                },
+            )
+        };
+        let mut engine = Engine::default();
+        let out = feed(
+            &mut engine,
+            &[
+                // Attached late: the run's start is history, only new tasks come.
+                task("old"),
+                activation(0, "old", false, None),
+                completion(SEC, "old", Some(Terminal::Complete), false),
+                eviction(SEC, "old", WORKFLOW_EXECUTION_ENDING),
+                // A brand-new run: its task reaches core before its first activation.
+                task("new"),
+                activation(2 * SEC, "new", false, Some(init("Late", 2 * SEC))),
+            ],
+        );
+        assert_eq!(
+            out,
+            vec![
+                ended("old", "Late", EndState::Completed, None),
+                Update::RunStarted {
+                    workflow_type: "Late".into()
+                },
+            ]
         );
     }
 

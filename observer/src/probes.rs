@@ -88,6 +88,16 @@ pub const PROBES: &[ProbeSpec] = &[
         required: false,
         yields: "a worker's first poll (it is running), and its task queue",
     },
+    ProbeSpec {
+        id: 6,
+        name: "task",
+        function: "temporalio_sdk_core::worker::workflow::workflow_stream::WFStream::instantiate_or_update",
+        program: program::TASK,
+        arg_a: 2, // PermittedWFT, passed by reference (arg 0 is the return slot, arg 1 &mut self)
+        arg_b: 0,
+        required: false,
+        yields: "each workflow task's run id and workflow type: names the runs whose start was not seen",
+    },
 ];
 
 pub fn spec_by_id(id: u32) -> Option<&'static ProbeSpec> {
@@ -361,6 +371,7 @@ mod tests {
             program::EVICTION,
             program::WORKER_SHUTDOWN,
             program::WORKER_START,
+            program::TASK,
         ];
         assert!(PROBES.iter().all(|p| programs.contains(&p.program)));
     }

@@ -141,6 +141,12 @@ impl Guard {
         timeout: Duration,
     ) -> anyhow::Result<ExitStatus> {
         self.signal(signal);
+        self.wait_exit(timeout)
+            .with_context(|| format!("after signal {signal}"))
+    }
+
+    /// Waits up to `timeout` for the process to exit by itself.
+    pub fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
         let deadline = Instant::now() + timeout;
         let child = self.child.as_mut().context("already stopped")?;
         loop {
@@ -149,10 +155,7 @@ impl Guard {
                 return Ok(status);
             }
             if Instant::now() > deadline {
-                bail!(
-                    "{} did not exit within {timeout:?} of signal {signal}",
-                    self.name
-                );
+                bail!("{} did not exit within {timeout:?}", self.name);
             }
             thread::sleep(Duration::from_millis(20));
         }
@@ -371,58 +374,95 @@ pub fn drive(
     id_prefix: &str,
     mix: &Mix,
 ) -> anyhow::Result<GroundTruth> {
-    let out = env.logs.join(format!("truth-{id_prefix}.json"));
-    let (log, file) = env.log(&format!("driver-{id_prefix}.log"))?;
-    let status = Command::new(&env.driver)
-        .args([
-            "--address",
-            &server.url(),
-            "--task-queue",
-            task_queue,
-            "--id-prefix",
-            id_prefix,
-        ])
-        .args([
-            "--complete",
-            &mix.complete.to_string(),
-            "--fail",
-            &mix.fail.to_string(),
-        ])
-        .args([
-            "--cancel",
-            &mix.cancel.to_string(),
-            "--activity-timeout",
-            &mix.activity_timeout.to_string(),
-        ])
-        .args([
-            "--server-timeout",
-            &mix.server_timeout.to_string(),
-            "--signal",
-            &mix.signal.to_string(),
-        ])
-        .args(["--continue-as-new", &mix.continue_as_new.to_string()])
-        .args([
-            "--continue-as-new-times",
-            &mix.continue_as_new_times.to_string(),
-        ])
-        .args(["--server-timeout-ms", &mix.server_timeout_ms.to_string()])
-        .arg("--out")
-        .arg(&out)
-        .stdin(Stdio::null())
-        .stdout(file.try_clone()?)
-        .stderr(file)
-        .status()
-        .context("running the workload driver")?;
-    if !status.success() {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        bail!(
-            "the workload driver failed ({status}); its log:\n{}",
-            tail(&text, 30)
-        );
+    Driver::spawn(env, server, task_queue, id_prefix, mix, None)?.wait()
+}
+
+/// A workload driver running in the background.
+#[derive(Debug)]
+pub struct Driver {
+    process: Guard,
+    out: PathBuf,
+    gate: Option<PathBuf>,
+}
+
+impl Driver {
+    /// Starts the driver. With `gate`, it starts the runs, then waits for [`Driver::open_gate`]
+    /// before it cancels and signals them.
+    pub fn spawn(
+        env: &Env,
+        server: &DevServer,
+        task_queue: &str,
+        id_prefix: &str,
+        mix: &Mix,
+        gate: Option<PathBuf>,
+    ) -> anyhow::Result<Self> {
+        let out = env.logs.join(format!("truth-{id_prefix}.json"));
+        let (log, file) = env.log(&format!("driver-{id_prefix}.log"))?;
+        let mut command = Command::new(&env.driver);
+        command
+            .args([
+                "--address",
+                &server.url(),
+                "--task-queue",
+                task_queue,
+                "--id-prefix",
+                id_prefix,
+            ])
+            .args([
+                "--complete",
+                &mix.complete.to_string(),
+                "--fail",
+                &mix.fail.to_string(),
+            ])
+            .args(["--cancel", &mix.cancel.to_string()])
+            .args(["--activity-timeout", &mix.activity_timeout.to_string()])
+            .args(["--server-timeout", &mix.server_timeout.to_string()])
+            .args(["--signal", &mix.signal.to_string()])
+            .args(["--continue-as-new", &mix.continue_as_new.to_string()])
+            .args([
+                "--continue-as-new-times",
+                &mix.continue_as_new_times.to_string(),
+            ])
+            .args(["--server-timeout-ms", &mix.server_timeout_ms.to_string()])
+            .arg("--out")
+            .arg(&out)
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file);
+        if let Some(gate) = &gate {
+            let _ = std::fs::remove_file(gate);
+            command.arg("--gate").arg(gate);
+        }
+        let mut process = Guard::spawn("workload driver", command, log)?;
+        if gate.is_some() {
+            process.wait_for_log("waiting for", Duration::from_secs(60))?;
+        }
+        Ok(Self { process, out, gate })
     }
-    let json =
-        std::fs::read_to_string(&out).with_context(|| format!("reading {}", out.display()))?;
-    Ok(serde_json::from_str(&json)?)
+
+    /// Lets a gated driver cancel and signal its runs.
+    pub fn open_gate(&self) -> anyhow::Result<()> {
+        if let Some(gate) = &self.gate {
+            File::create(gate).with_context(|| format!("creating {}", gate.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Waits for the driver to finish and reads the ground truth it wrote.
+    pub fn wait(mut self) -> anyhow::Result<GroundTruth> {
+        self.open_gate()?;
+        let status = self.process.wait_exit(Duration::from_secs(240))?;
+        if !status.success() {
+            let text = std::fs::read_to_string(&self.process.log).unwrap_or_default();
+            bail!(
+                "the workload driver failed ({status}); its log:\n{}",
+                tail(&text, 30)
+            );
+        }
+        let json = std::fs::read_to_string(&self.out)
+            .with_context(|| format!("reading {}", self.out.display()))?;
+        Ok(serde_json::from_str(&json)?)
+    }
 }
 
 /// Parses `--print-events --format json` output, one JSON object per line.

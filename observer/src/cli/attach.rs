@@ -446,5 +446,6 @@ fn probe_name(event: &Event) -> &'static str {
         EventBody::Eviction { .. } => "eviction",
         EventBody::WorkerShutdown { .. } => "worker_shutdown",
         EventBody::WorkerStart { .. } => "worker_start",
+        EventBody::Task { .. } => "task",
     }
 }

@@ -134,6 +134,9 @@ pub struct TargetLayout {
     pub failure_info: EnumTags,
     /// `Worker.config.task_queue`.
     pub worker_task_queue: u64,
+    /// `PermittedWFT.work.execution.run_id` and `PermittedWFT.work.workflow_type`.
+    pub task_run_id: u64,
+    pub task_workflow_type: u64,
 }
 
 /// Where an `Option<T>` keeps its tag and its payload, from some base.
@@ -243,6 +246,15 @@ impl TargetLayout {
         let worker_task_queue =
             worker.member("config")?.offset + config.member("task_queue")?.offset;
 
+        let permitted =
+            types.info(types.find("temporalio_sdk_core::worker::workflow::PermittedWFT")?)?;
+        let work = follow(types, &permitted, "work")?;
+        let execution = follow(types, &work, "execution")?;
+        let work_at = permitted.member("work")?.offset;
+        let task_run_id =
+            work_at + work.member("execution")?.offset + execution.member("run_id")?.offset;
+        let task_workflow_type = work_at + work.member("workflow_type")?.offset;
+
         Ok(Self {
             sdk_core: sdk_core.to_string(),
             rustc: rustc.to_string(),
@@ -272,6 +284,8 @@ impl TargetLayout {
             failure_cause: cause.payload_offset,
             failure_info,
             worker_task_queue,
+            task_run_id,
+            task_workflow_type,
         })
     }
 
@@ -323,6 +337,8 @@ impl TargetLayout {
             failure_cause: fit("failure_cause", self.failure_cause)?,
             failure_info_tag: fit("failure_info_tag", self.failure_info.offset)?,
             worker_task_queue: fit("worker_task_queue", self.worker_task_queue)?,
+            task_run_id: fit("task_run_id", self.task_run_id)?,
+            task_workflow_type: fit("task_workflow_type", self.task_workflow_type)?,
             failure_timeout: self
                 .failure_info
                 .tag("TimeoutFailureInfo", "failure info")?
