@@ -351,3 +351,88 @@ fn runs_under_way_before_attaching_count_their_ends_but_no_start() -> anyhow::Re
     assert_eq!(ended.len(), 7, "{ended:?}");
     Ok(())
 }
+
+#[test]
+fn a_worker_restarted_in_its_process_goes_down_and_up_and_counts_stay_exact() -> anyhow::Result<()>
+{
+    let env = Env::require("metrics_restart")?;
+    let server = DevServer::start(&env)?;
+    let receiver = Receiver::start(Transport::Grpc)?;
+    let task_queue = unique("restart");
+    let mut worker = start_worker(&env, &server, &task_queue, &[])?;
+    let observer = Observer::attach(
+        &env,
+        worker.pid(),
+        &[
+            "--otlp-endpoint",
+            &receiver.endpoint,
+            "--otlp-protocol",
+            "grpc",
+            "--metric-export-interval-ms",
+            "500",
+            "--configured-workers",
+            "1",
+            "--print-updates",
+            "--format",
+            "json",
+        ],
+    )?;
+    let mix = Mix {
+        complete: 2,
+        fail: 1,
+        continue_as_new: 1,
+        continue_as_new_times: 1,
+        ..Mix::default()
+    };
+    let first = drive(&env, &server, &task_queue, &unique("first"), &mix)?;
+    // SAFETY: kill has no memory preconditions; the pid is our own child.
+    unsafe { libc::kill(worker.pid() as libc::pid_t, libc::SIGHUP) };
+    worker.wait_for_log("restarting the worker", Duration::from_secs(10))?;
+    let log_has_two_starts = || {
+        std::fs::read_to_string(&worker.log)
+            .is_ok_and(|t| t.matches("polling task queue").count() == 2)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !log_has_two_starts() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the worker did not restart"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let second = drive(&env, &server, &task_queue, &unique("second"), &mix)?;
+    let (status, stdout, log) = observer.stop()?;
+    assert!(status.success(), "{log}");
+
+    let deltas: Vec<i64> = parse_events(&stdout)?
+        .iter()
+        .filter(|l| l["update"] == "workers_running")
+        .filter_map(|l| l["delta"].as_i64())
+        .collect();
+    assert_eq!(
+        deltas,
+        vec![1, -1, 1],
+        "workers running: 1, then 0 at the shutdown, then 1 again"
+    );
+    let received = receiver.received();
+    assert_eq!(
+        received.int("compozy_temporal_workers_running_total", ""),
+        Some(1)
+    );
+    assert_eq!(
+        received.int("compozy_temporal_workers_configured_total", ""),
+        Some(1)
+    );
+    let runs: Vec<_> = first.runs.iter().chain(&second.runs).cloned().collect();
+    let both = GroundTruth { runs, ..first };
+    for (metric, per_type) in expected(&both) {
+        for (ty, count) in per_type {
+            assert_eq!(
+                received.int(metric, &ty),
+                Some(count),
+                "{metric}{{workflow_type={ty}}}"
+            );
+        }
+    }
+    Ok(())
+}
