@@ -133,6 +133,7 @@ impl Engine {
                 run_id,
                 replaying,
                 init,
+                jobs,
                 ..
             } => {
                 if self.ended.contains(run_id) {
@@ -140,8 +141,12 @@ impl Engine {
                 }
                 let run = self.run(run_id, now);
                 run.replaying = *replaying;
-                // New work for the run: a terminal command still pending was not accepted.
-                if !*replaying {
+                // New work for the run (not a query, not its removal from the cache): a terminal
+                // command still pending was not accepted.
+                let new_work = jobs
+                    .iter()
+                    .any(|job| job != "QueryWorkflow" && job != "RemoveFromCache");
+                if !*replaying && new_work {
                     run.pending_end = None;
                 }
                 if let Some(init) = init {
@@ -361,6 +366,21 @@ mod tests {
     }
 
     fn activation(at: Nanos, run: &str, replaying: bool, init: Option<RunInit>) -> Event {
+        let job = if init.is_some() {
+            "InitializeWorkflow"
+        } else {
+            "SignalWorkflow"
+        };
+        activation_with(at, run, replaying, init, job)
+    }
+
+    fn activation_with(
+        at: Nanos,
+        run: &str,
+        replaying: bool,
+        init: Option<RunInit>,
+        job: &str,
+    ) -> Event {
         event(
             at,
             EventBody::Activation {
@@ -368,7 +388,7 @@ mod tests {
                 replaying,
                 history_length: 3,
                 job_count: 1,
-                jobs: vec![],
+                jobs: vec![job.to_string()],
                 init,
             },
         )
@@ -579,6 +599,25 @@ mod tests {
             ]
         );
         assert_eq!(engine.open_runs(), 0);
+    }
+
+    #[test]
+    fn a_query_between_the_end_and_its_eviction_does_not_cancel_the_end() {
+        let mut engine = Engine::default();
+        let out = feed(
+            &mut engine,
+            &[
+                activation(0, "r1", false, Some(init("T", 0))),
+                completion(SEC, "r1", Some(Terminal::Complete), false),
+                activation_with(SEC, "r1", false, None, "QueryWorkflow"),
+                completion(SEC, "r1", None, false),
+                eviction(SEC, "r1", WORKFLOW_EXECUTION_ENDING),
+            ],
+        );
+        assert_eq!(
+            out.last(),
+            Some(&ended("r1", "T", EndState::Completed, Some(1.0)))
+        );
     }
 
     #[test]

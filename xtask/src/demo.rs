@@ -1,5 +1,5 @@
 //! The self-contained demo: a dev server, the sample worker, a steady workload, and the observer
-//! printing what the worker does, until Ctrl-C; then everything it started is stopped.
+//! showing the live metric values, until Ctrl-C; then everything it started is stopped.
 
 use std::{
     os::unix::process::CommandExt,
@@ -17,6 +17,21 @@ static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_interrupt(_: libc::c_int) {
     INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// A live table of the metric values; exported too when an OTLP endpoint is configured.
+fn default_observer_args() -> Vec<String> {
+    let mut args = vec!["--print-metrics".to_string(), "2".to_string()];
+    let endpoint = [
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+    ]
+    .iter()
+    .any(|v| std::env::var_os(v).is_some());
+    if !endpoint {
+        args.push("--no-export".to_string());
+    }
+    args
 }
 
 pub fn run(paths: &Paths, observer_args: &[String]) -> anyhow::Result<()> {
@@ -44,7 +59,7 @@ pub fn run(paths: &Paths, observer_args: &[String]) -> anyhow::Result<()> {
     let mut observer = Command::new(&paths.observer)
         .args(["attach", "--pid", &worker.pid().to_string()])
         .args(if observer_args.is_empty() {
-            vec!["--print-events".to_string()]
+            default_observer_args()
         } else {
             observer_args.to_vec()
         })

@@ -387,9 +387,20 @@ impl Pipeline {
     }
 
     fn print_table(&self) {
+        use std::io::IsTerminal as _;
         let stdout = std::io::stdout();
         let mut out = stdout.lock();
-        let _ = writeln!(out, "{}", export::format_snapshot(&self.metrics.snapshot()));
+        // On a terminal the table is redrawn in place; piped, each table follows the last.
+        let refresh = if out.is_terminal() && !self.print_events && !self.print_updates {
+            "\x1b[2J\x1b[H"
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            out,
+            "{refresh}{}",
+            export::format_snapshot(&self.metrics.snapshot())
+        );
         let _ = out.flush();
     }
 
