@@ -1,5 +1,5 @@
 use clap::Parser;
-use temporal_observer::cli::{Cli, Command, attach, layout};
+use temporal_observer::cli::{Cli, Command, attach, inspect, layout};
 
 fn main() -> std::process::ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
@@ -9,6 +9,7 @@ fn main() -> std::process::ExitCode {
     let result = match &cli.command {
         Command::Attach(args) => attach::run(args),
         Command::Layout(args) => layout::run(args),
+        Command::Inspect(args) => inspect::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

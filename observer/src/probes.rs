@@ -56,7 +56,8 @@ pub const PROBES: &[ProbeSpec] = &[
         arg_a: 1, // &WorkflowActivationCompletion (arg 0 is the return slot)
         arg_b: 0,
         required: true,
-        yields: "each completion: run id, status, and its last (terminal) command",
+        yields: "each completion: run id, status, its last (terminal) command, and whether a \
+                 failure's cause chain holds a timeout",
     },
     ProbeSpec {
         id: 3,

@@ -75,7 +75,7 @@ pub fn resolve_with_table(image: &[u8], table: &str) -> Result<Resolved, Resolve
 }
 
 /// The target's DWARF when it describes sdk-core's types, else the table entry for its versions.
-fn layout_for(
+pub fn layout_for(
     image: &[u8],
     versions: &BinaryVersions,
     table: &str,

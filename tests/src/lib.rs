@@ -53,6 +53,15 @@ fn on_path(program: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// The built `temporal-observer`, for tests that need no privileges.
+pub fn observer_binary() -> anyhow::Result<PathBuf> {
+    binary(
+        "TEMPORAL_OBSERVER_BIN",
+        workspace_root().join("target/release/temporal-observer"),
+        "run `cargo xtask test`, which builds it",
+    )
+}
+
 impl Env {
     /// Everything an end-to-end test needs, or an error naming what is missing.
     pub fn require(test: &str) -> anyhow::Result<Self> {

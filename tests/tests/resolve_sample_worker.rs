@@ -90,3 +90,86 @@ fn dwarf_of_the_layout_build_gives_exactly_the_shipped_layout() -> anyhow::Resul
     assert_eq!(resolve(&image)?.layout_source, LayoutSource::Dwarf);
     Ok(())
 }
+
+fn inspect(target: &std::path::Path) -> anyhow::Result<(bool, serde_json::Value)> {
+    let output = std::process::Command::new(e2e::observer_binary()?)
+        .args(["inspect", "--output", "json"])
+        .arg(target)
+        .output()?;
+    Ok((
+        output.status.success(),
+        serde_json::from_slice(&output.stdout)?,
+    ))
+}
+
+fn fixture_path(profile: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/worker/target")
+        .join(profile)
+        .join("sample-worker")
+}
+
+#[test]
+fn inspect_reports_versions_layout_source_and_every_probe() -> anyhow::Result<()> {
+    let (ok, report) = inspect(&fixture_path("release"))?;
+    assert!(ok, "{report}");
+    assert_eq!(report["rustc"], "1.95.0");
+    assert_eq!(report["sdk_core"], "0.10.1");
+    assert_eq!(report["mangling"], "legacy");
+    assert_eq!(report["layout_source"], "table");
+    assert_eq!(report["refused"], serde_json::Value::Null);
+    let probes = report["probes"].as_array().context("probes")?;
+    assert_eq!(probes.len(), PROBES.len());
+    assert!(
+        probes
+            .iter()
+            .all(|p| p["locations"].as_array().is_some_and(|l| l.len() == 1)),
+        "{probes:?}"
+    );
+    assert_eq!(report["not_covered"].as_array().map(Vec::len), Some(0));
+
+    let (ok, report) = inspect(&fixture_path("layout-gen"))?;
+    assert!(ok, "{report}");
+    assert_eq!(report["layout_source"], "dwarf");
+    Ok(())
+}
+
+#[test]
+fn inspect_refuses_a_stripped_worker_and_a_non_worker() -> anyhow::Result<()> {
+    let dir = scratch_dir()?;
+    let stripped = dir.join("sample-worker-stripped");
+    let status = std::process::Command::new("objcopy")
+        .arg("--strip-all")
+        .arg(fixture_path("release"))
+        .arg(&stripped)
+        .status();
+    assert!(
+        status.is_ok_and(|s| s.success()),
+        "objcopy (binutils) is needed to make a stripped worker"
+    );
+    let (ok, report) = inspect(&stripped)?;
+    assert!(!ok);
+    assert_eq!(report["sdk_core"], "0.10.1", "the version survives strip");
+    assert!(
+        report["refused"]
+            .as_str()
+            .is_some_and(|r| r.contains("stripped") && r.contains("strip = \"symbols\"")),
+        "{report}"
+    );
+
+    let (ok, report) = inspect(std::path::Path::new("/bin/true"))?;
+    assert!(!ok);
+    assert!(
+        report["refused"]
+            .as_str()
+            .is_some_and(|r| r.contains("not a Temporal Rust worker")),
+        "{report}"
+    );
+    Ok(())
+}
+
+fn scratch_dir() -> anyhow::Result<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/e2e-logs/inspect");
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}

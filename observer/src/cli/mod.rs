@@ -1,6 +1,7 @@
 //! The command line: one file per subcommand.
 
 pub mod attach;
+pub mod inspect;
 pub mod layout;
 
 use clap::{Parser, Subcommand};
@@ -21,6 +22,10 @@ pub enum Command {
     /// Needs CAP_BPF and CAP_PERFMON (or root). Probes are removed when the observer exits,
     /// however it exits.
     Attach(attach::AttachArgs),
+    /// Show what the observer would do with a worker binary: versions found, where the struct
+    /// layouts come from, every probe point, and what it could not cover. Exits 1 when the binary
+    /// cannot be observed. Needs no privileges for a file.
+    Inspect(inspect::InspectArgs),
     /// Print the struct layout the observer would use, derived from a binary's DWARF, as JSON.
     ///
     /// `cargo xtask gen-layouts` uses this on a debug build to generate the shipped layout table.

@@ -1,0 +1,210 @@
+//! `temporal-observer inspect`: what the observer would do with a binary, before attaching.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Args, ValueEnum};
+use serde::Serialize;
+
+use crate::{
+    layout::{self, TargetLayout},
+    probes::{self, PROBES},
+    resolve::{self, LayoutSource, ResolveError},
+    symbols::{FunctionSymbol, SymbolError, SymbolIndex},
+    target::Target,
+    versions,
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("what").required(true).args(["binary", "pid"]))]
+pub struct InspectArgs {
+    /// A worker binary.
+    pub binary: Option<PathBuf>,
+    /// Or the PID of a running worker (its executable is read through /proc/PID/exe).
+    #[arg(long)]
+    pub pid: Option<u32>,
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub binary: String,
+    pub rustc: Option<String>,
+    pub sdk_core: Option<String>,
+    /// `legacy`, `v0`, or `none` (no sdk-core symbol).
+    pub mangling: &'static str,
+    pub layout_source: Option<LayoutSource>,
+    pub probes: Vec<ProbeReport>,
+    /// Lifecycle facts the observer cannot see in this binary, and why.
+    pub not_covered: Vec<String>,
+    /// Why this binary cannot be observed; `None` when it can.
+    pub refused: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ProbeReport {
+    pub name: &'static str,
+    pub function: &'static str,
+    pub required: bool,
+    pub yields: &'static str,
+    pub locations: Vec<Location>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Location {
+    pub symbol: String,
+    pub address: u64,
+    pub file_offset: u64,
+}
+
+impl From<&FunctionSymbol> for Location {
+    fn from(f: &FunctionSymbol) -> Self {
+        Self {
+            symbol: f.mangled.clone(),
+            address: f.address,
+            file_offset: f.file_offset,
+        }
+    }
+}
+
+/// Everything about one binary; never fails, a refusal is part of the report.
+pub fn report(name: String, image: &[u8]) -> Report {
+    let found = versions::detect(image);
+    let mut report = Report {
+        binary: name,
+        rustc: found.rustc.clone(),
+        sdk_core: found.sdk_core.clone(),
+        mangling: "none",
+        layout_source: None,
+        probes: Vec::new(),
+        not_covered: Vec::new(),
+        refused: None,
+    };
+    let symbols = match SymbolIndex::from_elf(image) {
+        Ok(symbols) => symbols,
+        Err(SymbolError::Stripped) => {
+            report.refused = Some(match &found.sdk_core {
+                Some(v) => ResolveError::StrippedWorker(format!(" {v}")).to_string(),
+                None => ResolveError::NotAWorker.to_string(),
+            });
+            return report;
+        }
+        Err(e) => {
+            report.refused = Some(e.to_string());
+            return report;
+        }
+    };
+    for spec in PROBES {
+        let functions = symbols.find(spec.function);
+        if let Some(first) = functions.first() {
+            report.mangling = if first.mangled.starts_with("_R") {
+                "v0"
+            } else {
+                "legacy"
+            };
+        }
+        if functions.is_empty() && !spec.required {
+            report.not_covered.push(format!(
+                "{}: {} is not in this binary",
+                spec.yields, spec.function
+            ));
+        }
+        report.probes.push(ProbeReport {
+            name: spec.name,
+            function: spec.function,
+            required: spec.required,
+            yields: spec.yields,
+            locations: functions.iter().map(Location::from).collect(),
+        });
+    }
+    if let Err(e) = probes::plan(&symbols, found.sdk_core.as_deref()) {
+        report.refused = Some(e.to_string());
+        return report;
+    }
+    match resolve::layout_for(image, &found, layout::SHIPPED_TABLE) {
+        Ok((layout, source)) => {
+            report.layout_source = Some(source);
+            if let Err(e) = TargetLayout::kernel_layout(&layout) {
+                report.refused = Some(e.to_string());
+            }
+        }
+        Err(e) => report.refused = Some(e.to_string()),
+    }
+    report
+}
+
+pub fn run(args: &InspectArgs) -> anyhow::Result<()> {
+    let (name, image) = match (&args.binary, args.pid) {
+        (Some(path), _) => {
+            let image =
+                std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            (path.display().to_string(), image)
+        }
+        (None, Some(pid)) => {
+            let target = Target::open(pid)?;
+            (format!("PID {pid} ({})", target.exe_name), target.image)
+        }
+        (None, None) => anyhow::bail!("give a binary or --pid"),
+    };
+    let report = report(name, &image);
+    match args.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        Output::Text => print!("{}", render(&report)),
+    }
+    match &report.refused {
+        // The text already says why; the exit status says that it cannot be observed.
+        Some(_) => std::process::exit(1),
+        None => Ok(()),
+    }
+}
+
+fn render(r: &Report) -> String {
+    let or_unknown = |v: &Option<String>| v.clone().unwrap_or_else(|| "unknown".into());
+    let mut out = format!("binary:    {}\n", r.binary);
+    out.push_str(&format!("rustc:     {}\n", or_unknown(&r.rustc)));
+    out.push_str(&format!("sdk-core:  {}\n", or_unknown(&r.sdk_core)));
+    out.push_str(&format!("mangling:  {}\n", r.mangling));
+    let source = match r.layout_source {
+        Some(LayoutSource::Dwarf) => "the binary's DWARF",
+        Some(LayoutSource::Table) => "the shipped table",
+        None => "none",
+    };
+    out.push_str(&format!("layout:    {source}\n"));
+    if !r.probes.is_empty() {
+        out.push_str("probes:\n");
+    }
+    for p in &r.probes {
+        let locations = if p.locations.is_empty() {
+            if p.required {
+                "MISSING (required)".to_string()
+            } else {
+                "missing (optional)".to_string()
+            }
+        } else {
+            p.locations
+                .iter()
+                .map(|l| format!("{:#x}", l.file_offset))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        out.push_str(&format!(
+            "  {:<16} {locations}\n    {}\n    yields: {}\n",
+            p.name, p.function, p.yields
+        ));
+    }
+    for fact in &r.not_covered {
+        out.push_str(&format!("not covered: {fact}\n"));
+    }
+    match &r.refused {
+        Some(why) => out.push_str(&format!("verdict:   cannot be observed: {why}\n")),
+        None => out.push_str("verdict:   can be observed\n"),
+    }
+    out
+}
