@@ -8,7 +8,10 @@
 
 use std::{
     collections::BTreeMap,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -19,7 +22,11 @@ use opentelemetry::{
 use opentelemetry_otlp::{MetricExporter, Protocol, WithExportConfig as _};
 use opentelemetry_sdk::{
     Resource,
-    metrics::{PeriodicReader, SdkMeterProvider},
+    error::OTelSdkResult,
+    metrics::{
+        PeriodicReader, SdkMeterProvider, Temporality, data::ResourceMetrics,
+        exporter::PushMetricExporter,
+    },
     resource::EnvResourceDetector,
 };
 use serde::Serialize;
@@ -157,7 +164,23 @@ impl Metrics {
                 }
             }
         };
-        let mut reader = PeriodicReader::builder(exporter);
+        let target = match (
+            &config.endpoint,
+            transport.unwrap_or(Transport::HttpProtobuf),
+        ) {
+            (Some(endpoint), _) => endpoint.clone(),
+            (None, Transport::Grpc) => {
+                "the OTLP/gRPC endpoint from OTEL_* (default localhost:4317)".into()
+            }
+            (None, Transport::HttpProtobuf) => {
+                "the OTLP/HTTP endpoint from OTEL_* (default localhost:4318)".into()
+            }
+        };
+        let mut reader = PeriodicReader::builder(Logged {
+            inner: exporter,
+            target,
+            failing: AtomicBool::new(false),
+        });
         if let Some(interval) = config.interval {
             reader = reader.with_interval(interval);
         }
@@ -340,6 +363,46 @@ impl Metrics {
             Some(provider) => provider.shutdown().map_err(|e| e.to_string()),
             None => Ok(()),
         }
+    }
+}
+
+/// Logs the first failed export of a streak, and the recovery, so that an unreachable collector
+/// is visible without flooding the log (the SDK itself reports nothing with our logger).
+#[derive(Debug)]
+struct Logged<E> {
+    inner: E,
+    target: String,
+    failing: AtomicBool,
+}
+
+impl<E: PushMetricExporter> PushMetricExporter for Logged<E> {
+    async fn export(&self, metrics: &ResourceMetrics) -> OTelSdkResult {
+        let result = self.inner.export(metrics).await;
+        match &result {
+            Err(e) if !self.failing.swap(true, Ordering::Relaxed) => {
+                log::warn!(
+                    "exporting metrics to {} failed: {e}; retrying every interval",
+                    self.target
+                );
+            }
+            Ok(()) if self.failing.swap(false, Ordering::Relaxed) => {
+                log::info!("exporting metrics to {} works again", self.target);
+            }
+            _ => {}
+        }
+        result
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn temporality(&self) -> Temporality {
+        self.inner.temporality()
     }
 }
 
