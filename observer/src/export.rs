@@ -57,6 +57,23 @@ pub mod name {
     pub const RUNS_DROPPED: &str = "temporal_observer_runs_dropped_total";
 }
 
+/// One counter per exclusive end state.
+const END_INSTRUMENTS: [(EndState, &str, &str); 5] = [
+    (EndState::Completed, name::COMPLETED, "Runs completed"),
+    (
+        EndState::Failed,
+        name::FAILED,
+        "Runs failed, not by a timeout",
+    ),
+    (EndState::Canceled, name::CANCELED, "Runs canceled"),
+    (EndState::TimedOut, name::TIMED_OUT, "Runs that timed out"),
+    (
+        EndState::ContinuedAsNew,
+        name::CONTINUED_AS_NEW,
+        "Runs continued as new",
+    ),
+];
+
 /// The OTLP transport.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Transport {
@@ -211,33 +228,8 @@ impl Metrics {
                 name::STARTED,
                 "Runs whose first workflow task ran (not replayed)",
             ),
-            ends: [
-                (
-                    EndState::Completed,
-                    name::COMPLETED,
-                    counter(name::COMPLETED, "Runs completed"),
-                ),
-                (
-                    EndState::Failed,
-                    name::FAILED,
-                    counter(name::FAILED, "Runs failed, not by a timeout"),
-                ),
-                (
-                    EndState::Canceled,
-                    name::CANCELED,
-                    counter(name::CANCELED, "Runs canceled"),
-                ),
-                (
-                    EndState::TimedOut,
-                    name::TIMED_OUT,
-                    counter(name::TIMED_OUT, "Runs that timed out"),
-                ),
-                (
-                    EndState::ContinuedAsNew,
-                    name::CONTINUED_AS_NEW,
-                    counter(name::CONTINUED_AS_NEW, "Runs continued as new"),
-                ),
-            ],
+            ends: END_INSTRUMENTS
+                .map(|(state, name, description)| (state, name, counter(name, description))),
             duration: meter
                 .f64_histogram(name::DURATION)
                 .with_unit("s")

@@ -60,6 +60,29 @@ struct Outcome {
     worker_pid: u32,
 }
 
+/// `attach` arguments that export to `receiver` every half second.
+fn export_to(receiver: &Receiver) -> Vec<String> {
+    let args = [
+        "--otlp-endpoint",
+        &receiver.endpoint,
+        "--otlp-protocol",
+        receiver.transport.flag(),
+    ];
+    args.iter()
+        .chain(&["--metric-export-interval-ms", "500"])
+        .map(|a| a.to_string())
+        .collect()
+}
+
+fn with(mut args: Vec<String>, more: &[&str]) -> Vec<String> {
+    args.extend(more.iter().map(|a| a.to_string()));
+    args
+}
+
+fn as_strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
 /// Runs `mix` against a worker started with `worker_args`, observed and exported through
 /// `transport`, and returns the server's record, the final export, and what was printed.
 fn observe(
@@ -73,16 +96,9 @@ fn observe(
     let receiver = Receiver::start(transport)?;
     let task_queue = unique(test);
     let worker = start_worker(&env, &server, &task_queue, worker_args)?;
-    let observer = Observer::attach(
-        &env,
-        worker.pid(),
+    let args = with(
+        export_to(&receiver),
         &[
-            "--otlp-endpoint",
-            &receiver.endpoint,
-            "--otlp-protocol",
-            transport.flag(),
-            "--metric-export-interval-ms",
-            "500",
             "--timeout-grace-ms",
             "1000",
             "--print-events",
@@ -90,7 +106,8 @@ fn observe(
             "--format",
             "json",
         ],
-    )?;
+    );
+    let observer = Observer::attach(&env, worker.pid(), &as_strs(&args))?;
     let truth = drive(&env, &server, &task_queue, &task_queue, mix)?;
     // Server-enforced timeouts are inferred a grace period after the deadline.
     receiver.wait_for(Duration::from_secs(30), "an end for every run", |r| {
@@ -290,19 +307,11 @@ fn runs_under_way_before_attaching_count_their_ends_but_no_start() -> anyhow::Re
         Some(gate),
     )?;
     std::thread::sleep(Duration::from_secs(1));
-    let observer = Observer::attach(
-        &env,
-        worker.pid(),
-        &[
-            "--otlp-endpoint",
-            &receiver.endpoint,
-            "--metric-export-interval-ms",
-            "500",
-            "--print-updates",
-            "--format",
-            "json",
-        ],
-    )?;
+    let args = with(
+        export_to(&receiver),
+        &["--print-updates", "--format", "json"],
+    );
+    let observer = Observer::attach(&env, worker.pid(), &as_strs(&args))?;
     let early_truth = early.wait()?;
     // And these start after it attached.
     let after = Mix {
@@ -360,23 +369,17 @@ fn a_worker_restarted_in_its_process_goes_down_and_up_and_counts_stay_exact() ->
     let receiver = Receiver::start(Transport::Grpc)?;
     let task_queue = unique("restart");
     let mut worker = start_worker(&env, &server, &task_queue, &[])?;
-    let observer = Observer::attach(
-        &env,
-        worker.pid(),
+    let args = with(
+        export_to(&receiver),
         &[
-            "--otlp-endpoint",
-            &receiver.endpoint,
-            "--otlp-protocol",
-            "grpc",
-            "--metric-export-interval-ms",
-            "500",
             "--configured-workers",
             "1",
             "--print-updates",
             "--format",
             "json",
         ],
-    )?;
+    );
+    let observer = Observer::attach(&env, worker.pid(), &as_strs(&args))?;
     let mix = Mix {
         complete: 2,
         fail: 1,
