@@ -94,6 +94,10 @@ pub struct ExportConfig {
     /// Resource attributes of the observed process; `service.name` defaults to its executable.
     pub pid: u32,
     pub executable: String,
+    /// Push over OTLP (otherwise only the other outputs see the values).
+    pub otlp: bool,
+    /// Serve `GET /metrics` in the Prometheus text format on this address.
+    pub prometheus: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +106,14 @@ pub enum ExportError {
     Build(#[from] opentelemetry_otlp::ExporterBuildError),
     #[error("{var}={value:?} is not a supported OTLP protocol; use `grpc` or `http/protobuf`")]
     Protocol { var: &'static str, value: String },
+    #[error("cannot set up the Prometheus exporter: {0}")]
+    Prometheus(String),
+    #[error("cannot listen for Prometheus scrapes on {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// The transport the environment asks for, validated (the exporter would silently fall back).
@@ -154,57 +166,27 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Sets up the OTLP pipeline. Must run inside a multi-threaded tokio runtime (gRPC).
-    pub fn otlp(config: &ExportConfig) -> Result<Self, ExportError> {
-        let transport = match config.transport {
-            Some(t) => Some(t),
-            None => transport_from_env()?,
-        };
-        let exporter = match transport.unwrap_or(Transport::HttpProtobuf) {
-            Transport::Grpc => {
-                let builder = MetricExporter::builder()
-                    .with_tonic()
-                    .with_protocol(Protocol::Grpc);
-                match &config.endpoint {
-                    Some(endpoint) => builder.with_endpoint(endpoint.clone()).build()?,
-                    None => builder.build()?,
-                }
-            }
-            Transport::HttpProtobuf => {
-                let builder = MetricExporter::builder()
-                    .with_http()
-                    .with_protocol(Protocol::HttpBinary);
-                match &config.endpoint {
-                    // The HTTP exporter takes the full URL of the metrics path.
-                    Some(endpoint) => builder.with_endpoint(http_metrics_url(endpoint)).build()?,
-                    None => builder.build()?,
-                }
-            }
-        };
-        let target = match (
-            &config.endpoint,
-            transport.unwrap_or(Transport::HttpProtobuf),
-        ) {
-            (Some(endpoint), _) => endpoint.clone(),
-            (None, Transport::Grpc) => {
-                "the OTLP/gRPC endpoint from OTEL_* (default localhost:4317)".into()
-            }
-            (None, Transport::HttpProtobuf) => {
-                "the OTLP/HTTP endpoint from OTEL_* (default localhost:4318)".into()
-            }
-        };
-        let mut reader = PeriodicReader::builder(Logged {
-            inner: exporter,
-            target,
-            failing: AtomicBool::new(false),
-        });
-        if let Some(interval) = config.interval {
-            reader = reader.with_interval(interval);
+    /// Sets up the pipelines the configuration asks for: OTLP push, Prometheus pull, or neither
+    /// (the in-memory mirror always). Must run inside a multi-threaded tokio runtime (gRPC).
+    pub fn new(config: &ExportConfig) -> Result<Self, ExportError> {
+        let mut builder = SdkMeterProvider::builder().with_resource(resource(config));
+        if config.otlp {
+            builder = builder.with_reader(otlp_reader(config)?);
         }
-        let provider = SdkMeterProvider::builder()
-            .with_reader(reader.build())
-            .with_resource(resource(config))
-            .build();
+        if let Some(addr) = config.prometheus {
+            let registry = prometheus::Registry::new();
+            // Names stay exactly as the contract spells them; no scope labels on the series.
+            let exporter = opentelemetry_prometheus::exporter()
+                .with_registry(registry.clone())
+                .without_units()
+                .without_counter_suffixes()
+                .scope_info_enabled(false)
+                .build()
+                .map_err(|e| ExportError::Prometheus(e.to_string()))?;
+            builder = builder.with_reader(exporter);
+            serve_prometheus(addr, registry)?;
+        }
+        let provider = builder.build();
         let meter = provider.meter("temporal-observer");
         Ok(Self::with_meter(&meter, Some(provider)))
     }
@@ -358,6 +340,58 @@ impl Metrics {
     }
 }
 
+/// The periodic OTLP reader, with the transport and endpoint resolved from flags and OTEL_*.
+fn otlp_reader(
+    config: &ExportConfig,
+) -> Result<PeriodicReader<Logged<MetricExporter>>, ExportError> {
+    let transport = match config.transport {
+        Some(t) => Some(t),
+        None => transport_from_env()?,
+    };
+    let exporter = match transport.unwrap_or(Transport::HttpProtobuf) {
+        Transport::Grpc => {
+            let builder = MetricExporter::builder()
+                .with_tonic()
+                .with_protocol(Protocol::Grpc);
+            match &config.endpoint {
+                Some(endpoint) => builder.with_endpoint(endpoint.clone()).build()?,
+                None => builder.build()?,
+            }
+        }
+        Transport::HttpProtobuf => {
+            let builder = MetricExporter::builder()
+                .with_http()
+                .with_protocol(Protocol::HttpBinary);
+            match &config.endpoint {
+                // The HTTP exporter takes the full URL of the metrics path.
+                Some(endpoint) => builder.with_endpoint(http_metrics_url(endpoint)).build()?,
+                None => builder.build()?,
+            }
+        }
+    };
+    let target = match (
+        &config.endpoint,
+        transport.unwrap_or(Transport::HttpProtobuf),
+    ) {
+        (Some(endpoint), _) => endpoint.clone(),
+        (None, Transport::Grpc) => {
+            "the OTLP/gRPC endpoint from OTEL_* (default localhost:4317)".into()
+        }
+        (None, Transport::HttpProtobuf) => {
+            "the OTLP/HTTP endpoint from OTEL_* (default localhost:4318)".into()
+        }
+    };
+    let mut reader = PeriodicReader::builder(Logged {
+        inner: exporter,
+        target,
+        failing: AtomicBool::new(false),
+    });
+    if let Some(interval) = config.interval {
+        reader = reader.with_interval(interval);
+    }
+    Ok(reader.build())
+}
+
 /// Logs the first failed export of a streak, and the recovery, so that an unreachable collector
 /// is visible without flooding the log (the SDK itself reports nothing with our logger).
 #[derive(Debug)]
@@ -407,6 +441,44 @@ pub struct Health {
     pub probes_attached: i64,
     pub targets_observed: i64,
     pub runs_tracked: i64,
+}
+
+/// Answers every HTTP request with the registry in the Prometheus text format, on its own thread.
+fn serve_prometheus(
+    addr: std::net::SocketAddr,
+    registry: prometheus::Registry,
+) -> Result<(), ExportError> {
+    use prometheus::Encoder as _;
+    use std::io::{BufRead, BufReader, Write};
+    let listener =
+        std::net::TcpListener::bind(addr).map_err(|source| ExportError::Listen { addr, source })?;
+    log::info!("serving Prometheus scrapes on http://{addr}/metrics");
+    let spawned = std::thread::Builder::new().name("prometheus".into()).spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(&stream);
+            // Read the request head; the path does not matter.
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                line.clear();
+            }
+            let mut body = Vec::new();
+            let encoded = prometheus::TextEncoder::new().encode(&registry.gather(), &mut body);
+            let (status, body) = match encoded {
+                Ok(()) => ("200 OK", body),
+                Err(e) => ("500 Internal Server Error", e.to_string().into_bytes()),
+            };
+            let mut stream = &stream;
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = stream.write_all(&body);
+        }
+    });
+    spawned
+        .map(|_| ())
+        .map_err(|source| ExportError::Listen { addr, source })
 }
 
 /// `http://host:4318` -> `http://host:4318/v1/metrics`; a URL with a path is kept as given.

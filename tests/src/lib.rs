@@ -106,7 +106,8 @@ pub fn unique(prefix: &str) -> String {
     )
 }
 
-fn free_port() -> anyhow::Result<u16> {
+/// A TCP port on loopback that was free a moment ago.
+pub fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 

@@ -439,3 +439,75 @@ fn a_worker_restarted_in_its_process_goes_down_and_up_and_counts_stay_exact() ->
     }
     Ok(())
 }
+
+/// `GET /metrics`: the series of the Prometheus text format, by name and labels.
+fn scrape(addr: &str) -> anyhow::Result<BTreeMap<String, f64>> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr)?;
+    write!(stream, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (_, body) = response.split_once("\r\n\r\n").unwrap_or_default();
+    Ok(body
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter_map(|(series, value)| Some((series.to_string(), value.parse().ok()?)))
+        .collect())
+}
+
+#[test]
+fn prometheus_scrapes_read_the_servers_record_too() -> anyhow::Result<()> {
+    let env = Env::require("metrics_prometheus")?;
+    let server = DevServer::start(&env)?;
+    let task_queue = unique("prometheus");
+    let worker = start_worker(&env, &server, &task_queue, &[])?;
+    let addr = format!("127.0.0.1:{}", e2e::free_port()?);
+    let observer = Observer::attach(
+        &env,
+        worker.pid(),
+        &["--no-export", "--prometheus-listen", &addr],
+    )?;
+    let mix = Mix {
+        complete: 2,
+        fail: 1,
+        cancel: 1,
+        activity_timeout: 1,
+        ..Mix::default()
+    };
+    let truth = drive(&env, &server, &task_queue, &task_queue, &mix)?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let series = loop {
+        let series = scrape(&addr)?;
+        let ends: f64 = series
+            .iter()
+            .filter(|(k, _)| ENDS.iter().any(|m| k.starts_with(&format!("{m}{{"))))
+            .map(|(_, v)| v)
+            .sum();
+        if ends as usize == truth.runs.len() || std::time::Instant::now() > deadline {
+            break series;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    for (metric, per_type) in expected(&truth) {
+        for (ty, count) in per_type {
+            let key = format!("{metric}{{workflow_type=\"{ty}\"}}");
+            assert_eq!(
+                series.get(&key).copied(),
+                Some(count as f64),
+                "{key} in {series:#?}"
+            );
+        }
+    }
+    let count = series.get(&format!(
+        "{DURATION}_count{{workflow_type=\"CompleteWorkflow\"}}"
+    ));
+    assert_eq!(count.copied(), Some(2.0), "{series:#?}");
+    assert!(
+        series.keys().all(|k| !k.contains("otel_scope")),
+        "only workflow_type labels: {series:#?}"
+    );
+    let (status, _, log) = observer.stop()?;
+    assert!(status.success(), "{log}");
+    Ok(())
+}

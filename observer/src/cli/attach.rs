@@ -65,9 +65,12 @@ pub struct AttachArgs {
     /// How often metrics are exported [default: OTEL_METRIC_EXPORT_INTERVAL, else 60000].
     #[arg(long, value_name = "MS", help_heading = "Export")]
     pub metric_export_interval_ms: Option<u64>,
-    /// Do not export over OTLP (print only).
+    /// Do not export over OTLP (print, or serve Prometheus scrapes, only).
     #[arg(long, help_heading = "Export")]
     pub no_export: bool,
+    /// Also serve the metrics for Prometheus to scrape, at http://ADDR/metrics.
+    #[arg(long, value_name = "ADDR", help_heading = "Export")]
+    pub prometheus_listen: Option<std::net::SocketAddr>,
     /// Workers this instance is configured to run, for compozy_temporal_workers_configured_total
     /// [default: the number of distinct workers seen].
     #[arg(long, value_name = "N", help_heading = "Export")]
@@ -155,18 +158,15 @@ async fn attach(args: &AttachArgs) -> anyhow::Result<()> {
     }
     privileges::check()?;
 
-    let metrics = if args.no_export {
-        Metrics::in_memory()
-    } else {
-        let config = ExportConfig {
-            endpoint: args.otlp_endpoint.clone(),
-            transport: args.otlp_protocol,
-            interval: args.metric_export_interval_ms.map(Duration::from_millis),
-            pid: target.pid,
-            executable: target.exe_name.clone(),
-        };
-        Metrics::otlp(&config)?
-    };
+    let metrics = Metrics::new(&ExportConfig {
+        endpoint: args.otlp_endpoint.clone(),
+        transport: args.otlp_protocol,
+        interval: args.metric_export_interval_ms.map(Duration::from_millis),
+        pid: target.pid,
+        executable: target.exe_name.clone(),
+        otlp: !args.no_export,
+        prometheus: args.prometheus_listen,
+    })?;
     if let Some(n) = args.configured_workers {
         metrics.set_workers_configured(n);
     }
