@@ -191,7 +191,7 @@ impl Metrics {
         Ok(Self::with_meter(&meter, Some(provider)))
     }
 
-    /// Instruments that record nothing anywhere but the in-memory mirror (tests, `--no-export`).
+    /// Instruments that record nothing anywhere but the in-memory mirror (for tests).
     pub fn in_memory() -> Self {
         let provider = SdkMeterProvider::builder().build();
         let meter = provider.meter("temporal-observer");

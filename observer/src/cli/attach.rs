@@ -233,15 +233,16 @@ async fn attach(args: &AttachArgs) -> anyhow::Result<()> {
             }
             _ = tick.tick() => {
                 pipeline.drain(ring.get_mut());
-                pipeline.tick(wall_now());
                 if !target.is_alive() {
                     break "the worker exited";
                 }
                 if deadline.is_some_and(|d| Instant::now() >= d) {
                     break "the requested duration passed";
                 }
+                // Once a second: server-enforced timeouts (a scan of the open runs) and health.
                 if Instant::now() >= health_at {
                     health_at = Instant::now() + Duration::from_secs(1);
+                    pipeline.tick(wall_now());
                     pipeline.health(attachment.counters().ok(), 1);
                 }
                 if let Some((at, every)) = table_at.filter(|(at, _)| Instant::now() >= *at) {
