@@ -336,8 +336,10 @@ pub struct Observer {
 impl Observer {
     /// Attaches to `pid` and waits until every probe is attached.
     pub fn attach(env: &Env, pid: u32, extra: &[&str]) -> anyhow::Result<Self> {
-        let (stdout, out) = env.log(&format!("observer-{pid}.out"))?;
-        let (log, err) = env.log(&format!("observer-{pid}.log"))?;
+        // Several observers may watch one worker: each gets its own files.
+        let name = unique(&format!("observer-{pid}"));
+        let (stdout, out) = env.log(&format!("{name}.out"))?;
+        let (log, err) = env.log(&format!("{name}.log"))?;
         let mut command = Command::new(&env.observer);
         command
             .args(["attach", "--pid", &pid.to_string()])
