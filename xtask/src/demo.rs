@@ -11,27 +11,12 @@ use std::{
 use anyhow::Context as _;
 use e2e::{DevServer, Env, Mix, drive, start_worker};
 
-use crate::Paths;
+use crate::{Paths, default_observer_args};
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_interrupt(_: libc::c_int) {
     INTERRUPTED.store(true, Ordering::SeqCst);
-}
-
-/// A live table of the metric values; exported too when an OTLP endpoint is configured.
-fn default_observer_args() -> Vec<String> {
-    let mut args = vec!["--print-metrics".to_string(), "2".to_string()];
-    let endpoint = [
-        "OTEL_EXPORTER_OTLP_ENDPOINT",
-        "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
-    ]
-    .iter()
-    .any(|v| std::env::var_os(v).is_some());
-    if !endpoint {
-        args.push("--no-export".to_string());
-    }
-    args
 }
 
 pub fn run(paths: &Paths, observer_args: &[String]) -> anyhow::Result<()> {

@@ -131,9 +131,25 @@ fn attach(pid: u32, extra: &[String]) -> anyhow::Result<()> {
     let mut command = Command::new(&p.observer);
     command.args(["attach", "--pid", &pid.to_string()]);
     if extra.is_empty() {
-        command.arg("--print-events");
+        command.args(default_observer_args());
     }
     sh(command.args(extra))
+}
+
+/// What `run` shows without observer arguments: the live table of metric values, exported too
+/// when an OTLP endpoint is configured.
+pub fn default_observer_args() -> Vec<String> {
+    let mut args = vec!["--print-metrics".to_string(), "2".to_string()];
+    let endpoint = [
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+    ]
+    .iter()
+    .any(|v| std::env::var_os(v).is_some());
+    if !endpoint {
+        args.push("--no-export".to_string());
+    }
+    args
 }
 
 fn test() -> anyhow::Result<()> {
