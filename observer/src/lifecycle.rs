@@ -4,9 +4,10 @@
 //! metric contract's:
 //! - a run starts when its first workflow task runs for real (`InitializeWorkflow`, not replaying);
 //!   a replay after an eviction or a restart never starts it again;
-//! - a run ends once: its terminal command is pending until core evicts the run because its
-//!   execution ended (`WorkflowExecutionEnding`), which core does only after the server accepted
-//!   the command; any other eviction or new work means the server did not take it;
+//! - a run ends once: its terminal command is pending until core evicts the run, which it does
+//!   after the server accepted the command (`WorkflowExecutionEnding`, or an eviction for room
+//!   that was already pending, see [`eviction_confirms_end`]); an eviction that means the
+//!   completion failed, or new work for the run, means the server did not take it;
 //! - terminal commands that answer a replaying activation (a query on a closed run replays it
 //!   entirely) are ignored, and so is anything about a run already ended;
 //! - a run the server times out sends nothing: it is ended `timed_out` once its deadline (known
