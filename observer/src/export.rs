@@ -55,6 +55,7 @@ pub mod name {
     pub const TARGETS_OBSERVED: &str = "temporal_observer_targets_observed";
     pub const RUNS_TRACKED: &str = "temporal_observer_runs_tracked";
     pub const RUNS_DROPPED: &str = "temporal_observer_runs_dropped_total";
+    pub const RUNS_AFFECTED: &str = "temporal_observer_runs_affected_by_loss_total";
 }
 
 /// One counter per exclusive end state.
@@ -159,10 +160,12 @@ pub struct Metrics {
     targets_observed: Gauge<i64>,
     runs_tracked: Gauge<i64>,
     runs_dropped: Counter<u64>,
+    runs_affected: Counter<u64>,
     snapshot: Arc<Mutex<Snapshot>>,
     reported_lost: u64,
     reported_faults: u64,
     reported_dropped: u64,
+    reported_affected: u64,
 }
 
 impl Metrics {
@@ -241,7 +244,12 @@ impl Metrics {
                 name::RUNS_DROPPED,
                 "Open runs forgotten because of the memory cap",
             ),
+            runs_affected: counter(
+                name::RUNS_AFFECTED,
+                "Runs open while probe records were lost (no timeout is inferred for them)",
+            ),
             snapshot: Arc::default(),
+            reported_affected: 0,
             reported_lost: 0,
             reported_faults: 0,
             reported_dropped: 0,
@@ -319,6 +327,11 @@ impl Metrics {
         self.reported_lost = self.reported_lost.max(health.events_lost);
         self.reported_faults = self.reported_faults.max(health.read_faults);
         self.reported_dropped = self.reported_dropped.max(health.runs_dropped);
+        self.runs_affected.add(
+            health.runs_affected.saturating_sub(self.reported_affected),
+            &[],
+        );
+        self.reported_affected = self.reported_affected.max(health.runs_affected);
         self.probes_attached.record(health.probes_attached, &[]);
         self.targets_observed.record(health.targets_observed, &[]);
         self.runs_tracked.record(health.runs_tracked, &[]);
@@ -438,6 +451,7 @@ pub struct Health {
     pub events_lost: u64,
     pub read_faults: u64,
     pub runs_dropped: u64,
+    pub runs_affected: u64,
     pub probes_attached: i64,
     pub targets_observed: i64,
     pub runs_tracked: i64,

@@ -84,6 +84,9 @@ struct Run {
     replaying: bool,
     /// A terminal command handed to core, and when, awaiting the server's acceptance.
     pending_end: Option<(EndState, Nanos)>,
+    /// Open while records were lost: its end may have been among them, so its deadline passing
+    /// proves nothing and no timeout is inferred for it.
+    affected_by_loss: bool,
     last_active: Nanos,
 }
 
@@ -97,6 +100,7 @@ pub struct Engine {
     workers_running: HashSet<String>,
     workers_seen: HashSet<String>,
     dropped_runs: u64,
+    affected_runs: u64,
 }
 
 impl Engine {
@@ -115,6 +119,20 @@ impl Engine {
     /// Open runs forgotten because of the cap.
     pub fn dropped_runs(&self) -> u64 {
         self.dropped_runs
+    }
+
+    /// Runs marked because records were lost while they were open.
+    pub fn affected_runs(&self) -> u64 {
+        self.affected_runs
+    }
+
+    /// Records were lost: every open run may have lost its end, so none of them will be ended by
+    /// inference. They still end normally on evidence (their ending eviction).
+    pub fn on_loss(&mut self) {
+        for run in self.runs.values_mut().filter(|r| !r.affected_by_loss) {
+            run.affected_by_loss = true;
+            self.affected_runs += 1;
+        }
     }
 
     /// Distinct workers seen in this process.
@@ -234,7 +252,7 @@ impl Engine {
         let expired: Vec<(String, Nanos)> = self
             .runs
             .iter()
-            .filter(|(_, run)| run.pending_end.is_none())
+            .filter(|(_, run)| run.pending_end.is_none() && !run.affected_by_loss)
             .filter_map(|(id, run)| {
                 run.deadline_unix_nanos
                     .filter(|d| now > d + grace)
@@ -694,6 +712,45 @@ mod tests {
         out.clear();
         engine.on_tick(200 * SEC, &mut out);
         assert_eq!(out, vec![], "ended once");
+    }
+
+    #[test]
+    fn after_a_loss_no_timeout_is_inferred_but_real_ends_still_count() {
+        let mut engine = Engine::new(Limits {
+            timeout_grace_nanos: SEC,
+            ..Limits::default()
+        });
+        let deadline_run = |run: &str| {
+            let mut start = init("Slow", 0);
+            start.execution_timeout_nanos = Some(2 * SEC);
+            activation(0, run, false, Some(start))
+        };
+        let mut out = feed(
+            &mut engine,
+            &[deadline_run("lost-end"), deadline_run("seen-end")],
+        );
+        engine.on_loss();
+        engine.on_loss();
+        assert_eq!(engine.affected_runs(), 2, "each run is marked once");
+        out.clear();
+        engine.on_event(
+            &completion(SEC, "seen-end", Some(Terminal::Complete), false),
+            &mut out,
+        );
+        engine.on_event(
+            &eviction(SEC, "seen-end", WORKFLOW_EXECUTION_ENDING),
+            &mut out,
+        );
+        engine.on_tick(100 * SEC, &mut out);
+        assert_eq!(
+            out,
+            vec![ended("seen-end", "Slow", EndState::Completed, Some(1.0))]
+        );
+        assert_eq!(
+            engine.open_runs(),
+            1,
+            "the run whose end may be lost stays open, unended"
+        );
     }
 
     #[test]

@@ -70,19 +70,18 @@ fn a_tiny_ring_buffer_loses_events_counts_them_exactly_and_never_invents_an_end(
             "json",
         ],
     )?;
-    let truth = drive(
-        &env,
-        &server,
-        &task_queue,
-        &task_queue,
-        &Mix {
-            complete: 20,
-            fail: 5,
-            ..Mix::default()
-        },
-    )?;
+    // Server-enforced timeouts too: a run whose end is lost must not be inferred timed out.
+    let mix = Mix {
+        complete: 20,
+        fail: 5,
+        server_timeout: 3,
+        server_timeout_ms: 2000,
+        ..Mix::default()
+    };
+    let truth = drive(&env, &server, &task_queue, &task_queue, &mix)?;
     std::thread::sleep(Duration::from_secs(3));
     let exported_lost = scrape_value(&addr, "temporal_observer_events_lost_total ")?;
+    let affected = scrape_value(&addr, "temporal_observer_runs_affected_by_loss_total ")?;
     let (status, stdout, tiny_log) = tiny.stop()?;
     assert!(status.success(), "{tiny_log}");
     let (status, _, reference_log) = reference.stop()?;
@@ -129,6 +128,7 @@ fn a_tiny_ring_buffer_loses_events_counts_them_exactly_and_never_invents_an_end(
         let expected = match server_end.get(run_id) {
             Some(RunStatus::Completed) => "completed",
             Some(RunStatus::Failed) => "failed",
+            Some(RunStatus::TimedOut) => "timed_out",
             other => panic!("run {run_id} ended by the observer is {other:?} on the server"),
         };
         assert_eq!(update["end"], Value::from(expected), "run {run_id}");

@@ -211,6 +211,7 @@ async fn attach(args: &AttachArgs) -> anyhow::Result<()> {
         undecodable: 0,
         workers_seen: 0,
         attached: attachment.attached as i64,
+        lost_seen: 0,
     };
     let mut tick = tokio::time::interval(Duration::from_millis(args.drain_interval_ms.max(1)));
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -242,8 +243,9 @@ async fn attach(args: &AttachArgs) -> anyhow::Result<()> {
                 // Once a second: server-enforced timeouts (a scan of the open runs) and health.
                 if Instant::now() >= health_at {
                     health_at = Instant::now() + Duration::from_secs(1);
-                    pipeline.tick(wall_now());
-                    pipeline.health(attachment.counters().ok(), 1);
+                    let counters = attachment.counters().ok();
+                    pipeline.tick(wall_now(), counters);
+                    pipeline.health(counters, 1);
                 }
                 if let Some((at, every)) = table_at.filter(|(at, _)| Instant::now() >= *at) {
                     table_at = Some((at + Duration::from_secs(every.max(1)), every));
@@ -259,8 +261,8 @@ async fn attach(args: &AttachArgs) -> anyhow::Result<()> {
         }
     };
     pipeline.drain(ring.get_mut());
-    pipeline.tick(wall_now());
     let counters = attachment.counters().ok();
+    pipeline.tick(wall_now(), counters);
     if reason == "the worker exited" {
         pipeline.process_exit();
     }
@@ -309,6 +311,8 @@ struct Pipeline {
     undecodable: u64,
     workers_seen: usize,
     attached: i64,
+    /// Kernel-side lost records seen so far; an increase marks the open runs.
+    lost_seen: u64,
 }
 
 impl Pipeline {
@@ -333,7 +337,16 @@ impl Pipeline {
         self.apply(updates, lines);
     }
 
-    fn tick(&mut self, now: i128) {
+    /// Infers server-enforced timeouts, after marking the open runs if records were lost since
+    /// the last tick (a lost end must not become an inferred timeout).
+    fn tick(&mut self, now: i128, counters: Option<KernelCounters>) {
+        if let Some(lost) = counters
+            .map(|c| c.events_lost)
+            .filter(|lost| *lost > self.lost_seen)
+        {
+            self.lost_seen = lost;
+            self.engine.on_loss();
+        }
         let mut updates = Vec::new();
         self.engine.on_tick(now, &mut updates);
         self.apply(updates, Vec::new());
@@ -381,6 +394,7 @@ impl Pipeline {
             events_lost: counters.events_lost,
             read_faults: counters.read_faults,
             runs_dropped: self.engine.dropped_runs(),
+            runs_affected: self.engine.affected_runs(),
             probes_attached: if targets > 0 { self.attached } else { 0 },
             targets_observed: targets,
             runs_tracked: self.engine.open_runs() as i64,
