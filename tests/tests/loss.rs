@@ -111,6 +111,10 @@ fn a_tiny_ring_buffer_loses_events_counts_them_exactly_and_never_invents_an_end(
         tiny_log.contains("events were lost because the ring buffer was full"),
         "{tiny_log}"
     );
+    assert!(
+        affected.is_some_and(|n| n > 0.0),
+        "runs open during the loss are marked: {affected:?}"
+    );
 
     // Whatever the lossy observer did count is right: no run ends twice, none with a wrong state.
     let server_end: BTreeMap<&str, RunStatus> = truth
