@@ -517,3 +517,19 @@ pub fn run_observer_via(
         String::from_utf8_lossy(&output.stderr).into_owned(),
     ))
 }
+
+/// `GET /metrics`: the series of the Prometheus text format, by name and labels.
+pub fn scrape_prometheus(addr: &str) -> anyhow::Result<std::collections::BTreeMap<String, f64>> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr)?;
+    write!(stream, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (_, body) = response.split_once("\r\n\r\n").unwrap_or_default();
+    Ok(body
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter_map(|(series, value)| Some((series.to_string(), value.parse().ok()?)))
+        .collect())
+}

@@ -31,17 +31,6 @@ fn summary(log: &str) -> anyhow::Result<(u64, u64)> {
     Ok((received, lost))
 }
 
-fn scrape_value(addr: &str, series: &str) -> anyhow::Result<Option<f64>> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr)?;
-    write!(stream, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\n\r\n")?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    Ok(response
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok()))
-}
-
 #[test]
 fn a_tiny_ring_buffer_loses_events_counts_them_exactly_and_never_invents_an_end()
 -> anyhow::Result<()> {
@@ -80,8 +69,11 @@ fn a_tiny_ring_buffer_loses_events_counts_them_exactly_and_never_invents_an_end(
     };
     let truth = drive(&env, &server, &task_queue, &task_queue, &mix)?;
     std::thread::sleep(Duration::from_secs(3));
-    let exported_lost = scrape_value(&addr, "temporal_observer_events_lost_total ")?;
-    let affected = scrape_value(&addr, "temporal_observer_runs_affected_by_loss_total ")?;
+    let scraped = e2e::scrape_prometheus(&addr)?;
+    let exported_lost = scraped.get("temporal_observer_events_lost_total").copied();
+    let affected = scraped
+        .get("temporal_observer_runs_affected_by_loss_total")
+        .copied();
     let (status, stdout, tiny_log) = tiny.stop()?;
     assert!(status.success(), "{tiny_log}");
     let (status, _, reference_log) = reference.stop()?;

@@ -440,22 +440,6 @@ fn a_worker_restarted_in_its_process_goes_down_and_up_and_counts_stay_exact() ->
     Ok(())
 }
 
-/// `GET /metrics`: the series of the Prometheus text format, by name and labels.
-fn scrape(addr: &str) -> anyhow::Result<BTreeMap<String, f64>> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr)?;
-    write!(stream, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\n\r\n")?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let (_, body) = response.split_once("\r\n\r\n").unwrap_or_default();
-    Ok(body
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .filter_map(|l| l.rsplit_once(' '))
-        .filter_map(|(series, value)| Some((series.to_string(), value.parse().ok()?)))
-        .collect())
-}
-
 #[test]
 fn prometheus_scrapes_read_the_servers_record_too() -> anyhow::Result<()> {
     let env = Env::require("metrics_prometheus")?;
@@ -478,7 +462,7 @@ fn prometheus_scrapes_read_the_servers_record_too() -> anyhow::Result<()> {
     let truth = drive(&env, &server, &task_queue, &task_queue, &mix)?;
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let series = loop {
-        let series = scrape(&addr)?;
+        let series = e2e::scrape_prometheus(&addr)?;
         let ends: f64 = series
             .iter()
             .filter(|(k, _)| ENDS.iter().any(|m| k.starts_with(&format!("{m}{{"))))
