@@ -54,16 +54,7 @@ pub fn resolve(image: &[u8]) -> Result<Resolved, ResolveError> {
 
 pub fn resolve_with_table(image: &[u8], table: &str) -> Result<Resolved, ResolveError> {
     let versions = versions::detect(image);
-    let symbols = match SymbolIndex::from_elf(image) {
-        Ok(symbols) => symbols,
-        Err(SymbolError::Stripped) => {
-            return Err(match &versions.sdk_core {
-                Some(v) => ResolveError::StrippedWorker(format!(" {v}")),
-                None => ResolveError::NotAWorker,
-            });
-        }
-        Err(e) => return Err(e.into()),
-    };
+    let symbols = symbols(image, &versions)?;
     let plan = probes::plan(&symbols, versions.sdk_core.as_deref())?;
     let (layout, layout_source) = layout_for(image, &versions, table)?;
     Ok(Resolved {
@@ -71,6 +62,16 @@ pub fn resolve_with_table(image: &[u8], table: &str) -> Result<Resolved, Resolve
         plan,
         layout,
         layout_source,
+    })
+}
+
+/// The binary's function symbols; without a symbol table, the refusal says whether it is a
+/// stripped worker (sdk-core's version survives `strip`) or no worker at all.
+pub fn symbols(image: &[u8], versions: &BinaryVersions) -> Result<SymbolIndex, ResolveError> {
+    SymbolIndex::from_elf(image).map_err(|e| match (e, &versions.sdk_core) {
+        (SymbolError::Stripped, Some(v)) => ResolveError::StrippedWorker(format!(" {v}")),
+        (SymbolError::Stripped, None) => ResolveError::NotAWorker,
+        (e, _) => e.into(),
     })
 }
 

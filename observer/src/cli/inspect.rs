@@ -9,8 +9,8 @@ use serde::Serialize;
 use crate::{
     layout::{self, TargetLayout},
     probes::{self, PROBES},
-    resolve::{self, LayoutSource, ResolveError},
-    symbols::{FunctionSymbol, SymbolError, SymbolIndex},
+    resolve::{self, LayoutSource},
+    symbols::FunctionSymbol,
     target::Target,
     versions,
 };
@@ -87,15 +87,8 @@ pub fn report(name: String, image: &[u8]) -> Report {
         not_covered: Vec::new(),
         refused: None,
     };
-    let symbols = match SymbolIndex::from_elf(image) {
+    let symbols = match resolve::symbols(image, &found) {
         Ok(symbols) => symbols,
-        Err(SymbolError::Stripped) => {
-            report.refused = Some(match &found.sdk_core {
-                Some(v) => ResolveError::StrippedWorker(format!(" {v}")).to_string(),
-                None => ResolveError::NotAWorker.to_string(),
-            });
-            return report;
-        }
         Err(e) => {
             report.refused = Some(e.to_string());
             return report;
