@@ -377,6 +377,24 @@ pub struct Mix {
     pub server_timeout_ms: u64,
 }
 
+impl Mix {
+    /// Every way a run can end, twice or more each, plus signals and continue-as-new chains:
+    /// 17 runs, two of them timed out by the server after 2 s.
+    pub fn every_end_state() -> Self {
+        Self {
+            complete: 3,
+            fail: 2,
+            cancel: 2,
+            activity_timeout: 2,
+            server_timeout: 2,
+            continue_as_new: 2,
+            continue_as_new_times: 2,
+            signal: 2,
+            server_timeout_ms: 2000,
+        }
+    }
+}
+
 /// Runs the workload driver to completion and reads the ground truth it wrote. Workflow ids
 /// start with `id_prefix`, which must be new for each call.
 pub fn drive(

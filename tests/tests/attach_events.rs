@@ -6,8 +6,6 @@ use std::collections::HashMap;
 use e2e::{DevServer, Env, Mix, Observer, RunStatus, drive, parse_events, start_worker, unique};
 use serde_json::Value;
 
-const SERVER_TIMEOUT_MS: u64 = 2000;
-
 fn str_field<'a>(event: &'a Value, key: &str) -> &'a str {
     event.get(key).and_then(Value::as_str).unwrap_or_default()
 }
@@ -20,17 +18,7 @@ fn raw_events_match_the_servers_record() -> anyhow::Result<()> {
     let worker = start_worker(&env, &server, &task_queue, &[])?;
     let observer = Observer::attach(&env, worker.pid(), &["--print-events", "--format", "json"])?;
 
-    let mix = Mix {
-        complete: 3,
-        fail: 2,
-        cancel: 2,
-        activity_timeout: 2,
-        server_timeout: 2,
-        continue_as_new: 2,
-        continue_as_new_times: 2,
-        signal: 2,
-        server_timeout_ms: SERVER_TIMEOUT_MS,
-    };
+    let mix = Mix::every_end_state();
     let truth = drive(&env, &server, &task_queue, &task_queue, &mix)?;
     // The last run's end and eviction reach the ring buffer within a drain interval.
     std::thread::sleep(std::time::Duration::from_millis(500));
@@ -133,7 +121,7 @@ fn raw_events_match_the_servers_record() -> anyhow::Result<()> {
                 );
                 assert_eq!(
                     init["execution_timeout_nanos"].as_i64(),
-                    Some(SERVER_TIMEOUT_MS as i64 * 1_000_000)
+                    Some(mix.server_timeout_ms as i64 * 1_000_000)
                 );
             }
         }

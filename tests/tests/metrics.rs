@@ -218,30 +218,26 @@ fn assert_matches_server(outcome: &Outcome) {
     );
 }
 
-fn every_end_state() -> Mix {
-    Mix {
-        complete: 3,
-        fail: 2,
-        cancel: 2,
-        activity_timeout: 2,
-        server_timeout: 2,
-        continue_as_new: 2,
-        continue_as_new_times: 2,
-        signal: 2,
-        server_timeout_ms: 2000,
-    }
-}
-
 #[test]
 fn metrics_over_grpc_equal_the_servers_record() -> anyhow::Result<()> {
-    let outcome = observe("metrics_grpc", Transport::Grpc, &[], &every_end_state())?;
+    let outcome = observe(
+        "metrics_grpc",
+        Transport::Grpc,
+        &[],
+        &Mix::every_end_state(),
+    )?;
     assert_matches_server(&outcome);
     Ok(())
 }
 
 #[test]
 fn metrics_over_http_equal_the_servers_record() -> anyhow::Result<()> {
-    let outcome = observe("metrics_http", Transport::Http, &[], &every_end_state())?;
+    let outcome = observe(
+        "metrics_http",
+        Transport::Http,
+        &[],
+        &Mix::every_end_state(),
+    )?;
     assert_matches_server(&outcome);
     Ok(())
 }
