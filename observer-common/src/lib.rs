@@ -8,7 +8,7 @@
 #![no_std]
 
 /// Bumped whenever a record or the layout changes shape.
-pub const ABI_VERSION: u32 = 3;
+pub const ABI_VERSION: u32 = 4;
 
 /// Bytes of a run id kept (Temporal run ids are 36-byte UUIDs).
 pub const RUN_ID_CAP: usize = 64;
@@ -21,7 +21,7 @@ pub const OPTION_TIME_WINDOW: usize = 24;
 
 /// What a record is. The header's `kind` holds one of these.
 pub mod kind {
-    /// An activation about to be handed to the workflow code.
+    /// An activation core built for a run (one with at least one job).
     pub const ACTIVATION: u32 = 1;
     /// A completion handed back to core by the workflow code.
     pub const COMPLETION: u32 = 2;
@@ -29,7 +29,8 @@ pub mod kind {
     pub const EVICTION: u32 = 3;
     /// A worker was asked to shut down.
     pub const WORKER_SHUTDOWN: u32 = 4;
-    /// A worker polled for the first time (it is running).
+    /// A worker polled for the first time (it is running), or, where that function is inlined
+    /// away (LTO), a worker was created.
     pub const WORKER_START: u32 = 5;
     /// A workflow task reached core: which run, of which workflow type.
     pub const TASK: u32 = 6;
@@ -40,12 +41,17 @@ pub const MAX_FAILURE_DEPTH: usize = 8;
 
 /// Which eBPF program a probe point runs, named as in `observer-ebpf`.
 pub mod program {
-    pub const ACTIVATION: &str = "activation";
     pub const COMPLETION: &str = "completion";
     pub const EVICTION: &str = "eviction";
     pub const WORKER_SHUTDOWN: &str = "worker_shutdown";
     pub const WORKER_START: &str = "worker_start";
+    /// A worker's creation (its config, not yet the worker): where `worker_start` is inlined.
+    pub const WORKER_CREATED: &str = "worker_created";
     pub const TASK: &str = "task";
+    /// Entry half of a function that returns an activation: keeps the return slot per thread.
+    pub const ACTIVATION_SLOT: &str = "activation_slot";
+    /// Return half: reads the activation from the slot kept at entry (a uretprobe).
+    pub const ACTIVATION_RETURN: &str = "activation_return";
 }
 
 /// The attach cookie: which probe fired and which argument registers hold its inputs.
@@ -93,6 +99,15 @@ impl TagMatch {
         Self {
             lo: value,
             hi: value,
+            invert: 0,
+            _pad: 0,
+        }
+    }
+
+    pub const fn within(lo: u64, hi: u64) -> Self {
+        Self {
+            lo,
+            hi,
             invert: 0,
             _pad: 0,
         }
@@ -173,6 +188,10 @@ pub struct Layout {
     /// `PermittedWFT`: where the run id and workflow type `String`s of a workflow task are.
     pub task_run_id: u32,
     pub task_workflow_type: u32,
+    /// `WorkerConfig`: where its task queue `String` is (for probes that see the config, not the
+    /// worker).
+    pub config_task_queue: u32,
+    pub _pad: u32,
 }
 
 /// A string copied out of the target: `len` is its length there, `bytes` holds the first
@@ -278,7 +297,7 @@ pub mod counter {
 
 const _: () = {
     assert!(core::mem::size_of::<TagMatch>() == 24);
-    assert!(core::mem::size_of::<Layout>() == 4 * 16 + 24 + 4 * 6 + 24 * 3 + 4 * 4 + 24 + 4 * 2);
+    assert!(core::mem::size_of::<Layout>() == 4 * 16 + 24 + 4 * 6 + 24 * 3 + 4 * 4 + 24 + 4 * 4);
     assert!(core::mem::size_of::<TaskEvent>() == 24 + 8 + RUN_ID_CAP + 8 + NAME_CAP);
     assert!(core::mem::size_of::<EventHeader>() == 24);
     assert!(core::mem::size_of::<Str<RUN_ID_CAP>>() == 8 + RUN_ID_CAP);

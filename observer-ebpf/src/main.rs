@@ -20,9 +20,9 @@ use aya_ebpf::{
         bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user,
         generated::{bpf_get_attach_cookie, bpf_probe_read_user as raw_probe_read_user},
     },
-    macros::{map, uprobe},
+    macros::{map, uprobe, uretprobe},
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
-    programs::ProbeContext,
+    programs::{ProbeContext, RetProbeContext},
 };
 use observer_common::{
     ActivationEvent, CompletionEvent, Cookie, EventHeader, EvictionEvent, Layout,
@@ -42,6 +42,12 @@ static LAYOUTS: HashMap<u32, Layout> = HashMap::with_max_entries(1024, 0);
 #[map]
 static STARTED_WORKERS: LruHashMap<u64, u8> = LruHashMap::with_max_entries(4096, 0);
 
+/// Return slots kept between the entry and the return of a function that returns an
+/// activation, by thread (pid_tgid). LRU: a slot whose return never comes (a panic unwinding
+/// through it) ages out instead of filling the map.
+#[map]
+static RETURN_SLOTS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16384, 0);
+
 /// Lost records and read faults; see `observer_common::counter`.
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
@@ -52,8 +58,17 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT
 static WAKEUP_BYTES: u64 = 64 * 1024;
 
 #[uprobe]
-pub fn activation(ctx: ProbeContext) -> u32 {
-    let _ = try_activation(&ctx);
+pub fn activation_slot(ctx: ProbeContext) -> u32 {
+    let p = probe(&ctx);
+    if let Ok(slot) = arg(&ctx, p.cookie.arg_a) {
+        let _ = RETURN_SLOTS.insert(&bpf_get_current_pid_tgid(), &slot, 0);
+    }
+    0
+}
+
+#[uretprobe]
+pub fn activation_return(ctx: RetProbeContext) -> u32 {
+    let _ = try_activation_return(&ctx);
     0
 }
 
@@ -87,6 +102,12 @@ pub fn worker_start(ctx: ProbeContext) -> u32 {
     0
 }
 
+#[uprobe]
+pub fn worker_created(ctx: ProbeContext) -> u32 {
+    let _ = try_worker_created(&ctx);
+    0
+}
+
 struct Probe {
     cookie: Cookie,
     pid: u32,
@@ -94,7 +115,7 @@ struct Probe {
 }
 
 #[inline(always)]
-fn probe(ctx: &ProbeContext) -> Probe {
+fn probe<C: EbpfContext>(ctx: &C) -> Probe {
     // SAFETY: the helper only reads the attach cookie of the running program.
     let cookie = Cookie::decode(unsafe { bpf_get_attach_cookie(ctx.as_ptr()) });
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -231,14 +252,29 @@ fn submit_flags() -> u64 {
     }
 }
 
-fn try_activation(ctx: &ProbeContext) -> Result<(), ()> {
+fn try_activation_return(ctx: &RetProbeContext) -> Result<(), ()> {
     let p = probe(ctx);
+    let key = bpf_get_current_pid_tgid();
+    // SAFETY: a read of this program's own map; the value is copied out before the removal.
+    let activation = unsafe { RETURN_SLOTS.get(&key) }.copied().ok_or(())?;
+    let _ = RETURN_SLOTS.remove(&key);
+    emit_activation(&p, activation)
+}
+
+/// Copies the `WorkflowActivation` at `activation`. One without jobs carries nothing the
+/// lifecycle needs (core makes such empty ones while it looks for work) and is not sent.
+#[inline(always)]
+fn emit_activation(p: &Probe, activation: u64) -> Result<(), ()> {
     let layout = layout_for(p.pid)?;
-    let activation = arg(ctx, p.cookie.arg_a)?;
+    let jobs = activation + layout.activation_jobs as u64;
+    let job_count = read_u64(jobs + layout.vec_len as u64)?;
+    if job_count == 0 {
+        return Ok(());
+    }
     let mut entry = reserve::<ActivationEvent>()?;
     // SAFETY: `entry` is a reserved, zeroed, properly aligned record.
     let e = unsafe { &mut *entry.as_mut_ptr() };
-    e.header = header(&p, kind::ACTIVATION);
+    e.header = header(p, kind::ACTIVATION);
     let _ = read_string(
         &mut e.run_id,
         activation + layout.activation_run_id as u64,
@@ -247,9 +283,8 @@ fn try_activation(ctx: &ProbeContext) -> Result<(), ()> {
     e.history_length = read_u32(activation + layout.activation_history_length as u64).unwrap_or(0);
     e.is_replaying =
         read_u8(activation + layout.activation_is_replaying as u64).unwrap_or(0) as u32;
-    let jobs = activation + layout.activation_jobs as u64;
     let jobs_ptr = read_u64(jobs + layout.vec_ptr as u64).unwrap_or(0);
-    e.job_count = read_u64(jobs + layout.vec_len as u64).unwrap_or(0);
+    e.job_count = job_count;
     let job_size = layout.job_size as u64;
     for i in 0..MAX_JOBS {
         if (i as u64) < e.job_count {
@@ -388,6 +423,26 @@ fn try_worker(ctx: &ProbeContext, event_kind: u32) -> Result<(), ()> {
     let _ = read_string(
         &mut e.task_queue,
         worker + layout.worker_task_queue as u64,
+        layout,
+    );
+    entry.submit(submit_flags());
+    Ok(())
+}
+
+/// A worker being created: the probe sees its `WorkerConfig`, not the worker, so the record
+/// carries the task queue and the config's address (user space identifies workers by queue).
+fn try_worker_created(ctx: &ProbeContext) -> Result<(), ()> {
+    let p = probe(ctx);
+    let layout = layout_for(p.pid)?;
+    let config = arg(ctx, p.cookie.arg_a)?;
+    let mut entry = reserve::<WorkerEvent>()?;
+    // SAFETY: `entry` is a reserved, zeroed, properly aligned record.
+    let e = unsafe { &mut *entry.as_mut_ptr() };
+    e.header = header(&p, kind::WORKER_START);
+    e.worker = config;
+    let _ = read_string(
+        &mut e.task_queue,
+        config + layout.config_task_queue as u64,
         layout,
     );
     entry.submit(submit_flags());

@@ -447,8 +447,10 @@ mod tests {
             failure_cause: 0,
             failure_info: tags(&[("TimeoutFailureInfo", Tag::Exact(1))]),
             worker_task_queue: 0,
+            config_task_queue: 0,
             task_run_id: 0,
             task_workflow_type: 0,
+            arguments: Vec::new(),
         }
     }
 

@@ -99,6 +99,10 @@ pub struct Engine {
     ended_order: VecDeque<String>,
     workers_running: HashSet<String>,
     workers_seen: HashSet<String>,
+    /// Workers found running at attach whose task queue is not known (see
+    /// [`Engine::on_existing_workers`]).
+    unnamed_running: usize,
+    unnamed_seen: usize,
     dropped_runs: u64,
     affected_runs: u64,
 }
@@ -137,11 +141,11 @@ impl Engine {
 
     /// Distinct workers seen in this process.
     pub fn workers_seen(&self) -> usize {
-        self.workers_seen.len()
+        self.workers_seen.len() + self.unnamed_seen
     }
 
     pub fn workers_running(&self) -> usize {
-        self.workers_running.len()
+        self.workers_running.len() + self.unnamed_running
     }
 
     /// Applies one event.
@@ -232,14 +236,20 @@ impl Engine {
                     }
                 }
             }
-            EventBody::WorkerStart { worker, .. } => {
-                self.workers_seen.insert(worker.clone());
-                if self.workers_running.insert(worker.clone()) {
+            // A worker is known by its task queue: where `mark_started` is inlined (LTO) the
+            // start is seen at creation, before the worker has its final address.
+            EventBody::WorkerStart { task_queue, .. } => {
+                self.workers_seen.insert(task_queue.clone());
+                if self.workers_running.insert(task_queue.clone()) {
                     out.push(Update::WorkersRunning { delta: 1 });
                 }
             }
-            EventBody::WorkerShutdown { worker, .. } => {
-                if self.workers_running.remove(worker) {
+            EventBody::WorkerShutdown { task_queue, .. } => {
+                if self.workers_running.remove(task_queue) {
+                    out.push(Update::WorkersRunning { delta: -1 });
+                } else if self.unnamed_running > 0 {
+                    // A worker that was running before the observer attached.
+                    self.unnamed_running -= 1;
                     out.push(Update::WorkersRunning { delta: -1 });
                 }
             }
@@ -268,6 +278,20 @@ impl Engine {
     pub fn on_process_exit(&mut self, out: &mut Vec<Update>) {
         for _ in self.workers_running.drain() {
             out.push(Update::WorkersRunning { delta: -1 });
+        }
+        for _ in 0..std::mem::take(&mut self.unnamed_running) {
+            out.push(Update::WorkersRunning { delta: -1 });
+        }
+    }
+
+    /// `count` workers already run when the observer attaches, and the start probe of this build
+    /// only fires when a worker is created. Their task queues are not known; a shutdown of a
+    /// queue never seen starting stops one of them.
+    pub fn on_existing_workers(&mut self, count: usize, out: &mut Vec<Update>) {
+        self.unnamed_running += count;
+        self.unnamed_seen += count;
+        for _ in 0..count {
+            out.push(Update::WorkersRunning { delta: 1 });
         }
     }
 
@@ -785,18 +809,19 @@ mod tests {
     #[test]
     fn workers_running_follows_start_shutdown_and_exit() {
         let mut engine = Engine::default();
-        let w = |worker: &str, start: bool| {
+        // The addresses differ between start and shutdown (as under LTO); the queue is the key.
+        let w = |queue: &str, start: bool| {
             event(
                 0,
                 if start {
                     EventBody::WorkerStart {
-                        worker: worker.into(),
-                        task_queue: "q".into(),
+                        worker: "0x1000".into(),
+                        task_queue: queue.into(),
                     }
                 } else {
                     EventBody::WorkerShutdown {
-                        worker: worker.into(),
-                        task_queue: "q".into(),
+                        worker: "0x2000".into(),
+                        task_queue: queue.into(),
                     }
                 },
             )
@@ -823,5 +848,49 @@ mod tests {
         let mut out = Vec::new();
         engine.on_process_exit(&mut out);
         assert_eq!(out, vec![Update::WorkersRunning { delta: -1 }]);
+    }
+
+    #[test]
+    fn workers_running_before_attach_stop_on_an_unknown_queues_shutdown() {
+        let mut engine = Engine::default();
+        let mut out = Vec::new();
+        engine.on_existing_workers(2, &mut out);
+        let shutdown = |queue: &str| {
+            event(
+                0,
+                EventBody::WorkerShutdown {
+                    worker: "0x1".into(),
+                    task_queue: queue.into(),
+                },
+            )
+        };
+        let start = event(
+            0,
+            EventBody::WorkerStart {
+                worker: "0x2".into(),
+                task_queue: "new".into(),
+            },
+        );
+        out.extend(feed(
+            &mut engine,
+            &[
+                shutdown("old"),
+                start,
+                shutdown("new"),
+                shutdown("old"),
+                shutdown("old"),
+            ],
+        ));
+        let deltas: Vec<i64> = out
+            .iter()
+            .map(|u| match u {
+                Update::WorkersRunning { delta } => *delta,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        // +2 found running, -1 old, +1 new, -1 new, -1 old, and nothing for a third "old".
+        assert_eq!(deltas, vec![1, 1, -1, 1, -1, -1]);
+        assert_eq!(engine.workers_running(), 0);
+        assert_eq!(engine.workers_seen(), 3);
     }
 }

@@ -14,25 +14,75 @@ use aya::{
 use observer_common::{Cookie, Layout, counter, program};
 use serde::Serialize;
 
-use crate::symbols::{FunctionSymbol, SymbolIndex};
+use crate::{
+    arguments::Params,
+    symbols::{FunctionSymbol, SymbolIndex},
+};
 
-/// One probe point: a function of sdk-core, the eBPF program that reads it, and where its inputs
-/// are. Argument indices count the integer argument registers (0 = rdi on x86-64); a function
-/// that returns a large value takes its return slot in the first one.
+/// What a probe reads at its point.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Input {
+    /// Nothing (the second input of a one-input probe).
+    None,
+    /// The address of the function's parameter of this name: a reference, or a by-value struct
+    /// that the caller passes by reference.
+    Address(&'static str),
+    /// The value of the function's (integer) parameter of this name.
+    Value(&'static str),
+    /// The slot the function returns its (large) value into; read when it returns.
+    ReturnSlot,
+}
+
+/// How a point is hooked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Hook {
+    /// A uprobe at the function's first instruction running this program.
+    Entry { program: &'static str },
+    /// A uprobe at entry that keeps the return slot per thread, and a uretprobe that reads what
+    /// the function wrote into it.
+    EntryAndReturn {
+        entry: &'static str,
+        exit: &'static str,
+    },
+}
+
+/// One place a probe can attach: a function of sdk-core and where its inputs are.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct ProbePoint {
+    /// Normalized demangled path of the function (see `symbols::normalize`).
+    pub function: &'static str,
+    pub hook: Hook,
+    pub inputs: [Input; 2],
+    /// What this point misses compared with the first choice, if anything.
+    pub caveat: Option<&'static str>,
+    /// The point fires only when a worker is created, so the workers that already run when the
+    /// observer attaches are counted from their `workflow-processing` threads instead.
+    pub count_existing_workers: bool,
+}
+
+/// One probe: what it yields, and the points it can attach to, best first. Release builds keep
+/// every first choice; LTO inlines some away, and the next point that the binary has is used.
 #[derive(Clone, Copy, Debug, Serialize)]
 pub struct ProbeSpec {
     pub id: u16,
     /// Short name shown in events and logs.
     pub name: &'static str,
-    /// Normalized demangled path of the function (see `symbols::normalize`).
-    pub function: &'static str,
-    /// eBPF program name (`observer_common::program`).
-    pub program: &'static str,
-    pub arg_a: u8,
-    pub arg_b: u8,
+    pub points: &'static [ProbePoint],
     /// A missing required probe means this binary cannot be observed correctly.
     pub required: bool,
     pub yields: &'static str,
+}
+
+const fn entry(function: &'static str, program: &'static str, inputs: [Input; 2]) -> ProbePoint {
+    ProbePoint {
+        function,
+        hook: Hook::Entry { program },
+        inputs,
+        caveat: None,
+        count_existing_workers: false,
+    }
 }
 
 /// The probe table for sdk-core 0.10 as linked by the Rust SDK.
@@ -40,10 +90,19 @@ pub const PROBES: &[ProbeSpec] = &[
     ProbeSpec {
         id: 1,
         name: "activation",
-        function: "temporalio_sdk_core::worker::workflow::prepare_to_ship_activation",
-        program: program::ACTIVATION,
-        arg_a: 0, // &mut WorkflowActivation
-        arg_b: 0,
+        // `prepare_to_ship_activation` sees the same activations, but it is inlined under LTO
+        // and its DWARF does not say where its argument is at entry (it is spilled at once).
+        // The function that builds every activation survives in every build.
+        points: &[ProbePoint {
+            function: "temporalio_sdk_core::worker::workflow::machines::workflow_machines::WorkflowMachines::get_wf_activation",
+            hook: Hook::EntryAndReturn {
+                entry: program::ACTIVATION_SLOT,
+                exit: program::ACTIVATION_RETURN,
+            },
+            inputs: [Input::ReturnSlot, Input::None],
+            caveat: None,
+            count_existing_workers: false,
+        }],
         required: true,
         yields: "each activation: run id, jobs, replay flag, history length; for a run's first \
                  activation its workflow type, start time and timeouts",
@@ -51,10 +110,11 @@ pub const PROBES: &[ProbeSpec] = &[
     ProbeSpec {
         id: 2,
         name: "completion",
-        function: "temporalio_sdk_core::worker::workflow::validate_completion",
-        program: program::COMPLETION,
-        arg_a: 1, // &WorkflowActivationCompletion (arg 0 is the return slot)
-        arg_b: 0,
+        points: &[entry(
+            "temporalio_sdk_core::worker::workflow::validate_completion",
+            program::COMPLETION,
+            [Input::Address("completion"), Input::None],
+        )],
         required: true,
         yields: "each completion: run id, status, its last (terminal) command, and whether a \
                  failure's cause chain holds a timeout",
@@ -62,40 +122,59 @@ pub const PROBES: &[ProbeSpec] = &[
     ProbeSpec {
         id: 3,
         name: "eviction",
-        function: "temporalio_protos::protos::coresdk::workflow_activation::sdk_helpers::create_evict_activation",
-        program: program::EVICTION,
-        arg_a: 1, // &String run id (arg 0 is the return slot)
-        arg_b: 3, // EvictionReason
+        points: &[entry(
+            "temporalio_protos::protos::coresdk::workflow_activation::sdk_helpers::create_evict_activation",
+            program::EVICTION,
+            [Input::Address("run_id"), Input::Value("reason")],
+        )],
         required: true,
         yields: "each eviction from the workflow cache: run id and reason",
     },
     ProbeSpec {
         id: 4,
         name: "worker_shutdown",
-        function: "temporalio_sdk_core::worker::Worker::initiate_shutdown",
-        program: program::WORKER_SHUTDOWN,
-        arg_a: 0, // &Worker
-        arg_b: 0,
+        points: &[entry(
+            "temporalio_sdk_core::worker::Worker::initiate_shutdown",
+            program::WORKER_SHUTDOWN,
+            [Input::Address("self"), Input::None],
+        )],
         required: false,
         yields: "a worker asked to shut down, and its task queue",
     },
     ProbeSpec {
         id: 5,
         name: "worker_start",
-        function: "temporalio_sdk_core::worker::Worker::mark_started",
-        program: program::WORKER_START,
-        arg_a: 0, // &Worker, the same address initiate_shutdown gets
-        arg_b: 0,
+        points: &[
+            entry(
+                "temporalio_sdk_core::worker::Worker::mark_started",
+                program::WORKER_START,
+                [Input::Address("self"), Input::None],
+            ),
+            // `mark_started` runs on every poll but is inlined under LTO; creation is not.
+            ProbePoint {
+                function: "temporalio_sdk_core::worker::Worker::new_with_pollers",
+                hook: Hook::Entry {
+                    program: program::WORKER_CREATED,
+                },
+                inputs: [Input::Address("config"), Input::None],
+                caveat: Some(
+                    "a worker counts as running from its creation; workers that already run when \
+                     the observer attaches are counted from their workflow-processing threads",
+                ),
+                count_existing_workers: true,
+            },
+        ],
         required: false,
-        yields: "a worker's first poll (it is running), and its task queue",
+        yields: "a worker running (its first poll, or its creation), and its task queue",
     },
     ProbeSpec {
         id: 6,
         name: "task",
-        function: "temporalio_sdk_core::worker::workflow::workflow_stream::WFStream::instantiate_or_update",
-        program: program::TASK,
-        arg_a: 2, // PermittedWFT, passed by reference (arg 0 is the return slot, arg 1 &mut self)
-        arg_b: 0,
+        points: &[entry(
+            "temporalio_sdk_core::worker::workflow::workflow_stream::WFStream::instantiate_or_update",
+            program::TASK,
+            [Input::Address("pwft"), Input::None],
+        )],
         required: false,
         yields: "each workflow task's run id and workflow type: names the runs whose start was not seen",
     },
@@ -105,11 +184,22 @@ pub fn spec_by_id(id: u32) -> Option<&'static ProbeSpec> {
     PROBES.iter().find(|p| u32::from(p.id) == id)
 }
 
-/// A probe and every function in the binary it attaches to.
+/// Every function any probe point names.
+pub fn probe_functions() -> impl Iterator<Item = &'static str> {
+    PROBES
+        .iter()
+        .flat_map(|spec| spec.points.iter().map(|point| point.function))
+}
+
+/// A probe, the point chosen for this binary, every function it attaches to there, and the
+/// argument registers of its inputs.
 #[derive(Clone, Debug, Serialize)]
 pub struct PlannedProbe {
     pub spec: ProbeSpec,
+    pub point: ProbePoint,
     pub functions: Vec<FunctionSymbol>,
+    /// Argument register (0 = rdi) of each input.
+    pub registers: [u8; 2],
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -124,39 +214,101 @@ pub enum PlanError {
          This sdk-core version or build is not supported yet"
     )]
     MissingRequired { version: String, missing: String },
+    #[error(
+        "cannot tell where `{function}` takes its {input}: {why}. Build the worker with debug \
+         info for sdk-core (see README, \"Builds\"), or add this build to the layout table"
+    )]
+    Registers {
+        function: &'static str,
+        input: String,
+        why: String,
+    },
 }
 
-/// Matches the probe table against a binary's symbols.
-pub fn plan(
+/// A probe point chosen for this binary, before its registers are known.
+#[derive(Clone, Debug)]
+pub struct Choice {
+    pub spec: ProbeSpec,
+    pub point: ProbePoint,
+    pub functions: Vec<FunctionSymbol>,
+}
+
+/// Picks, for each probe, the first point this binary has. Optional probes without any point
+/// are left out; a required one refuses the binary.
+pub fn choose(
     symbols: &SymbolIndex,
     sdk_core_version: Option<&str>,
-) -> Result<Vec<PlannedProbe>, PlanError> {
+) -> Result<Vec<Choice>, PlanError> {
     if symbols.count_with_prefix("temporalio_sdk_core::") == 0 {
         return Err(PlanError::NotAWorker {
             symbols: symbols.len(),
         });
     }
-    let planned: Vec<PlannedProbe> = PROBES
-        .iter()
-        .map(|spec| PlannedProbe {
-            spec: *spec,
-            functions: symbols.find(spec.function).to_vec(),
-        })
-        .collect();
-    let missing: Vec<&str> = planned
-        .iter()
-        .filter(|p| p.spec.required && p.functions.is_empty())
-        .map(|p| p.spec.function)
-        .collect();
+    let mut chosen = Vec::new();
+    let mut missing = Vec::new();
+    for spec in PROBES {
+        let found = spec.points.iter().find_map(|point| {
+            let functions = symbols.find(point.function);
+            (!functions.is_empty()).then(|| Choice {
+                spec: *spec,
+                point: *point,
+                functions: functions.to_vec(),
+            })
+        });
+        match found {
+            Some(choice) => chosen.push(choice),
+            None if spec.required => missing.push(
+                spec.points
+                    .iter()
+                    .map(|p| p.function)
+                    .collect::<Vec<_>>()
+                    .join(" or "),
+            ),
+            None => {}
+        }
+    }
     if !missing.is_empty() {
         return Err(PlanError::MissingRequired {
             version: sdk_core_version
                 .map(|v| format!(" {v}"))
                 .unwrap_or_default(),
-            missing: missing.join(", "),
+            missing: missing.join("; "),
         });
     }
-    Ok(planned)
+    Ok(chosen)
+}
+
+/// The argument register of each input of a point, from its parameters' entry locations.
+pub fn registers(point: &ProbePoint, params: &Params) -> Result<[u8; 2], PlanError> {
+    let one = |input: Input| -> Result<u8, PlanError> {
+        let fail = |why: String| PlanError::Registers {
+            function: point.function,
+            input: match input {
+                Input::ReturnSlot => "return slot".to_string(),
+                Input::Address(name) | Input::Value(name) => format!("parameter `{name}`"),
+                Input::None => String::new(),
+            },
+            why,
+        };
+        match input {
+            Input::None => Ok(0),
+            Input::Address(name) => params
+                .get(name)
+                .map(|at| at.register)
+                .ok_or_else(|| fail("it is not in a register at entry".into())),
+            Input::Value(name) => match params.get(name) {
+                Some(at) if !at.indirect => Ok(at.register),
+                Some(_) => Err(fail("it is passed by reference".into())),
+                None => Err(fail("it is not in a register at entry".into())),
+            },
+            // rustc passes a large return value's slot as a hidden first argument.
+            Input::ReturnSlot => match params.values().find(|at| at.register == 0) {
+                None => Ok(0),
+                Some(_) => Err(fail("a parameter takes the first register".into())),
+            },
+        }
+    };
+    Ok([one(point.inputs[0])?, one(point.inputs[1])?])
 }
 
 /// The eBPF object built by `build.rs`.
@@ -259,50 +411,32 @@ impl Attachment {
         }
         let mut attached = 0;
         for probe in planned {
-            let name = probe.spec.program;
-            let program: &mut UProbe = ebpf
-                .program_mut(name)
-                .ok_or(AttachError::MissingProgram(name))?
-                .try_into()
-                .map_err(|source| AttachError::Program {
-                    program: name,
-                    source: Box::new(source),
-                })?;
-            if program.fd().is_err() {
-                program.load().map_err(|source| match source {
-                    ProgramError::LoadError {
-                        io_error,
-                        verifier_log,
-                    } => AttachError::Verifier {
-                        program: name,
-                        io_error,
-                        log_tail: tail(&verifier_log.to_string(), 20),
-                    },
-                    source => AttachError::Program {
-                        program: name,
-                        source: Box::new(source),
-                    },
-                })?;
-            }
-            for function in &probe.functions {
-                let cookie = Cookie {
-                    probe_id: probe.spec.id,
-                    arg_a: probe.spec.arg_a,
-                    arg_b: probe.spec.arg_b,
-                };
-                let point = UProbeAttachPoint {
-                    location: UProbeAttachLocation::AbsoluteOffset(function.file_offset),
-                    cookie: Some(cookie.encode()),
-                };
-                program
-                    .attach(point, exe, scope)
-                    .map_err(|source| AttachError::Attach {
-                        probe: probe.spec.name,
-                        function: function.path.clone(),
-                        offset: function.file_offset,
-                        source: Box::new(source),
-                    })?;
-                attached += 1;
+            let cookie = Cookie {
+                probe_id: probe.spec.id,
+                arg_a: probe.registers[0],
+                arg_b: probe.registers[1],
+            };
+            let programs: &[&'static str] = match &probe.point.hook {
+                Hook::Entry { program } => &[program],
+                Hook::EntryAndReturn { entry, exit } => &[entry, exit],
+            };
+            for &name in programs {
+                let program = load_program(&mut ebpf, name)?;
+                for function in &probe.functions {
+                    let point = UProbeAttachPoint {
+                        location: UProbeAttachLocation::AbsoluteOffset(function.file_offset),
+                        cookie: Some(cookie.encode()),
+                    };
+                    program
+                        .attach(point, exe, scope)
+                        .map_err(|source| AttachError::Attach {
+                            probe: probe.spec.name,
+                            function: function.path.clone(),
+                            offset: function.file_offset,
+                            source: Box::new(source),
+                        })?;
+                    attached += 1;
+                }
             }
         }
         Ok(Self { ebpf, attached })
@@ -351,6 +485,35 @@ pub struct KernelCounters {
     pub read_faults: u64,
 }
 
+/// The program of this name, loaded into the kernel (once).
+fn load_program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut UProbe, AttachError> {
+    let program: &mut UProbe = ebpf
+        .program_mut(name)
+        .ok_or(AttachError::MissingProgram(name))?
+        .try_into()
+        .map_err(|source| AttachError::Program {
+            program: name,
+            source: Box::new(source),
+        })?;
+    if program.fd().is_err() {
+        program.load().map_err(|source| match source {
+            ProgramError::LoadError {
+                io_error,
+                verifier_log,
+            } => AttachError::Verifier {
+                program: name,
+                io_error,
+                log_tail: tail(&verifier_log.to_string(), 20),
+            },
+            source => AttachError::Program {
+                program: name,
+                source: Box::new(source),
+            },
+        })?;
+    }
+    Ok(program)
+}
+
 fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
@@ -359,6 +522,7 @@ fn tail(text: &str, lines: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::arguments::ParamAt;
 
     #[test]
     fn probe_ids_are_unique_and_programs_known() {
@@ -367,20 +531,67 @@ mod tests {
         ids.dedup();
         assert_eq!(ids.len(), PROBES.len());
         let programs = [
-            program::ACTIVATION,
             program::COMPLETION,
             program::EVICTION,
             program::WORKER_SHUTDOWN,
             program::WORKER_START,
+            program::WORKER_CREATED,
             program::TASK,
+            program::ACTIVATION_SLOT,
+            program::ACTIVATION_RETURN,
         ];
-        assert!(PROBES.iter().all(|p| programs.contains(&p.program)));
+        for point in PROBES.iter().flat_map(|p| p.points) {
+            match point.hook {
+                Hook::Entry { program } => assert!(programs.contains(&program)),
+                Hook::EntryAndReturn { entry, exit } => {
+                    assert!(programs.contains(&entry) && programs.contains(&exit))
+                }
+            }
+        }
     }
 
     #[test]
     fn a_binary_without_sdk_core_is_not_a_worker() {
-        let err = plan(&SymbolIndex::default(), None).expect_err("empty");
+        let err = choose(&SymbolIndex::default(), None).expect_err("empty");
         assert!(matches!(err, PlanError::NotAWorker { .. }));
+    }
+
+    fn at(register: u8, indirect: bool) -> ParamAt {
+        ParamAt { register, indirect }
+    }
+
+    fn point(inputs: [Input; 2]) -> ProbePoint {
+        entry("f", program::COMPLETION, inputs)
+    }
+
+    #[test]
+    fn registers_come_from_the_named_parameters() {
+        let params: Params = [
+            ("run_id".to_string(), at(1, true)),
+            ("reason".to_string(), at(3, false)),
+        ]
+        .into();
+        let p = point([Input::Address("run_id"), Input::Value("reason")]);
+        assert_eq!(registers(&p, &params).expect("both found"), [1, 3]);
+    }
+
+    #[test]
+    fn a_value_passed_by_reference_or_a_missing_parameter_is_refused() {
+        let params: Params = [("reason".to_string(), at(3, true))].into();
+        let value = point([Input::Value("reason"), Input::None]);
+        assert!(registers(&value, &params).is_err());
+        let missing = point([Input::Address("completion"), Input::None]);
+        let err = registers(&missing, &params).expect_err("missing");
+        assert!(err.to_string().contains("parameter `completion`"), "{err}");
+    }
+
+    #[test]
+    fn the_return_slot_is_the_first_register_unless_a_parameter_is_there() {
+        let slot = point([Input::ReturnSlot, Input::None]);
+        let self_in_rsi: Params = [("self".to_string(), at(1, false))].into();
+        assert_eq!(registers(&slot, &self_in_rsi).expect("rdi free"), [0, 0]);
+        let self_in_rdi: Params = [("self".to_string(), at(0, false))].into();
+        assert!(registers(&slot, &self_in_rdi).is_err());
     }
 
     #[test]

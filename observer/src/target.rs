@@ -34,7 +34,26 @@ pub struct Target {
     pub image: Vec<u8>,
 }
 
+/// The name (as `comm`, cut to 15 bytes) of the thread each sdk-core worker runs its workflow
+/// processing on, from its start to its shutdown.
+pub const WORKER_THREAD: &str = "workflow-proces";
+
 impl Target {
+    /// How many of the process's threads are named `name` (`/proc/PID/task/*/comm`).
+    pub fn threads_named(&self, name: &str) -> usize {
+        let tasks = Path::new("/proc").join(self.pid.to_string()).join("task");
+        let Ok(entries) = std::fs::read_dir(&tasks) else {
+            return 0;
+        };
+        entries
+            .filter_map(Result::ok)
+            .filter(|task| {
+                std::fs::read_to_string(task.path().join("comm"))
+                    .is_ok_and(|comm| comm.trim_end() == name)
+            })
+            .count()
+    }
+
     pub fn open(pid: u32) -> Result<Self, TargetError> {
         Self::open_in(Path::new("/proc"), pid)
     }

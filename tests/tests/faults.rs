@@ -4,9 +4,11 @@ use std::{collections::BTreeSet, time::Duration};
 
 use e2e::{DevServer, Driver, Env, Mix, Observer, RunStatus, drive, start_worker, unique};
 
-/// Names of the programs `observer-ebpf` loads.
-const OUR_PROGRAMS: [&str; 6] = [
-    "activation",
+/// Names of the programs `observer-ebpf` loads for the default release build, as the kernel
+/// keeps them (cut to 15 bytes).
+const OUR_PROGRAMS: [&str; 7] = [
+    "activation_slot",
+    "activation_retu",
     "completion",
     "eviction",
     "task",

@@ -5,9 +5,10 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use object::{Object as _, ObjectSection as _};
 use temporal_observer::{
+    arguments,
     layout::{SHIPPED_TABLE, TargetLayout, dwarf::DwarfSections, from_table},
     probes::PROBES,
-    resolve::{LayoutSource, resolve},
+    resolve::{ArgumentsSource, LayoutSource, resolve},
     symbols::SymbolIndex,
 };
 
@@ -36,12 +37,40 @@ fn the_release_worker_resolves_every_probe_once_with_the_shipped_layout() -> any
         "a default release build has no DWARF"
     );
     assert_eq!(resolved.plan.len(), PROBES.len());
+    assert_eq!(
+        resolved.arguments_source,
+        ArgumentsSource::Table {
+            build: "release".into()
+        }
+    );
+    assert!(
+        resolved.not_covered().is_empty(),
+        "{:?}",
+        resolved.not_covered()
+    );
+    let registers = |name: &str| {
+        resolved
+            .plan
+            .iter()
+            .find(|p| p.spec.name == name)
+            .map(|p| (p.point.function, p.registers))
+    };
+    // The registers the DWARF of this build gives (see SDK-CORE.md): the activation's return
+    // slot in rdi, the completion in rsi, the eviction's run id and reason in rsi and rcx.
+    assert!(
+        registers("activation").is_some_and(|(f, r)| f.ends_with("get_wf_activation") && r[0] == 0)
+    );
+    assert_eq!(registers("completion").map(|(_, r)| r[0]), Some(1));
+    assert_eq!(registers("eviction").map(|(_, r)| r), Some([1, 3]));
+    assert!(
+        registers("worker_start").is_some_and(|(f, r)| f.ends_with("mark_started") && r[0] == 0)
+    );
     for planned in &resolved.plan {
         assert_eq!(
             planned.functions.len(),
             1,
             "{}: {:?}",
-            planned.spec.function,
+            planned.point.function,
             planned.functions
         );
         let f = &planned.functions[0];
@@ -84,10 +113,77 @@ fn dwarf_of_the_layout_build_gives_exactly_the_shipped_layout() -> anyhow::Resul
     let sections = DwarfSections::load(&image)?;
     let types = sections.types()?;
     let from_dwarf = TargetLayout::from_dwarf(&types, "0.10.1", "1.95.0")?;
-    let shipped = from_table(SHIPPED_TABLE, "0.10.1", "1.95.0")?;
+    let mut shipped = from_table(SHIPPED_TABLE, "0.10.1", "1.95.0")?;
+    let shipped_arguments = std::mem::take(&mut shipped.arguments);
     assert_eq!(from_dwarf, shipped);
+    // The table's registers for the release build are what this build's DWARF says.
+    let symbols = SymbolIndex::from_elf(&image)?;
+    let release = shipped_arguments
+        .iter()
+        .find(|b| b.build == "release")
+        .context("the table has no release build")?;
+    assert_eq!(arguments::read(&symbols, &types)?, release.functions);
     // And a worker with that DWARF is resolved from it rather than from the table.
-    assert_eq!(resolve(&image)?.layout_source, LayoutSource::Dwarf);
+    let resolved = resolve(&image)?;
+    assert_eq!(resolved.layout_source, LayoutSource::Dwarf);
+    assert_eq!(resolved.arguments_source, ArgumentsSource::Dwarf);
+    Ok(())
+}
+
+/// Fat LTO inlines `mark_started` away and moves code: the plan switches to the surviving
+/// functions, with the registers the LTO build's DWARF gives, and the layout stays the same.
+#[test]
+fn the_lto_worker_resolves_with_the_lto_registers() -> anyhow::Result<()> {
+    let image = fixture("lto")?;
+    let resolved = resolve(&image)?;
+    assert_eq!(resolved.layout_source, LayoutSource::Table);
+    assert_eq!(
+        resolved.arguments_source,
+        ArgumentsSource::Table {
+            build: "lto".into()
+        }
+    );
+    let start = resolved
+        .plan
+        .iter()
+        .find(|p| p.spec.name == "worker_start")
+        .context("worker_start planned")?;
+    assert!(start.point.function.ends_with("new_with_pollers"));
+    assert_eq!(resolved.plan.len(), PROBES.len());
+    assert_eq!(
+        resolved.not_covered().len(),
+        1,
+        "{:?}",
+        resolved.not_covered()
+    );
+    assert!(resolved.plan.iter().all(|p| p.functions.len() == 1));
+
+    let with_dwarf = fixture("lto-layout-gen")?;
+    let sections = DwarfSections::load(&with_dwarf)?;
+    let types = sections.types()?;
+    let symbols = SymbolIndex::from_elf(&with_dwarf)?;
+    let mut shipped = from_table(SHIPPED_TABLE, "0.10.1", "1.95.0")?;
+    let lto = shipped
+        .arguments
+        .iter()
+        .find(|b| b.build == "lto")
+        .context("the table has no lto build")?;
+    assert_eq!(arguments::read(&symbols, &types)?, lto.functions);
+    shipped.arguments.clear();
+    assert_eq!(
+        TargetLayout::from_dwarf(&types, "0.10.1", "1.95.0")?,
+        shipped
+    );
+    // The same code with and without DWARF: each probed function has the same size in both.
+    for planned in &resolved.plan {
+        let f = &planned.functions[0];
+        assert_eq!(
+            symbols.find(planned.point.function).first().map(|s| s.size),
+            Some(f.size),
+            "{}",
+            f.path
+        );
+    }
     Ok(())
 }
 
@@ -127,10 +223,35 @@ fn inspect_reports_versions_layout_source_and_every_probe() -> anyhow::Result<()
         "{probes:?}"
     );
     assert_eq!(report["not_covered"].as_array().map(Vec::len), Some(0));
+    assert_eq!(report["arguments_source"]["table"]["build"], "release");
 
     let (ok, report) = inspect(&fixture_path("layout-gen"))?;
     assert!(ok, "{report}");
     assert_eq!(report["layout_source"], "dwarf");
+    assert_eq!(report["arguments_source"], "dwarf");
+
+    let (ok, report) = inspect(&fixture_path("lto"))?;
+    assert!(ok, "{report}");
+    assert_eq!(report["layout_source"], "table");
+    assert_eq!(report["arguments_source"]["table"]["build"], "lto");
+    let probes = report["probes"].as_array().context("probes")?;
+    assert_eq!(probes.len(), PROBES.len());
+    let activation = probes
+        .iter()
+        .find(|p| p["name"] == "activation")
+        .context("activation probe")?;
+    assert_eq!(
+        activation["inputs"][0],
+        "return slot in rdi, read on return"
+    );
+    let not_covered = report["not_covered"].as_array().context("not_covered")?;
+    assert_eq!(not_covered.len(), 1, "{not_covered:?}");
+    assert!(
+        not_covered[0]
+            .as_str()
+            .is_some_and(|c| c.contains("counted from their workflow-processing threads")),
+        "{not_covered:?}"
+    );
     Ok(())
 }
 

@@ -10,6 +10,7 @@ use anyhow::{Context as _, ensure};
 use clap::{Parser, Subcommand};
 
 mod demo;
+mod matrix;
 mod setup;
 
 #[derive(Debug, Parser)]
@@ -48,6 +49,14 @@ enum Task {
         #[arg(long)]
         check: bool,
     },
+    /// Build the sample worker in every variant users ship (default release, fat LTO, full
+    /// debug info, debug info stripped, symbols stripped, nightly with v0 mangling) and run the
+    /// end-to-end accuracy check on each; prints the table the README shows.
+    Matrix {
+        /// Only these variants (comma-separated names).
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -65,6 +74,9 @@ fn main() -> ExitCode {
         }
         Task::Test => test(),
         Task::GenLayouts { check } => setup::run().and_then(|()| gen_layouts(check)),
+        Task::Matrix { only } => setup::run()
+            .and_then(|()| build())
+            .and_then(|()| matrix::run(&only)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -95,6 +107,28 @@ pub fn paths() -> Paths {
 
 fn cargo() -> Command {
     Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}
+
+/// The rustup toolchain besides the default that the layout table and the matrix cover: its
+/// rustc mangles symbols as v0 and lays out niches differently.
+pub const NIGHTLY: &str = "nightly";
+
+/// `cargo` of another rustup toolchain (through the rustup proxy), building into its own target
+/// directory so that its artifacts never replace the default toolchain's.
+pub fn cargo_of(toolchain: &str, fixtures: &Path) -> anyhow::Result<Command> {
+    let probe = Command::new("rustup")
+        .args(["run", toolchain, "rustc", "--version"])
+        .output();
+    ensure!(
+        probe.as_ref().is_ok_and(|o| o.status.success()),
+        "the rustup toolchain `{toolchain}` is missing; the layout table has an entry built by it \
+         (v0 mangling). Install it with `rustup toolchain install {toolchain} --profile minimal`"
+    );
+    let mut command = Command::new("cargo");
+    command
+        .env("RUSTUP_TOOLCHAIN", toolchain)
+        .env("CARGO_TARGET_DIR", fixtures.join("target").join(toolchain));
+    Ok(command)
 }
 
 /// Runs a command, echoing it, and fails if it fails.
@@ -172,7 +206,10 @@ fn test() -> anyhow::Result<()> {
         "warnings",
     ]))?;
     build()?;
-    // The shipped layout table must be exactly what the generator makes of this sdk-core/rustc.
+    // The fat-LTO variant, whose probe plan differs most from the default's, is checked end to
+    // end on every run (`cargo xtask matrix` checks them all).
+    matrix::make_variant("lto")?;
+    // The shipped layout table must be exactly what the generator makes of these builds.
     gen_layouts(true)?;
     // End-to-end tests share the machine's two cores with a dev server and a worker: one at a time.
     sh(cargo()
@@ -183,37 +220,55 @@ fn test() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Builds the sample worker with DWARF for sdk-core and its protos (the fixture's `layout-gen`
-/// profile), and derives the layout with temporal-observer's own DWARF reader.
+/// The sample worker's builds the layout table is generated from, as (rustup toolchain, fixture
+/// profile, name of the user-facing profile it stands for): each is that profile with DWARF
+/// added for sdk-core and its protos (debug info does not change the code).
+const LAYOUT_BUILDS: &[(Option<&str>, &str, &str)] = &[
+    (None, "layout-gen", "release"),
+    (None, "lto-layout-gen", "lto"),
+    (Some(NIGHTLY), "layout-gen", "release"),
+];
+
+/// Builds the sample worker in each of [`LAYOUT_BUILDS`] and derives the table with
+/// temporal-observer's own DWARF reader: struct layouts (the same in every profile, which is
+/// checked) and, per profile, where the probed functions take their arguments.
 fn gen_layouts(check: bool) -> anyhow::Result<()> {
     let p = paths();
     sh(cargo()
         .current_dir(&p.root)
         .args(["build", "--release", "-p", "observer"]))?;
-    sh(cargo().current_dir(&p.fixtures).args([
-        "build",
-        "--profile",
-        "layout-gen",
-        "--locked",
-        "--bin",
-        "sample-worker",
-    ]))?;
-    let with_dwarf = p.fixtures.join("target/layout-gen/sample-worker");
-    let output = Command::new(&p.observer)
-        .arg("layout")
-        .arg(&with_dwarf)
-        .stderr(Stdio::inherit())
-        .output()
-        .context("running temporal-observer layout")?;
-    ensure!(output.status.success(), "temporal-observer layout failed");
-    let entry: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    let mut generated: Vec<serde_json::Value> = Vec::new();
+    for (toolchain, profile, build) in LAYOUT_BUILDS {
+        let (mut command, target) = match toolchain {
+            None => (cargo(), p.fixtures.join("target")),
+            Some(t) => (cargo_of(t, &p.fixtures)?, p.fixtures.join("target").join(t)),
+        };
+        sh(command.current_dir(&p.fixtures).args([
+            "build",
+            "--profile",
+            profile,
+            "--locked",
+            "--bin",
+            "sample-worker",
+        ]))?;
+        let with_dwarf = target.join(profile).join("sample-worker");
+        let output = Command::new(&p.observer)
+            .arg("layout")
+            .arg(&with_dwarf)
+            .args(["--build", build])
+            .stderr(Stdio::inherit())
+            .output()
+            .context("running temporal-observer layout")?;
+        ensure!(output.status.success(), "temporal-observer layout failed");
+        let entry: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+        merge_entry(&mut generated, entry)?;
+    }
     let table_path = p.root.join("observer/layouts.json");
     let current = std::fs::read_to_string(&table_path).unwrap_or_else(|_| "[]".into());
     let mut table: Vec<serde_json::Value> = serde_json::from_str(&current)?;
-    let key = |v: &serde_json::Value| (v["sdk_core"].to_string(), v["rustc"].to_string());
-    table.retain(|e| key(e) != key(&entry));
-    table.push(entry);
-    table.sort_by_key(key);
+    table.retain(|e| !generated.iter().any(|g| same_pair(e, g)));
+    table.extend(generated);
+    table.sort_by_key(pair);
     let rendered = serde_json::to_string_pretty(&table)? + "\n";
     if check {
         ensure!(
@@ -229,5 +284,38 @@ fn gen_layouts(check: bool) -> anyhow::Result<()> {
             table.len()
         );
     }
+    Ok(())
+}
+
+fn pair(v: &serde_json::Value) -> (String, String) {
+    (v["sdk_core"].to_string(), v["rustc"].to_string())
+}
+
+fn same_pair(a: &serde_json::Value, b: &serde_json::Value) -> bool {
+    pair(a) == pair(b)
+}
+
+/// Adds one build's entry: a new version pair is appended; a known one must have the very same
+/// layout, and gains this build's argument registers.
+fn merge_entry(table: &mut Vec<serde_json::Value>, entry: serde_json::Value) -> anyhow::Result<()> {
+    let Some(known) = table.iter_mut().find(|e| same_pair(e, &entry)) else {
+        table.push(entry);
+        return Ok(());
+    };
+    let without_arguments = |v: &serde_json::Value| {
+        let mut v = v.clone();
+        if let Some(map) = v.as_object_mut() {
+            map.remove("arguments");
+        }
+        v
+    };
+    ensure!(
+        without_arguments(known) == without_arguments(&entry),
+        "two builds of the same sdk-core and rustc disagree on a struct layout"
+    );
+    let mut builds = known["arguments"].as_array().cloned().unwrap_or_default();
+    builds.extend(entry["arguments"].as_array().cloned().unwrap_or_default());
+    builds.sort_by_key(|b| b["build"].to_string());
+    known["arguments"] = serde_json::Value::Array(builds);
     Ok(())
 }

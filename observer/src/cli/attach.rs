@@ -23,8 +23,8 @@ use crate::{
     lifecycle::{Engine, Limits, Update},
     privileges,
     probes::{Attachment, KernelCounters, KernelSettings},
-    resolve::{self, LayoutSource},
-    target::Target,
+    resolve::{self, ArgumentsSource, LayoutSource},
+    target::{Target, WORKER_THREAD},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -132,29 +132,30 @@ async fn attach(args: &AttachArgs) -> anyhow::Result<()> {
         )
     })?;
     info!(
-        "PID {} ({}): sdk-core {}, rustc {}, layout from {}",
+        "PID {} ({}): sdk-core {}, rustc {}, layout from {}, argument registers from {}",
         target.pid,
         target.exe_name,
         resolved.versions.sdk_core.as_deref().unwrap_or("?"),
         resolved.versions.rustc.as_deref().unwrap_or("?"),
         match resolved.layout_source {
-            LayoutSource::Dwarf => "the binary's DWARF",
-            LayoutSource::Table => "the shipped table",
+            LayoutSource::Dwarf => "the binary's DWARF".to_string(),
+            LayoutSource::Table => "the shipped table".to_string(),
+        },
+        match &resolved.arguments_source {
+            ArgumentsSource::Dwarf => "the binary's DWARF".to_string(),
+            ArgumentsSource::Table { build } => format!("the shipped table ({build} build)"),
         }
     );
     for planned in &resolved.plan {
-        match planned.functions.as_slice() {
-            [] => warn!(
-                "probe {}: {} is not in this binary; {} will not be seen",
-                planned.spec.name, planned.spec.function, planned.spec.yields
-            ),
-            functions => info!(
-                "probe {}: {} ({} location(s))",
-                planned.spec.name,
-                planned.spec.function,
-                functions.len()
-            ),
-        }
+        info!(
+            "probe {}: {} ({} location(s))",
+            planned.spec.name,
+            planned.point.function,
+            planned.functions.len()
+        );
+    }
+    for fact in resolved.not_covered() {
+        warn!("not covered: {fact}");
     }
     privileges::check()?;
 
@@ -213,6 +214,14 @@ async fn attach(args: &AttachArgs) -> anyhow::Result<()> {
         attached: attachment.attached as i64,
         lost_seen: 0,
     };
+    // A start probe that only sees creations misses the workers already running: count them.
+    if resolved.plan.iter().any(|p| p.point.count_existing_workers) {
+        let running = target.threads_named(WORKER_THREAD);
+        info!("{running} worker(s) already running (counted from their {WORKER_THREAD} threads)");
+        let mut updates = Vec::new();
+        pipeline.engine.on_existing_workers(running, &mut updates);
+        pipeline.apply(updates, Vec::new());
+    }
     let mut tick = tokio::time::interval(Duration::from_millis(args.drain_interval_ms.max(1)));
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;

@@ -8,8 +8,8 @@ use serde::Serialize;
 
 use crate::{
     layout::{self, TargetLayout},
-    probes::{self, PROBES},
-    resolve::{self, LayoutSource},
+    probes::{self, Hook, Input, PlannedProbe},
+    resolve::{self, ArgumentsSource, LayoutSource},
     symbols::FunctionSymbol,
     target::Target,
     versions,
@@ -41,8 +41,11 @@ pub struct Report {
     /// `legacy`, `v0`, or `none` (no sdk-core symbol).
     pub mangling: &'static str,
     pub layout_source: Option<LayoutSource>,
+    /// Where the probe functions' argument registers come from.
+    pub arguments_source: Option<ArgumentsSource>,
+    /// The probes that would be attached, each at the point chosen for this binary.
     pub probes: Vec<ProbeReport>,
-    /// Lifecycle facts the observer cannot see in this binary, and why.
+    /// Lifecycle facts the observer cannot see in this binary, or sees only in part, and why.
     pub not_covered: Vec<String>,
     /// Why this binary cannot be observed; `None` when it can.
     pub refused: Option<String>,
@@ -52,6 +55,9 @@ pub struct Report {
 pub struct ProbeReport {
     pub name: &'static str,
     pub function: &'static str,
+    pub hook: Hook,
+    /// Each input and the register it is read from, e.g. `completion (by reference) in rsi`.
+    pub inputs: Vec<String>,
     pub required: bool,
     pub yields: &'static str,
     pub locations: Vec<Location>,
@@ -74,6 +80,26 @@ impl From<&FunctionSymbol> for Location {
     }
 }
 
+const REGISTERS: [&str; 6] = ["rdi", "rsi", "rdx", "rcx", "r8", "r9"];
+
+fn describe_inputs(planned: &PlannedProbe) -> Vec<String> {
+    planned
+        .point
+        .inputs
+        .iter()
+        .zip(planned.registers)
+        .filter_map(|(input, register)| {
+            let register = REGISTERS.get(usize::from(register)).unwrap_or(&"?");
+            match input {
+                Input::None => None,
+                Input::Address(name) => Some(format!("address of `{name}` in {register}")),
+                Input::Value(name) => Some(format!("`{name}` in {register}")),
+                Input::ReturnSlot => Some(format!("return slot in {register}, read on return")),
+            }
+        })
+        .collect()
+}
+
 /// Everything about one binary; never fails, a refusal is part of the report.
 pub fn report(name: String, image: &[u8]) -> Report {
     let found = versions::detect(image);
@@ -83,6 +109,7 @@ pub fn report(name: String, image: &[u8]) -> Report {
         sdk_core: found.sdk_core.clone(),
         mangling: "none",
         layout_source: None,
+        arguments_source: None,
         probes: Vec::new(),
         not_covered: Vec::new(),
         refused: None,
@@ -94,41 +121,38 @@ pub fn report(name: String, image: &[u8]) -> Report {
             return report;
         }
     };
-    for spec in PROBES {
-        let functions = symbols.find(spec.function);
-        if let Some(first) = functions.first() {
-            report.mangling = if first.mangled.starts_with("_R") {
-                "v0"
-            } else {
-                "legacy"
-            };
-        }
-        if functions.is_empty() && !spec.required {
-            report.not_covered.push(format!(
-                "{}: {} is not in this binary",
-                spec.yields, spec.function
-            ));
-        }
-        report.probes.push(ProbeReport {
-            name: spec.name,
-            function: spec.function,
-            required: spec.required,
-            yields: spec.yields,
-            locations: functions.iter().map(Location::from).collect(),
-        });
+    if let Some(first) = probes::probe_functions().find_map(|f| symbols.find(f).first()) {
+        report.mangling = if first.mangled.starts_with("_R") {
+            "v0"
+        } else {
+            "legacy"
+        };
     }
-    if let Err(e) = probes::plan(&symbols, found.sdk_core.as_deref()) {
+    let resolved = match resolve::resolve_with_table(image, layout::SHIPPED_TABLE) {
+        Ok(resolved) => resolved,
+        Err(e) => {
+            report.refused = Some(e.to_string());
+            return report;
+        }
+    };
+    report.layout_source = Some(resolved.layout_source);
+    report.arguments_source = Some(resolved.arguments_source.clone());
+    report.not_covered = resolved.not_covered();
+    report.probes = resolved
+        .plan
+        .iter()
+        .map(|planned| ProbeReport {
+            name: planned.spec.name,
+            function: planned.point.function,
+            hook: planned.point.hook,
+            inputs: describe_inputs(planned),
+            required: planned.spec.required,
+            yields: planned.spec.yields,
+            locations: planned.functions.iter().map(Location::from).collect(),
+        })
+        .collect();
+    if let Err(e) = TargetLayout::kernel_layout(&resolved.layout) {
         report.refused = Some(e.to_string());
-        return report;
-    }
-    match resolve::layout_for(image, &found, layout::SHIPPED_TABLE) {
-        Ok((layout, source)) => {
-            report.layout_source = Some(source);
-            if let Err(e) = TargetLayout::kernel_layout(&layout) {
-                report.refused = Some(e.to_string());
-            }
-        }
-        Err(e) => report.refused = Some(e.to_string()),
     }
     report
 }
@@ -170,26 +194,32 @@ fn render(r: &Report) -> String {
         None => "none",
     };
     out.push_str(&format!("layout:    {source}\n"));
+    let arguments = match &r.arguments_source {
+        Some(ArgumentsSource::Dwarf) => "the binary's DWARF".to_string(),
+        Some(ArgumentsSource::Table { build }) => format!("the shipped table ({build} build)"),
+        None => "none".to_string(),
+    };
+    out.push_str(&format!("registers: {arguments}\n"));
     if !r.probes.is_empty() {
         out.push_str("probes:\n");
     }
     for p in &r.probes {
-        let locations = if p.locations.is_empty() {
-            if p.required {
-                "MISSING (required)".to_string()
-            } else {
-                "missing (optional)".to_string()
-            }
-        } else {
-            p.locations
-                .iter()
-                .map(|l| format!("{:#x}", l.file_offset))
-                .collect::<Vec<_>>()
-                .join(", ")
+        let locations = p
+            .locations
+            .iter()
+            .map(|l| format!("{:#x}", l.file_offset))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let hook = match p.hook {
+            Hook::Entry { .. } => "entry",
+            Hook::EntryAndReturn { .. } => "entry + return",
         };
         out.push_str(&format!(
-            "  {:<16} {locations}\n    {}\n    yields: {}\n",
-            p.name, p.function, p.yields
+            "  {:<16} {hook} at file offset {locations}\n    {}\n    reads: {}\n    yields: {}\n",
+            p.name,
+            p.function,
+            p.inputs.join(", "),
+            p.yields
         ));
     }
     for fact in &r.not_covered {

@@ -6,7 +6,9 @@ use anyhow::Context as _;
 use clap::Args;
 
 use crate::{
+    arguments::{self, BuildArguments},
     layout::{TargetLayout, dwarf::DwarfSections},
+    symbols::SymbolIndex,
     versions,
 };
 
@@ -14,6 +16,10 @@ use crate::{
 pub struct LayoutArgs {
     /// A worker binary built with debug info for sdk-core and its protos.
     pub binary: PathBuf,
+    /// Also record where the probe functions take their arguments in this build, under this
+    /// profile name (the table keeps one such record per profile).
+    #[arg(long)]
+    pub build: Option<String>,
 }
 
 pub fn run(args: &LayoutArgs) -> anyhow::Result<()> {
@@ -28,7 +34,19 @@ pub fn run(args: &LayoutArgs) -> anyhow::Result<()> {
         .context("cannot tell which rustc built this binary (no .comment)")?;
     let sections = DwarfSections::load(&image)?;
     let types = sections.types()?;
-    let layout = TargetLayout::from_dwarf(&types, &sdk_core, &rustc)?;
+    let mut layout = TargetLayout::from_dwarf(&types, &sdk_core, &rustc)?;
+    if let Some(build) = &args.build {
+        let symbols = SymbolIndex::from_elf(&image)?;
+        let functions = arguments::read(&symbols, &types)?;
+        anyhow::ensure!(
+            !functions.is_empty(),
+            "the DWARF describes none of the probe functions"
+        );
+        layout.arguments = vec![BuildArguments {
+            build: build.clone(),
+            functions,
+        }];
+    }
     println!("{}", serde_json::to_string_pretty(&layout)?);
     Ok(())
 }

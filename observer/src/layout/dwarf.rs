@@ -85,6 +85,27 @@ pub struct DwarfTypes<'data> {
     dwarf: gimli::Dwarf<Reader<'data>>,
     units: Vec<gimli::Unit<Reader<'data>>>,
     by_path: HashMap<String, TypeRef>,
+    /// Out-of-line function bodies by entry address (`DW_AT_low_pc`).
+    functions: HashMap<u64, TypeRef>,
+}
+
+/// Where a function's parameter is at its first instruction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EntryLocation {
+    /// The value is in this (DWARF-numbered) register.
+    Register(u16),
+    /// The value is in memory at the address this register holds (a by-value argument passed
+    /// by reference, as rustc does for large structs).
+    PointedToBy(u16),
+    /// Anywhere else (stack, constant, optimized out): not readable by an entry probe.
+    Elsewhere,
+}
+
+/// One formal parameter of a function, as at its entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Param {
+    pub name: String,
+    pub at_entry: EntryLocation,
 }
 
 impl std::fmt::Debug for DwarfTypes<'_> {
@@ -127,6 +148,7 @@ impl<'data> DwarfTypes<'data> {
     fn index(dwarf: gimli::Dwarf<Reader<'data>>) -> Result<Self, DwarfError> {
         let mut units = Vec::new();
         let mut by_path = HashMap::new();
+        let mut functions = HashMap::new();
         let mut headers = dwarf.units();
         while let Some(header) = headers.next()? {
             let unit = dwarf.unit(header)?;
@@ -140,6 +162,15 @@ impl<'data> DwarfTypes<'data> {
                     path.pop();
                 }
                 let tag = entry.tag();
+                if tag == constants::DW_TAG_subprogram
+                    && let Some(AttributeValue::Addr(low_pc)) =
+                        entry.attr_value(constants::DW_AT_low_pc)?
+                {
+                    functions.entry(low_pc).or_insert(TypeRef {
+                        unit: unit_index,
+                        offset: entry.offset(),
+                    });
+                }
                 let named_scope = matches!(
                     tag,
                     constants::DW_TAG_namespace
@@ -181,7 +212,82 @@ impl<'data> DwarfTypes<'data> {
             dwarf,
             units,
             by_path,
+            functions,
         })
+    }
+
+    /// The parameters of the function whose code starts at `address`, with where each one is
+    /// at that first instruction; `None` when the DWARF does not describe that function.
+    pub fn params_at(&self, address: u64) -> Result<Option<Vec<Param>>, DwarfError> {
+        let Some(function) = self.functions.get(&address).copied() else {
+            return Ok(None);
+        };
+        let unit = &self.units[function.unit];
+        let mut tree = unit.entries_tree(Some(function.offset))?;
+        let root = tree.root()?;
+        let mut params = Vec::new();
+        let mut children = root.children();
+        while let Some(child) = children.next()? {
+            let entry = child.entry();
+            if entry.tag() != constants::DW_TAG_formal_parameter {
+                continue;
+            }
+            let name = self.name_or_origin_name(function.unit, entry)?;
+            let at_entry = match entry.attr_value(constants::DW_AT_location)? {
+                Some(AttributeValue::Exprloc(expr)) => entry_location(expr, unit.encoding())?,
+                Some(value) => match self.dwarf.attr_locations(unit, value)? {
+                    Some(mut list) => {
+                        let mut found = EntryLocation::Elsewhere;
+                        while let Some(range) = list.next()? {
+                            if range.range.begin <= address && address < range.range.end {
+                                found = entry_location(range.data, unit.encoding())?;
+                                break;
+                            }
+                        }
+                        found
+                    }
+                    None => EntryLocation::Elsewhere,
+                },
+                None => EntryLocation::Elsewhere,
+            };
+            params.push(Param {
+                name: name.unwrap_or_default(),
+                at_entry,
+            });
+        }
+        Ok(Some(params))
+    }
+
+    /// An entry's name, or the name of the abstract entry it instantiates (LTO and inlining
+    /// leave concrete parameters that only point at their declaration).
+    fn name_or_origin_name(
+        &self,
+        unit: usize,
+        entry: &gimli::DebuggingInformationEntry<'_, '_, Reader<'data>>,
+    ) -> Result<Option<String>, DwarfError> {
+        let u = &self.units[unit];
+        if let Some(v) = entry.attr_value(constants::DW_AT_name)? {
+            return Ok(Some(
+                self.dwarf.attr_string(u, v)?.to_string_lossy().into_owned(),
+            ));
+        }
+        let origin = self.type_ref(unit, entry.attr_value(constants::DW_AT_abstract_origin)?);
+        match origin {
+            Some(origin) => {
+                let origin_unit = &self.units[origin.unit];
+                let origin_entry = origin_unit.entry(origin.offset)?;
+                match origin_entry.attr_value(constants::DW_AT_name)? {
+                    Some(v) => Ok(Some(
+                        self.dwarf
+                            .attr_string(origin_unit, v)?
+                            .to_string_lossy()
+                            .into_owned(),
+                    )),
+                    None => Ok(None),
+                }
+            }
+            None => Ok(None),
+        }
     }
 
     /// Number of types indexed.
@@ -338,6 +444,28 @@ impl<'data> DwarfTypes<'data> {
             _ => None,
         }
     }
+}
+
+/// Reads a location expression that is a single register, or a single register-relative
+/// address with offset 0; anything else cannot be read by an entry probe.
+fn entry_location(
+    expr: gimli::Expression<Reader<'_>>,
+    encoding: gimli::Encoding,
+) -> Result<EntryLocation, DwarfError> {
+    let mut ops = expr.operations(encoding);
+    let first = ops.next()?;
+    if ops.next()?.is_some() {
+        return Ok(EntryLocation::Elsewhere);
+    }
+    Ok(match first {
+        Some(gimli::Operation::Register { register }) => EntryLocation::Register(register.0),
+        Some(gimli::Operation::RegisterOffset {
+            register,
+            offset: 0,
+            ..
+        }) => EntryLocation::PointedToBy(register.0),
+        _ => EntryLocation::Elsewhere,
+    })
 }
 
 fn udata<R: gimli::Reader>(value: Option<AttributeValue<R>>) -> Option<u64> {

@@ -15,6 +15,8 @@ use serde::{Deserialize, Serialize};
 
 use dwarf::{DwarfError, DwarfTypes, TypeInfo, TypeRef};
 
+use crate::arguments::BuildArguments;
+
 const PROTOS: &str = "temporalio_protos::protos::coresdk";
 
 /// A variant tag matcher as stored in the table.
@@ -25,6 +27,9 @@ pub enum Tag {
     Exact(u64),
     /// The dataful variant of a niche-encoded enum: any value outside `[lo, hi]`.
     Outside { lo: u64, hi: u64 },
+    /// The dataful variant when the niche values wrap around zero (rustc 1.97 places niches
+    /// below a field's valid range too): the values inside `[lo, hi]` that no variant names.
+    Within { lo: u64, hi: u64 },
 }
 
 impl Tag {
@@ -32,6 +37,7 @@ impl Tag {
         match self {
             Tag::Exact(v) => TagMatch::exact(v),
             Tag::Outside { lo, hi } => TagMatch::outside(lo, hi),
+            Tag::Within { lo, hi } => TagMatch::within(lo, hi),
         }
     }
 
@@ -134,9 +140,15 @@ pub struct TargetLayout {
     pub failure_info: EnumTags,
     /// `Worker.config.task_queue`.
     pub worker_task_queue: u64,
+    /// `WorkerConfig.task_queue`.
+    pub config_task_queue: u64,
     /// `PermittedWFT.work.execution.run_id` and `PermittedWFT.work.workflow_type`.
     pub task_run_id: u64,
     pub task_workflow_type: u64,
+    /// Where the probe functions take their inputs, per build profile (table entries only; a
+    /// binary with DWARF is read directly).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub arguments: Vec<BuildArguments>,
 }
 
 /// Where an `Option<T>` keeps its tag and its payload, from some base.
@@ -243,8 +255,8 @@ impl TargetLayout {
 
         let worker = types.info(types.find("temporalio_sdk_core::worker::Worker")?)?;
         let config = follow(types, &worker, "config")?;
-        let worker_task_queue =
-            worker.member("config")?.offset + config.member("task_queue")?.offset;
+        let config_task_queue = config.member("task_queue")?.offset;
+        let worker_task_queue = worker.member("config")?.offset + config_task_queue;
 
         let permitted =
             types.info(types.find("temporalio_sdk_core::worker::workflow::PermittedWFT")?)?;
@@ -284,8 +296,10 @@ impl TargetLayout {
             failure_cause: cause.payload_offset,
             failure_info,
             worker_task_queue,
+            config_task_queue,
             task_run_id,
             task_workflow_type,
+            arguments: Vec::new(),
         })
     }
 
@@ -337,8 +351,10 @@ impl TargetLayout {
             failure_cause: fit("failure_cause", self.failure_cause)?,
             failure_info_tag: fit("failure_info_tag", self.failure_info.offset)?,
             worker_task_queue: fit("worker_task_queue", self.worker_task_queue)?,
+            config_task_queue: fit("config_task_queue", self.config_task_queue)?,
             task_run_id: fit("task_run_id", self.task_run_id)?,
             task_workflow_type: fit("task_workflow_type", self.task_workflow_type)?,
+            _pad: 0,
             failure_timeout: self
                 .failure_info
                 .tag("TimeoutFailureInfo", "failure info")?
@@ -370,6 +386,46 @@ pub fn from_table(table: &str, sdk_core: &str, rustc: &str) -> Result<TargetLayo
                 known
             },
         })
+}
+
+/// The tag values a niche-encoded enum's dataful variant owns, given the values of all the
+/// others. Those sit next to the valid values of the dataful payload's niche field: a run just
+/// above them (with at most one hole, the dataful variant's own index, never stored), and since
+/// rustc 1.97 possibly a few just below them, wrapping through zero.
+/// - One run: the dataful variant owns everything outside it.
+/// - A run below and a run above: it owns the values between the end of the smaller (below) and
+///   the start of the larger (above).
+fn dataful_tag(explicit: &[u64]) -> Option<Tag> {
+    let mut values = explicit.to_vec();
+    values.sort_unstable();
+    values.dedup();
+    let n = values.len();
+    // Where one run ends: the next value (cyclically) is more than one hole away.
+    let ends: Vec<usize> = (0..n)
+        .filter(|&i| values[(i + 1) % n].wrapping_sub(values[i]) > 2)
+        .collect();
+    let run = |after: usize, last: usize| -> (u64, u64, usize) {
+        let first = (after + 1) % n;
+        (values[first], values[last], (last + n - first) % n + 1)
+    };
+    match ends.as_slice() {
+        [only] => {
+            let (lo, hi, count) = run(*only, *only);
+            (lo <= hi && hi - lo <= count as u64).then_some(Tag::Outside { lo, hi })
+        }
+        [first, second] => {
+            let (a_lo, a_hi, a_count) = run(*second, *first);
+            let (b_lo, b_hi, b_count) = run(*first, *second);
+            let ((_, below_hi), (above_lo, _)) = match a_count.cmp(&b_count) {
+                std::cmp::Ordering::Less => ((a_lo, a_hi), (b_lo, b_hi)),
+                std::cmp::Ordering::Greater => ((b_lo, b_hi), (a_lo, a_hi)),
+                std::cmp::Ordering::Equal => return None,
+            };
+            let (lo, hi) = (below_hi.wrapping_add(1), above_lo.wrapping_sub(1));
+            (lo <= hi).then_some(Tag::Within { lo, hi })
+        }
+        _ => None,
+    }
 }
 
 /// The type a member points at, read.
@@ -448,36 +504,28 @@ fn merged_tags(
             owner.name
         )));
     }
-    let (lo, hi) = (
-        explicit.iter().min().copied(),
-        explicit.iter().max().copied(),
-    );
-    if dataful == 1 {
-        // rustc reserves one contiguous range of the niche field for the other variants (with a
-        // hole where the dataful variant's own index falls); the dataful variant owns every
-        // value outside it. A range much wider than the variant count means it wrapped around.
-        let (Some(lo), Some(hi)) = (lo, hi) else {
-            return Err(shape("niche enum without niche values"));
-        };
-        if hi - lo > explicit.len() as u64 {
+    let dataful_tag = if dataful == 1 {
+        Some(dataful_tag(&explicit).ok_or_else(|| {
             let named: Vec<String> = raw
                 .iter()
                 .filter_map(|(n, d, _, _)| d.map(|d| format!("{n}={d:#x}")))
                 .collect();
-            return Err(shape(format!(
+            shape(format!(
                 "{}.{member}: niche values do not form one range ({})",
                 owner.name,
                 named.join(", ")
-            )));
-        }
-    }
+            ))
+        })?)
+    } else {
+        None
+    };
     let mut variants = BTreeMap::new();
     let mut payloads = BTreeMap::new();
     for (name, discr, payload_offset, _) in raw {
-        let tag = match (discr, lo, hi) {
-            (Some(v), _, _) => Tag::Exact(v),
-            (None, Some(lo), Some(hi)) => Tag::Outside { lo, hi },
-            (None, _, _) => return Err(shape("dataful variant without niche values")),
+        let tag = match (discr, dataful_tag) {
+            (Some(v), _) => Tag::Exact(v),
+            (None, Some(tag)) => tag,
+            (None, None) => return Err(shape("dataful variant without niche values")),
         };
         variants.insert(name.clone(), tag);
         payloads.insert(name, payload_offset);
@@ -600,6 +648,45 @@ mod tests {
         assert_eq!(tags.name_of(2), Some("FireTimer"));
         assert_eq!(tags.name_of(17), Some("None"));
         assert_eq!(tags.name_of(9), None);
+    }
+
+    #[test]
+    fn dataful_tags_cover_both_niche_placements() {
+        // rustc 1.95: niche values 2..=17 above the payload's valid values 0 and 1.
+        let above: Vec<u64> = (2..=17).collect();
+        assert_eq!(dataful_tag(&above), Some(Tag::Outside { lo: 2, hi: 17 }));
+        // A hole where the dataful variant's own index falls is still one range.
+        assert_eq!(
+            dataful_tag(&[2, 3, 5, 6]),
+            Some(Tag::Outside { lo: 2, hi: 6 })
+        );
+        // rustc 1.97: the outer `None` goes below the valid range, at u64::MAX.
+        let mut wrapped: Vec<u64> = (2..=16).collect();
+        wrapped.push(u64::MAX);
+        let tag = dataful_tag(&wrapped).expect("one run of holes");
+        assert_eq!(tag, Tag::Within { lo: 0, hi: 1 });
+        assert!(tag.matches(0) && tag.matches(1));
+        assert!(!tag.matches(2) && !tag.matches(u64::MAX) && !tag.matches(17));
+        // Values scattered over the whole field are not a niche range.
+        // ... also with the dataful variant's own index left out (12 here).
+        let mut with_own_index: Vec<u64> = (2..=23).filter(|v| *v != 12).collect();
+        with_own_index.push(u64::MAX);
+        assert_eq!(
+            dataful_tag(&with_own_index),
+            Some(Tag::Within { lo: 0, hi: 1 })
+        );
+        // A `String`'s capacity as the niche field: its valid values are 0..=isize::MAX.
+        let mut capacity: Vec<u64> = (0..=9).filter(|v| *v != 8).map(|v| (1 << 63) + v).collect();
+        capacity.push(u64::MAX);
+        assert_eq!(
+            dataful_tag(&capacity),
+            Some(Tag::Within {
+                lo: 0,
+                hi: (1 << 63) - 1
+            })
+        );
+        assert_eq!(dataful_tag(&[2, 1 << 40, u64::MAX - 5]), None);
+        assert_eq!(dataful_tag(&[2, 10]), None);
     }
 
     #[test]

@@ -1,0 +1,237 @@
+//! The end-to-end accuracy check: a workload on a real worker, observed and exported to a real
+//! OTLP receiver, compared with the Temporal server's own record of the same runs. Shared by the
+//! metric tests and the build matrix.
+
+use std::{collections::BTreeMap, path::Path, time::Duration};
+
+use serde_json::Value;
+
+use crate::{
+    DevServer, Env, GroundTruth, Mix, Observer, RunStatus, drive,
+    otlp::{Received, Receiver, Transport},
+    parse_events, start_worker_binary, unique,
+};
+
+pub const STARTED: &str = "compozy_temporal_workflow_started_total";
+pub const ENDS: [&str; 5] = [
+    "compozy_temporal_workflow_completed_total",
+    "compozy_temporal_workflow_failed_total",
+    "compozy_temporal_workflow_canceled_total",
+    "compozy_temporal_workflow_timed_out_total",
+    "compozy_temporal_workflow_continued_as_new_total",
+];
+pub const DURATION: &str = "compozy_temporal_workflow_duration_seconds";
+pub const BUCKETS: [f64; 11] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// What the counters must read, from the server's record: metric -> workflow type -> count.
+pub fn expected(truth: &GroundTruth) -> BTreeMap<&'static str, BTreeMap<String, i64>> {
+    let mut counts: BTreeMap<&'static str, BTreeMap<String, i64>> = BTreeMap::new();
+    for run in &truth.runs {
+        let end = match (run.status, run.failure_is_timeout) {
+            (RunStatus::Completed, _) => ENDS[0],
+            (RunStatus::Failed, false) => ENDS[1],
+            (RunStatus::Canceled, _) => ENDS[2],
+            (RunStatus::Failed, true) | (RunStatus::TimedOut, _) => ENDS[3],
+            (RunStatus::ContinuedAsNew, _) => ENDS[4],
+            (other, _) => panic!("run {} is {other:?} on the server", run.run_id),
+        };
+        for metric in [STARTED, end] {
+            *counts
+                .entry(metric)
+                .or_default()
+                .entry(run.workflow_type.clone())
+                .or_default() += 1;
+        }
+    }
+    counts
+}
+
+pub fn total_ends(received: &Received) -> i64 {
+    ENDS.iter()
+        .flat_map(|m| received.workflow_types(m).into_iter().map(move |t| (m, t)))
+        .map(|(m, t)| received.int(m, &t).unwrap_or(0))
+        .sum()
+}
+
+#[derive(Debug)]
+pub struct Outcome {
+    pub truth: GroundTruth,
+    pub received: Received,
+    pub lines: Vec<Value>,
+    pub worker_pid: u32,
+    /// The observer's log (stderr).
+    pub log: String,
+}
+
+/// `attach` arguments that export to `receiver` every half second.
+pub fn export_to(receiver: &Receiver) -> Vec<String> {
+    let args = [
+        "--otlp-endpoint",
+        &receiver.endpoint,
+        "--otlp-protocol",
+        receiver.transport.flag(),
+    ];
+    args.iter()
+        .chain(&["--metric-export-interval-ms", "500"])
+        .map(|a| a.to_string())
+        .collect()
+}
+
+pub fn with(mut args: Vec<String>, more: &[&str]) -> Vec<String> {
+    args.extend(more.iter().map(|a| a.to_string()));
+    args
+}
+
+pub fn as_strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
+/// Runs `mix` against a worker started with `worker_args`, observed and exported through
+/// `transport`, and returns the server's record, the final export, and what was printed.
+pub fn observe(
+    test: &str,
+    transport: Transport,
+    worker_args: &[&str],
+    mix: &Mix,
+) -> anyhow::Result<Outcome> {
+    let env = Env::require(test)?;
+    let worker = env.worker.clone();
+    observe_binary(&env, &worker, transport, worker_args, mix)
+}
+
+/// Like [`observe`], with another build of the sample worker.
+pub fn observe_binary(
+    env: &Env,
+    binary: &Path,
+    transport: Transport,
+    worker_args: &[&str],
+    mix: &Mix,
+) -> anyhow::Result<Outcome> {
+    let server = DevServer::start(env)?;
+    let receiver = Receiver::start(transport)?;
+    let task_queue = unique(&env.test);
+    let worker = start_worker_binary(env, binary, &server, &task_queue, worker_args)?;
+    let args = with(
+        export_to(&receiver),
+        &[
+            "--timeout-grace-ms",
+            "1000",
+            "--print-events",
+            "--print-updates",
+            "--format",
+            "json",
+        ],
+    );
+    let observer = Observer::attach(env, worker.pid(), &as_strs(&args))?;
+    let truth = drive(env, &server, &task_queue, &task_queue, mix)?;
+    // Server-enforced timeouts are inferred a grace period after the deadline.
+    receiver.wait_for(Duration::from_secs(30), "an end for every run", |r| {
+        total_ends(r) == truth.runs.len() as i64
+    })?;
+    let exports_before_stop = receiver.received().exports;
+    let (status, stdout, log) = observer.stop()?;
+    assert!(
+        status.success(),
+        "observer exited with {status}; log:\n{log}"
+    );
+    assert!(log.contains("lost=0 read_faults=0, undecodable=0"), "{log}");
+    // The observer exports its last values as it exits.
+    let received = receiver.wait_for(Duration::from_secs(10), "the final export", |r| {
+        r.exports > exports_before_stop
+    })?;
+    Ok(Outcome {
+        truth,
+        received,
+        lines: parse_events(&stdout)?,
+        worker_pid: worker.pid(),
+        log,
+    })
+}
+
+/// Every counter equals the server's count per type, the histogram counts every ended run with
+/// the contract's buckets, each run's duration is within 50 ms of the server's, and
+/// started = completed + failed + canceled + timed_out + continued_as_new (no run is left open).
+pub fn assert_matches_server(outcome: &Outcome) {
+    let Outcome {
+        truth,
+        received,
+        lines,
+        ..
+    } = outcome;
+    let expected = expected(truth);
+    for metric in std::iter::once(STARTED).chain(ENDS) {
+        let mut types: Vec<String> = received.workflow_types(metric);
+        types.extend(
+            expected
+                .get(metric)
+                .map(|m| m.keys().cloned().collect::<Vec<_>>())
+                .unwrap_or_default(),
+        );
+        types.sort();
+        types.dedup();
+        for ty in types {
+            let want = expected
+                .get(metric)
+                .and_then(|m| m.get(&ty))
+                .copied()
+                .unwrap_or(0);
+            assert_eq!(
+                received.int(metric, &ty).unwrap_or(0),
+                want,
+                "{metric}{{workflow_type={ty}}}"
+            );
+        }
+    }
+    for (ty, started) in &expected[STARTED] {
+        let ended: i64 = ENDS.iter().map(|m| received.int(m, ty).unwrap_or(0)).sum();
+        assert_eq!(
+            *started, ended,
+            "{ty}: started = the sum of the end states (no run left open)"
+        );
+        let (count, _, bounds) = received.histogram(DURATION, ty).unwrap_or_default();
+        assert_eq!(count as i64, ended, "{ty}: one duration per ended run");
+        assert_eq!(bounds, BUCKETS.to_vec(), "{ty}: the contract's buckets");
+    }
+    let durations: BTreeMap<&str, f64> = lines
+        .iter()
+        .filter(|l| l["update"] == "run_ended")
+        .map(|l| {
+            (
+                l["run_id"].as_str().unwrap_or_default(),
+                l["duration_seconds"].as_f64().unwrap_or(f64::NAN),
+            )
+        })
+        .collect();
+    for run in &truth.runs {
+        let server = (run.close_time_unix_nanos - run.start_time_unix_nanos) as f64 / 1e9;
+        let seen = durations.get(run.run_id.as_str()).copied();
+        assert!(
+            seen.is_some_and(|d| (d - server).abs() <= 0.050),
+            "run {} ({}): duration {seen:?} vs the server's {server:.4}s",
+            run.run_id,
+            run.workflow_type
+        );
+    }
+    assert_eq!(
+        received.int("compozy_temporal_workers_running_total", ""),
+        Some(1)
+    );
+    assert_eq!(
+        received.int("compozy_temporal_workers_configured_total", ""),
+        Some(1)
+    );
+    assert_eq!(
+        received.int("temporal_observer_events_lost_total", ""),
+        Some(0)
+    );
+    assert_eq!(
+        received.resource.get("service.name").map(String::as_str),
+        Some("sample-worker")
+    );
+    assert_eq!(
+        received.resource.get("process.pid"),
+        Some(&outcome.worker_pid.to_string())
+    );
+}

@@ -1,0 +1,273 @@
+//! `cargo xtask matrix`: the sample worker built the ways users ship workers, each observed end
+//! to end (or refused), in one table.
+
+use std::{path::PathBuf, process::Command};
+
+use anyhow::{Context as _, ensure};
+
+use crate::{NIGHTLY, cargo, cargo_of, paths, sh};
+
+/// How a variant's binary is made.
+enum Make {
+    /// `cargo build --profile <profile>` of the fixture, with the default or another toolchain.
+    Profile {
+        profile: &'static str,
+        toolchain: Option<&'static str>,
+    },
+    /// `objcopy <args>` of another variant's binary: what Cargo's `strip` setting makes the
+    /// linker do, without rebuilding the same code under another profile name.
+    Objcopy {
+        from: &'static str,
+        args: &'static [&'static str],
+    },
+}
+
+struct Variant {
+    name: &'static str,
+    /// The build setting, as a user would write it.
+    setting: &'static str,
+    make: Make,
+    /// The binary must be refused, with a message containing this.
+    refused_with: Option<&'static str>,
+}
+
+const VARIANTS: &[Variant] = &[
+    Variant {
+        name: "release",
+        setting: "default `--release`",
+        make: Make::Profile {
+            profile: "release",
+            toolchain: None,
+        },
+        refused_with: None,
+    },
+    Variant {
+        name: "lto",
+        setting: "`lto = \"fat\"`, `codegen-units = 1`",
+        make: Make::Profile {
+            profile: "lto",
+            toolchain: None,
+        },
+        refused_with: None,
+    },
+    Variant {
+        name: "debug-info",
+        setting: "`debug = true`",
+        make: Make::Profile {
+            profile: "debug-info",
+            toolchain: None,
+        },
+        refused_with: None,
+    },
+    Variant {
+        name: "strip-debuginfo",
+        setting: "`debug = true`, `strip = \"debuginfo\"`",
+        make: Make::Objcopy {
+            from: "debug-info",
+            args: &["--strip-debug"],
+        },
+        refused_with: None,
+    },
+    Variant {
+        name: "strip-symbols",
+        setting: "`strip = \"symbols\"`",
+        make: Make::Objcopy {
+            from: "release",
+            args: &["--strip-all"],
+        },
+        refused_with: Some("strip = \"symbols\""),
+    },
+    Variant {
+        name: "nightly-v0",
+        setting: "default `--release`, nightly rustc (v0 mangling)",
+        make: Make::Profile {
+            profile: "release",
+            toolchain: Some(NIGHTLY),
+        },
+        refused_with: None,
+    },
+];
+
+fn binary_of(name: &str) -> anyhow::Result<PathBuf> {
+    let fixtures = paths().fixtures;
+    let variant = VARIANTS
+        .iter()
+        .find(|v| v.name == name)
+        .with_context(|| format!("no variant {name}"))?;
+    Ok(match variant.make {
+        Make::Profile {
+            profile,
+            toolchain: None,
+        } => fixtures.join("target").join(profile).join("sample-worker"),
+        Make::Profile {
+            profile,
+            toolchain: Some(t),
+        } => fixtures
+            .join("target")
+            .join(t)
+            .join(profile)
+            .join("sample-worker"),
+        Make::Objcopy { .. } => fixtures.join("target/derived").join(name),
+    })
+}
+
+/// Builds (or derives) the variant of this name; returns its binary.
+pub fn make_variant(name: &str) -> anyhow::Result<PathBuf> {
+    let variant = VARIANTS
+        .iter()
+        .find(|v| v.name == name)
+        .with_context(|| format!("no variant {name}"))?;
+    make(variant)
+}
+
+fn make(variant: &Variant) -> anyhow::Result<PathBuf> {
+    let fixtures = paths().fixtures;
+    match variant.make {
+        Make::Profile { profile, toolchain } => {
+            let mut command = match toolchain {
+                None => cargo(),
+                Some(t) => cargo_of(t, &fixtures)?,
+            };
+            sh(command.current_dir(&fixtures).args([
+                "build",
+                "--profile",
+                profile,
+                "--locked",
+                "--bin",
+                "sample-worker",
+            ]))?;
+        }
+        Make::Objcopy { from, args } => {
+            let source = binary_of(from)?;
+            ensure!(
+                source.is_file(),
+                "{} is made from the {from} variant; build that first",
+                variant.name
+            );
+            let out = binary_of(variant.name)?;
+            if let Some(dir) = out.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            sh(Command::new("objcopy").args(args).arg(&source).arg(&out))?;
+        }
+    }
+    binary_of(variant.name)
+}
+
+struct Row {
+    name: &'static str,
+    setting: &'static str,
+    inspect: serde_json::Value,
+    result: anyhow::Result<serde_json::Value>,
+}
+
+pub fn run(only: &[String]) -> anyhow::Result<()> {
+    let p = paths();
+    let selected: Vec<&Variant> = VARIANTS
+        .iter()
+        .filter(|v| only.is_empty() || only.iter().any(|o| o == v.name))
+        .collect();
+    ensure!(
+        !selected.is_empty(),
+        "no variant is named {only:?}; the variants are {}",
+        VARIANTS
+            .iter()
+            .map(|v| v.name)
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let temporal = crate::setup::temporal_cli()?;
+    let mut rows = Vec::new();
+    for variant in selected {
+        let binary = make(variant)?;
+        let inspect = Command::new(&p.observer)
+            .args(["inspect", "--output", "json"])
+            .arg(&binary)
+            .output()
+            .context("running temporal-observer inspect")?;
+        let inspect: serde_json::Value =
+            serde_json::from_slice(&inspect.stdout).unwrap_or_default();
+        let result_file = p
+            .root
+            .join("target/e2e-logs/matrix")
+            .join(format!("{}.json", variant.name));
+        let _ = std::fs::remove_file(&result_file);
+        let mut test = cargo();
+        test.current_dir(&p.root)
+            .env("TEMPORAL_CLI", &temporal)
+            .env("E2E_VARIANT", variant.name)
+            .env("SAMPLE_WORKER_VARIANT_BIN", &binary)
+            .args([
+                "test",
+                "--release",
+                "-p",
+                "e2e",
+                "--test",
+                "build_variants",
+                "--",
+                "--exact",
+                "the_build_variant_is_observed_exactly_or_refused",
+            ]);
+        if let Some(message) = variant.refused_with {
+            test.env("E2E_EXPECT_REFUSAL", message);
+        }
+        let result = sh(&mut test).and_then(|()| {
+            let text = std::fs::read_to_string(&result_file)
+                .with_context(|| format!("reading {}", result_file.display()))?;
+            Ok(serde_json::from_str(&text)?)
+        });
+        rows.push(Row {
+            name: variant.name,
+            setting: variant.setting,
+            inspect,
+            result,
+        });
+    }
+    let table = render(&rows);
+    println!("{table}");
+    let failed: Vec<&str> = rows
+        .iter()
+        .filter(|r| r.result.is_err())
+        .map(|r| r.name)
+        .collect();
+    ensure!(failed.is_empty(), "variants failed: {}", failed.join(", "));
+    Ok(())
+}
+
+fn render(rows: &[Row]) -> String {
+    let text = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => "-".to_string(),
+        other => other.to_string(),
+    };
+    let mut out = String::from(
+        "| variant | build setting | rustc | mangling | layout from | registers from | probes attached | result |\n\
+         |---|---|---|---|---|---|---|---|\n",
+    );
+    for row in rows {
+        let registers = match &row.inspect["arguments_source"] {
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Object(o) => o
+                .get("table")
+                .map(|t| format!("table ({})", text(&t["build"])))
+                .unwrap_or_default(),
+            _ => "-".into(),
+        };
+        let (probes, result) = match &row.result {
+            Ok(r) => (text(&r["probes_attached"]), text(&r["result"])),
+            Err(e) => ("-".into(), format!("FAILED: {e:#}")),
+        };
+        out.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            row.name,
+            row.setting,
+            text(&row.inspect["rustc"]),
+            text(&row.inspect["mangling"]),
+            text(&row.inspect["layout_source"]),
+            registers,
+            probes,
+            result.replace('|', "\\|"),
+        ));
+    }
+    out
+}
