@@ -34,6 +34,10 @@ pub mod kind {
     pub const WORKER_START: u32 = 5;
     /// A workflow task reached core: which run, of which workflow type.
     pub const TASK: u32 = 6;
+    /// A process exec'd a new program (`watch`; the record is a bare header).
+    pub const PROCESS_EXEC: u32 = 7;
+    /// A process exited (`watch`; the record is a bare header).
+    pub const PROCESS_EXIT: u32 = 8;
 }
 
 /// How deep the kernel follows a failure's `cause` chain looking for a timeout.
@@ -52,6 +56,10 @@ pub mod program {
     pub const ACTIVATION_SLOT: &str = "activation_slot";
     /// Return half: reads the activation from the slot kept at entry (a uretprobe).
     pub const ACTIVATION_RETURN: &str = "activation_return";
+    /// Tracepoint `sched/sched_process_exec`, for `watch`.
+    pub const PROCESS_EXEC: &str = "process_exec";
+    /// Tracepoint `sched/sched_process_exit`, for `watch`.
+    pub const PROCESS_EXIT: &str = "process_exit";
 }
 
 /// The attach cookie: which probe fired and which argument registers hold its inputs.
@@ -231,7 +239,7 @@ pub struct ActivationEvent {
     pub job_count: u64,
     /// Raw variant tags of the first `MAX_JOBS` jobs.
     pub job_tags: [u64; MAX_JOBS],
-    /// 1 when the first job is `InitializeWorkflow`; the fields below are valid only then.
+    /// 1 when one of the first `MAX_JOBS` jobs is `InitializeWorkflow`; the fields below are valid only then.
     pub has_init: u32,
     pub _pad: u32,
     pub workflow_type: Str<NAME_CAP>,

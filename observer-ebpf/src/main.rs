@@ -20,9 +20,9 @@ use aya_ebpf::{
         bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user,
         generated::{bpf_get_attach_cookie, bpf_probe_read_user as raw_probe_read_user},
     },
-    macros::{map, uprobe, uretprobe},
+    macros::{map, tracepoint, uprobe, uretprobe},
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
-    programs::{ProbeContext, RetProbeContext},
+    programs::{ProbeContext, RetProbeContext, TracePointContext},
 };
 use observer_common::{
     ActivationEvent, CompletionEvent, Cookie, EventHeader, EvictionEvent, Layout,
@@ -47,6 +47,11 @@ static STARTED_WORKERS: LruHashMap<u64, u8> = LruHashMap::with_max_entries(4096,
 /// through it) ages out instead of filling the map.
 #[map]
 static RETURN_SLOTS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16384, 0);
+
+/// Process execs and exits, for `watch`: its own ring buffer, so that a busy worker's records
+/// never crowd out the news of a new one.
+#[map]
+static PROCESS_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 
 /// Lost records and read faults; see `observer_common::counter`.
 #[map]
@@ -286,15 +291,20 @@ fn emit_activation(p: &Probe, activation: u64) -> Result<(), ()> {
     let jobs_ptr = read_u64(jobs + layout.vec_ptr as u64).unwrap_or(0);
     e.job_count = job_count;
     let job_size = layout.job_size as u64;
+    // Core sorts jobs only when it ships an activation; where it is built, `InitializeWorkflow`
+    // may follow another job (a cancel that arrived with the first task).
+    let mut init = 0u64;
     for i in 0..MAX_JOBS {
         if (i as u64) < e.job_count {
             let job = jobs_ptr + i as u64 * job_size;
             e.job_tags[i] = read_u64(job + layout.job_tag as u64).unwrap_or(u64::MAX);
+            if init == 0 && layout.init_tag.matches(e.job_tags[i]) {
+                init = job;
+            }
         }
     }
-    if e.job_count > 0 && layout.init_tag.matches(e.job_tags[0]) {
+    if init != 0 {
         e.has_init = 1;
-        let init = jobs_ptr;
         let _ = read_string(
             &mut e.workflow_type,
             init + layout.init_workflow_type as u64,
@@ -447,6 +457,45 @@ fn try_worker_created(ctx: &ProbeContext) -> Result<(), ()> {
     );
     entry.submit(submit_flags());
     Ok(())
+}
+
+#[tracepoint]
+pub fn process_exec(_ctx: TracePointContext) -> u32 {
+    process_event(kind::PROCESS_EXEC, false);
+    0
+}
+
+#[tracepoint]
+pub fn process_exit(_ctx: TracePointContext) -> u32 {
+    // Every thread passes here; only the thread group leader's exit ends the process.
+    process_event(kind::PROCESS_EXIT, true);
+    0
+}
+
+#[inline(always)]
+fn process_event(event_kind: u32, leader_only: bool) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let (pid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
+    if leader_only && pid != tid {
+        return;
+    }
+    match PROCESS_EVENTS.reserve::<EventHeader>(0) {
+        Some(mut entry) => {
+            // SAFETY: `entry` is a reserved, properly aligned record; every field is written.
+            unsafe {
+                entry.as_mut_ptr().write(EventHeader {
+                    kind: event_kind,
+                    probe_id: 0,
+                    pid,
+                    tid,
+                    ktime_ns: bpf_ktime_get_ns(),
+                })
+            };
+            // Every exec may be a new worker to attach within a second: wake user space now.
+            entry.submit(BPF_RB_FORCE_WAKEUP as u64);
+        }
+        None => bump(counter::EVENTS_LOST),
+    }
 }
 
 #[cfg(not(test))]

@@ -117,6 +117,11 @@ pub struct Clock {
     realtime_minus_monotonic: Nanos,
 }
 
+/// CLOCK_MONOTONIC now, in nanoseconds: the clock of the records' `ktime_ns`.
+pub fn monotonic_now_ns() -> u64 {
+    u64::try_from(clock_nanos(libc::CLOCK_MONOTONIC)).unwrap_or(0)
+}
+
 impl Clock {
     /// Samples both clocks now.
     pub fn now() -> Self {

@@ -99,6 +99,9 @@ pub struct ExportConfig {
     pub otlp: bool,
     /// Serve `GET /metrics` in the Prometheus text format on this address.
     pub prometheus: Option<std::net::SocketAddr>,
+    /// More resource attributes of this process (container, Kubernetes pod); they win over
+    /// `OTEL_RESOURCE_ATTRIBUTES`, which describes the observer's own environment.
+    pub resource: Vec<(String, String)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -512,16 +515,26 @@ pub fn http_metrics_url(endpoint: &str) -> String {
 /// Resource attributes: where the numbers come from, never metric attributes.
 fn resource(config: &ExportConfig) -> Resource {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let host = host.trim();
     let defaults = [
         KeyValue::new("service.name", config.executable.clone()),
+        // One instance per observed process: two workers' counts never share a series.
+        KeyValue::new("service.instance.id", format!("{host}/{}", config.pid)),
         KeyValue::new("process.pid", i64::from(config.pid)),
         KeyValue::new("process.executable.name", config.executable.clone()),
-        KeyValue::new("host.name", host.trim().to_string()),
+        KeyValue::new("host.name", host.to_string()),
     ];
-    // Later sources win: OTEL_RESOURCE_ATTRIBUTES over the defaults, OTEL_SERVICE_NAME over both.
+    // Later sources win: OTEL_RESOURCE_ATTRIBUTES over the defaults, the process's own
+    // attributes over both, OTEL_SERVICE_NAME over all.
     let mut builder = Resource::builder_empty()
         .with_attributes(defaults)
-        .with_detector(Box::new(EnvResourceDetector::new()));
+        .with_detector(Box::new(EnvResourceDetector::new()))
+        .with_attributes(
+            config
+                .resource
+                .iter()
+                .map(|(k, v)| KeyValue::new(k.clone(), v.clone())),
+        );
     if let Ok(service) = std::env::var("OTEL_SERVICE_NAME")
         && !service.trim().is_empty()
     {

@@ -13,6 +13,7 @@ pub mod layout;
 pub mod lifecycle;
 pub mod privileges;
 pub mod probes;
+pub mod processes;
 pub mod resolve;
 pub mod symbols;
 pub mod target;

@@ -1,5 +1,5 @@
 use clap::Parser;
-use temporal_observer::cli::{Cli, Command, attach, inspect, layout};
+use temporal_observer::cli::{Cli, Command, attach, inspect, layout, watch};
 
 fn main() -> std::process::ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
@@ -8,6 +8,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Attach(args) => attach::run(args),
+        Command::Watch(args) => watch::run(args),
         Command::Layout(args) => layout::run(args),
         Command::Inspect(args) => inspect::run(args),
     };

@@ -7,7 +7,7 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::{
-        ProgramError, UProbe, uprobe::UProbeAttachLocation, uprobe::UProbeAttachPoint,
+        ProgramError, TracePoint, UProbe, uprobe::UProbeAttachLocation, uprobe::UProbeAttachPoint,
         uprobe::UProbeScope,
     },
 };
@@ -483,6 +483,96 @@ impl Attachment {
 pub struct KernelCounters {
     pub events_lost: u64,
     pub read_faults: u64,
+}
+
+/// The kernel's news of processes for `watch`: every exec and every exit on the host, from the
+/// `sched` tracepoints, in their own ring buffer.
+#[derive(Debug)]
+pub struct ProcessWatch {
+    ebpf: Ebpf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TracefsError {
+    #[error(
+        "tracefs is not mounted (no /sys/kernel/tracing/events) and mounting it failed: {0}. \
+         Mount it with `mount -t tracefs nodev /sys/kernel/tracing` as root, or, in Kubernetes, \
+         mount the host's /sys/kernel/tracing into the pod (see deploy/kubernetes/daemonset.yaml)"
+    )]
+    Mount(std::io::Error),
+}
+
+/// Tracepoints are found through tracefs. Mounted on most hosts; where it is not (a fresh VM,
+/// a container), mount it, which needs CAP_SYS_ADMIN.
+pub fn ensure_tracefs() -> Result<(), TracefsError> {
+    let mounted = |root: &str| Path::new(root).join("events/sched").is_dir();
+    if mounted("/sys/kernel/tracing") || mounted("/sys/kernel/debug/tracing") {
+        return Ok(());
+    }
+    log::info!("tracefs is not mounted; mounting it at /sys/kernel/tracing");
+    // SAFETY: all pointers are valid NUL-terminated strings for the duration of the call.
+    let rc = unsafe {
+        libc::mount(
+            c"nodev".as_ptr(),
+            c"/sys/kernel/tracing".as_ptr(),
+            c"tracefs".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(TracefsError::Mount(std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+impl ProcessWatch {
+    pub fn attach() -> Result<Self, AttachError> {
+        if EBPF_OBJECT.is_empty() {
+            return Err(AttachError::NoEbpfObject);
+        }
+        // The per-worker ring buffer is unused here: keep it at one page.
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries("EVENTS", 4096)
+            .load(EBPF_OBJECT)?;
+        for (name, event) in [
+            (program::PROCESS_EXEC, "sched_process_exec"),
+            (program::PROCESS_EXIT, "sched_process_exit"),
+        ] {
+            let program: &mut TracePoint = ebpf
+                .program_mut(name)
+                .ok_or(AttachError::MissingProgram(name))?
+                .try_into()
+                .map_err(|source| AttachError::Program {
+                    program: name,
+                    source: Box::new(source),
+                })?;
+            program.load().map_err(|source| AttachError::Program {
+                program: name,
+                source: Box::new(source),
+            })?;
+            program
+                .attach("sched", event)
+                .map_err(|source| AttachError::Attach {
+                    probe: name,
+                    function: format!("tracepoint sched/{event}"),
+                    offset: 0,
+                    source: Box::new(source),
+                })?;
+        }
+        Ok(Self { ebpf })
+    }
+
+    pub fn take_ring_buffer(&mut self) -> Result<RingBuf<MapData>, AttachError> {
+        let map = self
+            .ebpf
+            .take_map("PROCESS_EVENTS")
+            .ok_or(AttachError::MissingMap("PROCESS_EVENTS"))?;
+        RingBuf::try_from(map).map_err(|source| AttachError::Map {
+            name: "PROCESS_EVENTS",
+            source,
+        })
+    }
 }
 
 /// The program of this name, loaded into the kernel (once).

@@ -342,6 +342,56 @@ pub fn start_worker_binary(
     Ok(worker)
 }
 
+/// Like [`start_worker_binary`], in its own PID and mount namespaces (as a container runs it),
+/// made with `unshare`. Returns the guard of `unshare` and the worker's PID as the host sees it.
+pub fn start_worker_in_namespaces(
+    env: &Env,
+    binary: &Path,
+    server: &DevServer,
+    task_queue: &str,
+) -> anyhow::Result<(Guard, u32)> {
+    let (log, file) = env.log(&format!("worker-{task_queue}.log"))?;
+    let mut command = Command::new("unshare");
+    command
+        .args([
+            "--pid",
+            "--mount",
+            "--fork",
+            "--mount-proc",
+            "--kill-child=SIGTERM",
+        ])
+        .arg(binary)
+        .args(["--address", &server.url(), "--task-queue", task_queue])
+        .stdin(Stdio::null())
+        .stdout(file.try_clone()?)
+        .stderr(file);
+    let mut worker = Guard::spawn("sample worker (unshare)", command, log)?;
+    worker.wait_for_log("polling task queue", Duration::from_secs(30))?;
+    let unshare = worker.pid();
+    let child = std::fs::read_dir("/proc")?
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .find(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                stat.rsplit(')')
+                    .next()
+                    .and_then(|rest| rest.split_whitespace().nth(1))
+                    == Some(&unshare.to_string())
+            })
+        })
+        .context("the worker `unshare` started is not among its children")?;
+    let inner_pid = std::fs::read_to_string(format!("/proc/{child}/status"))?
+        .lines()
+        .find_map(|l| l.strip_prefix("NSpid:"))
+        .map(|ids| ids.split_whitespace().collect::<Vec<_>>().join(" "))
+        .unwrap_or_default();
+    ensure!(
+        inner_pid.split(' ').nth(1) == Some("1"),
+        "the worker is not PID 1 of its own namespace (NSpid: {inner_pid})"
+    );
+    Ok((worker, child))
+}
+
 /// A running `temporal-observer attach`, its stdout and stderr in the log directory.
 #[derive(Debug)]
 pub struct Observer {
@@ -365,6 +415,31 @@ impl Observer {
             .stderr(err);
         let mut process = Guard::spawn("temporal-observer", command, log)?;
         process.wait_for_log("attached", Duration::from_secs(30))?;
+        Ok(Self { process, stdout })
+    }
+
+    /// Starts `temporal-observer watch` (behind `wrapper`, e.g. `setpriv …`, if not empty) and
+    /// waits for its first scan of /proc.
+    pub fn watch(env: &Env, wrapper: &[&str], extra: &[&str]) -> anyhow::Result<Self> {
+        let name = unique("watch");
+        let (stdout, out) = env.log(&format!("{name}.out"))?;
+        let (log, err) = env.log(&format!("{name}.log"))?;
+        let mut command = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(&env.observer);
+                c
+            }
+            None => Command::new(&env.observer),
+        };
+        command
+            .arg("watch")
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        let mut process = Guard::spawn("temporal-observer watch", command, log)?;
+        process.wait_for_log("initial scan done", Duration::from_secs(60))?;
         Ok(Self { process, stdout })
     }
 

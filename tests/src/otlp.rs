@@ -18,7 +18,7 @@ use opentelemetry_proto::tonic::{
         metrics_service_server::{MetricsService, MetricsServiceServer},
     },
     common::v1::{AnyValue, KeyValue, any_value},
-    metrics::v1::{metric::Data, number_data_point},
+    metrics::v1::{ResourceMetrics, metric::Data, number_data_point},
 };
 use prost::Message as _;
 
@@ -59,6 +59,9 @@ pub struct Received {
     pub series: BTreeMap<String, BTreeMap<String, Value>>,
     pub resource: BTreeMap<String, String>,
     pub exports: usize,
+    /// The same, kept apart per resource (by its `process.pid`): what one observed process
+    /// reported, and nothing of another's.
+    pub processes: BTreeMap<String, Received>,
 }
 
 impl Received {
@@ -102,6 +105,22 @@ impl Received {
     fn absorb(&mut self, request: &ExportMetricsServiceRequest) {
         self.exports += 1;
         for resource_metrics in &request.resource_metrics {
+            self.absorb_resource(resource_metrics);
+            let pid = resource_metrics
+                .resource
+                .iter()
+                .flat_map(|r| &r.attributes)
+                .find(|kv| kv.key == "process.pid")
+                .map(|kv| render(kv.value.as_ref()))
+                .unwrap_or_default();
+            let process = self.processes.entry(pid).or_default();
+            process.exports += 1;
+            process.absorb_resource(resource_metrics);
+        }
+    }
+
+    fn absorb_resource(&mut self, resource_metrics: &ResourceMetrics) {
+        {
             if let Some(resource) = &resource_metrics.resource {
                 for kv in &resource.attributes {
                     self.resource

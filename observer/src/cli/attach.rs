@@ -40,7 +40,21 @@ pub struct AttachArgs {
     /// PID of the worker process.
     #[arg(long)]
     pub pid: u32,
+    #[command(flatten)]
+    pub output: OutputArgs,
+    #[command(flatten)]
+    pub export: ExportArgs,
+    #[command(flatten)]
+    pub lifecycle: LifecycleArgs,
+    #[command(flatten)]
+    pub kernel: KernelArgs,
+    /// Detach after this many seconds (default: until Ctrl-C, SIGTERM, or the worker exits).
+    #[arg(long)]
+    pub duration_secs: Option<u64>,
+}
 
+#[derive(Clone, Debug, Args)]
+pub struct OutputArgs {
     /// Print every event the probes report, one per line, on stdout.
     #[arg(long, help_heading = "Output")]
     pub print_events: bool,
@@ -54,7 +68,10 @@ pub struct AttachArgs {
     /// Format of --print-events and --print-updates.
     #[arg(long, value_enum, default_value_t = EventFormat::Text, help_heading = "Output")]
     pub format: EventFormat,
+}
 
+#[derive(Clone, Debug, Args)]
+pub struct ExportArgs {
     /// OTLP endpoint [default: OTEL_EXPORTER_OTLP_[METRICS_]ENDPOINT, else localhost:4318 for
     /// http/protobuf, localhost:4317 for grpc].
     #[arg(long, value_name = "URL", help_heading = "Export")]
@@ -75,7 +92,10 @@ pub struct AttachArgs {
     /// [default: the number of distinct workers seen].
     #[arg(long, value_name = "N", help_heading = "Export")]
     pub configured_workers: Option<i64>,
+}
 
+#[derive(Clone, Debug, Args)]
+pub struct LifecycleArgs {
     /// Open runs kept in memory at most; past it the least recently active is forgotten (and
     /// counted in temporal_observer_runs_dropped_total).
     #[arg(long, default_value_t = Limits::default().max_open_runs, help_heading = "Lifecycle")]
@@ -88,7 +108,10 @@ pub struct AttachArgs {
         help_heading = "Lifecycle"
     )]
     pub timeout_grace_ms: u64,
+}
 
+#[derive(Clone, Debug, Args)]
+pub struct KernelArgs {
     /// Ring buffer size in bytes (a power of two, at least one page).
     #[arg(long, default_value_t = 1 << 20, value_parser = parse_ring_size, help_heading = "Kernel")]
     pub ring_buffer_bytes: u32,
@@ -99,10 +122,6 @@ pub struct AttachArgs {
     /// How often to drain the ring buffer when it is not full enough to wake us.
     #[arg(long, default_value_t = 100, help_heading = "Kernel")]
     pub drain_interval_ms: u64,
-
-    /// Detach after this many seconds (default: until Ctrl-C, SIGTERM, or the worker exits).
-    #[arg(long)]
-    pub duration_secs: Option<u64>,
 }
 
 fn parse_ring_size(text: &str) -> Result<u32, String> {
@@ -131,6 +150,39 @@ async fn attach(args: &AttachArgs) -> anyhow::Result<()> {
             target.pid, target.exe_name
         )
     })?;
+    log_plan(&target, &resolved);
+    privileges::check()?;
+    let (stop_tx, stop) = tokio::sync::watch::channel(None);
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let duration = args.duration_secs.map(Duration::from_secs);
+    tokio::spawn(async move {
+        let deadline = async {
+            match duration {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        let reason = tokio::select! {
+            _ = sigint.recv() => "interrupted",
+            _ = sigterm.recv() => "terminated",
+            () = deadline => "the requested duration passed",
+        };
+        let _ = stop_tx.send(Some(reason));
+    });
+    let session = Session {
+        output: args.output.clone(),
+        export: args.export.clone(),
+        lifecycle: args.lifecycle.clone(),
+        kernel: args.kernel.clone(),
+        resource: Vec::new(),
+        exec_monotonic_ns: None,
+    };
+    observe(target, resolved, &session, stop).await
+}
+
+/// What is logged about a plan before attaching it.
+pub fn log_plan(target: &Target, resolved: &resolve::Resolved) {
     info!(
         "PID {} ({}): sdk-core {}, rustc {}, layout from {}, argument registers from {}",
         target.pid,
@@ -148,34 +200,66 @@ async fn attach(args: &AttachArgs) -> anyhow::Result<()> {
     );
     for planned in &resolved.plan {
         info!(
-            "probe {}: {} ({} location(s))",
+            "PID {}: probe {}: {} ({} location(s))",
+            target.pid,
             planned.spec.name,
             planned.point.function,
             planned.functions.len()
         );
     }
     for fact in resolved.not_covered() {
-        warn!("not covered: {fact}");
+        warn!("PID {}: not covered: {fact}", target.pid);
     }
-    privileges::check()?;
+}
 
+/// How one process is observed: the settings `attach` and `watch` share, and the resource
+/// attributes that tell this process's metrics apart.
+#[derive(Clone, Debug)]
+pub struct Session {
+    pub output: OutputArgs,
+    pub export: ExportArgs,
+    pub lifecycle: LifecycleArgs,
+    pub kernel: KernelArgs,
+    pub resource: Vec<(String, String)>,
+    /// When the process exec'd (CLOCK_MONOTONIC), to report how long attaching took.
+    pub exec_monotonic_ns: Option<u64>,
+}
+
+/// Observes one resolved worker process until it exits or `stop` says why to stop, then
+/// detaches and exports its last values.
+pub async fn observe(
+    target: Target,
+    resolved: resolve::Resolved,
+    session: &Session,
+    mut stop: tokio::sync::watch::Receiver<Option<&'static str>>,
+) -> anyhow::Result<()> {
+    let Session {
+        output,
+        export: export_args,
+        lifecycle,
+        kernel,
+        resource,
+        exec_monotonic_ns,
+    } = session;
     let metrics = Metrics::new(&ExportConfig {
-        endpoint: args.otlp_endpoint.clone(),
-        transport: args.otlp_protocol,
-        interval: args.metric_export_interval_ms.map(Duration::from_millis),
+        endpoint: export_args.otlp_endpoint.clone(),
+        transport: export_args.otlp_protocol,
+        interval: export_args
+            .metric_export_interval_ms
+            .map(Duration::from_millis),
         pid: target.pid,
         executable: target.exe_name.clone(),
-        otlp: !args.no_export,
-        prometheus: args.prometheus_listen,
+        otlp: !export_args.no_export,
+        prometheus: export_args.prometheus_listen,
+        resource: resource.clone(),
     })?;
-    if let Some(n) = args.configured_workers {
+    if let Some(n) = export_args.configured_workers {
         metrics.set_workers_configured(n);
     }
-
     let kernel_layout = resolved.layout.kernel_layout()?;
     let settings = KernelSettings {
-        ring_buffer_bytes: args.ring_buffer_bytes,
-        wakeup_bytes: args.wakeup_bytes,
+        ring_buffer_bytes: kernel.ring_buffer_bytes,
+        wakeup_bytes: kernel.wakeup_bytes,
     };
     let mut attachment = Attachment::attach(
         &target.exe_link,
@@ -184,8 +268,14 @@ async fn attach(args: &AttachArgs) -> anyhow::Result<()> {
         &kernel_layout,
         settings,
     )?;
+    let latency = exec_monotonic_ns
+        .map(|exec| {
+            let ms = (events::monotonic_now_ns().saturating_sub(exec)) as f64 / 1e6;
+            format!(" ({ms:.1} ms after its exec)")
+        })
+        .unwrap_or_default();
     info!(
-        "attached {} probes to PID {}; Ctrl-C detaches",
+        "attached {} probes to PID {}{latency}; Ctrl-C detaches",
         attachment.attached, target.pid
     );
 
@@ -195,15 +285,15 @@ async fn attach(args: &AttachArgs) -> anyhow::Result<()> {
     let mut ring = unsafe { AsyncFd::register(ring) }
         .map_err(|e| anyhow::anyhow!("polling the ring buffer: {}", e.into_parts().1))?;
     let limits = Limits {
-        max_open_runs: args.max_open_runs.max(1),
-        timeout_grace_nanos: i128::from(args.timeout_grace_ms) * 1_000_000,
+        max_open_runs: lifecycle.max_open_runs.max(1),
+        timeout_grace_nanos: i128::from(lifecycle.timeout_grace_ms) * 1_000_000,
         ..Limits::default()
     };
     let mut pipeline = Pipeline {
-        print_events: args.print_events,
-        print_updates: args.print_updates,
-        format: args.format,
-        configured_workers: args.configured_workers,
+        print_events: output.print_events,
+        print_updates: output.print_updates,
+        format: output.format,
+        configured_workers: export_args.configured_workers,
         layout: resolved.layout.clone(),
         clock: Clock::now(),
         engine: Engine::new(limits),
@@ -222,18 +312,12 @@ async fn attach(args: &AttachArgs) -> anyhow::Result<()> {
         pipeline.engine.on_existing_workers(running, &mut updates);
         pipeline.apply(updates, Vec::new());
     }
-    let mut tick = tokio::time::interval(Duration::from_millis(args.drain_interval_ms.max(1)));
-    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let deadline = args
-        .duration_secs
-        .map(|s| Instant::now() + Duration::from_secs(s));
+    let mut tick = tokio::time::interval(Duration::from_millis(kernel.drain_interval_ms.max(1)));
     let mut status_at = Instant::now() + Duration::from_secs(10);
     let mut health_at = Instant::now();
-    let mut table_at = args
+    let mut table_at = output
         .print_metrics
         .map(|s| (Instant::now() + Duration::from_secs(s), s));
-
     let reason = loop {
         tokio::select! {
             guard = ring.readable_mut() => {
@@ -246,9 +330,6 @@ async fn attach(args: &AttachArgs) -> anyhow::Result<()> {
                 if !target.is_alive() {
                     break "the worker exited";
                 }
-                if deadline.is_some_and(|d| Instant::now() >= d) {
-                    break "the requested duration passed";
-                }
                 // Once a second: server-enforced timeouts (a scan of the open runs) and health.
                 if Instant::now() >= health_at {
                     health_at = Instant::now() + Duration::from_secs(1);
@@ -260,13 +341,21 @@ async fn attach(args: &AttachArgs) -> anyhow::Result<()> {
                     table_at = Some((at + Duration::from_secs(every.max(1)), every));
                     pipeline.print_table();
                 }
-                if !args.print_events && Instant::now() >= status_at {
+                if !output.print_events && Instant::now() >= status_at {
                     status_at = Instant::now() + Duration::from_secs(10);
-                    info!("{}", pipeline.summary(attachment.counters().ok()));
+                    info!("PID {}: {}", target.pid, pipeline.summary(attachment.counters().ok()));
                 }
             }
-            _ = sigint.recv() => break "interrupted",
-            _ = sigterm.recv() => break "terminated",
+            changed = stop.changed() => {
+                // A dropped sender means whoever could stop us is gone: stop too.
+                let reason = match changed {
+                    Ok(()) => *stop.borrow(),
+                    Err(_) => Some("stopped"),
+                };
+                if let Some(reason) = reason {
+                    break reason;
+                }
+            }
         }
     };
     pipeline.drain(ring.get_mut());
@@ -276,7 +365,11 @@ async fn attach(args: &AttachArgs) -> anyhow::Result<()> {
         pipeline.process_exit();
     }
     pipeline.health(counters, if reason == "the worker exited" { 0 } else { 1 });
-    info!("{reason}; {}", pipeline.summary(counters));
+    info!(
+        "PID {}: {reason}; {}",
+        target.pid,
+        pipeline.summary(counters)
+    );
     if let Some(lost) = counters.map(|c| c.events_lost).filter(|lost| *lost > 0) {
         warn!(
             "{lost} events were lost because the ring buffer was full; raise --ring-buffer-bytes"
@@ -285,7 +378,7 @@ async fn attach(args: &AttachArgs) -> anyhow::Result<()> {
     drop(ring);
     drop(attachment);
     info!("detached from PID {}", target.pid);
-    if args.print_metrics.is_some() {
+    if output.print_metrics.is_some() {
         pipeline.print_table();
     }
     // The last values are exported before exit; the exporter blocks, so off the async threads.

@@ -3,6 +3,7 @@
 pub mod attach;
 pub mod inspect;
 pub mod layout;
+pub mod watch;
 
 use clap::{Parser, Subcommand};
 
@@ -22,6 +23,12 @@ pub enum Command {
     /// Needs CAP_BPF and CAP_PERFMON (or root). Probes are removed when the observer exits,
     /// however it exits.
     Attach(attach::AttachArgs),
+    /// Find and follow every Rust Temporal worker on this host (or node): a scan of /proc, then
+    /// the kernel's exec and exit events; each worker is attached to as it starts and forgotten
+    /// when it exits, with its own OTLP resource (pid, container, Kubernetes pod).
+    ///
+    /// Needs CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE, and tracefs (mounted if missing).
+    Watch(watch::WatchArgs),
     /// Show what the observer would do with a worker binary: versions found, where the struct
     /// layouts come from, every probe point, and what it could not cover. Exits 1 when the binary
     /// cannot be observed. Needs no privileges for a file.

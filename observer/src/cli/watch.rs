@@ -1,0 +1,320 @@
+//! `temporal-observer watch`: find and follow every Rust Temporal worker on the host.
+//!
+//! A scan of `/proc` at start, then the kernel's `sched_process_exec`/`sched_process_exit`
+//! tracepoints (no polling) say which processes to look at. Each executable is resolved once
+//! (by file identity, so the same image in many containers costs one read); workers are observed
+//! with the same session `attach` runs, each with its own OTLP resource.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use clap::Args;
+use log::{debug, info, warn};
+use observer_common::{EventHeader, kind};
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{SignalKind, signal},
+    sync::watch,
+    task::JoinHandle,
+};
+
+use super::attach::{
+    ExportArgs, KernelArgs, LifecycleArgs, OutputArgs, Session, log_plan, observe,
+};
+use crate::{
+    privileges,
+    probes::PlanError,
+    probes::{self, ProcessWatch},
+    processes::{self, ExeFilter, FileIdentity},
+    resolve::{self, ResolveError},
+    target::Target,
+};
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// Only executables whose name or path matches one of these shell patterns (repeatable)
+    /// [default: every executable is checked for sdk-core].
+    #[arg(
+        long,
+        value_name = "GLOB",
+        env = "TEMPORAL_OBSERVER_EXE_GLOB",
+        value_delimiter = ',',
+        help_heading = "Which processes"
+    )]
+    pub exe_glob: Vec<String>,
+    /// Never executables whose name or path matches one of these patterns (repeatable).
+    #[arg(
+        long,
+        value_name = "GLOB",
+        env = "TEMPORAL_OBSERVER_EXCLUDE_GLOB",
+        value_delimiter = ',',
+        help_heading = "Which processes"
+    )]
+    pub exclude_glob: Vec<String>,
+    /// Only processes at least this old; younger ones are looked at when they reach the age.
+    #[arg(
+        long,
+        value_name = "MS",
+        default_value_t = 0,
+        env = "TEMPORAL_OBSERVER_MIN_AGE_MS",
+        help_heading = "Which processes"
+    )]
+    pub min_age_ms: u64,
+    #[command(flatten)]
+    pub output: OutputArgs,
+    #[command(flatten)]
+    pub export: ExportArgs,
+    #[command(flatten)]
+    pub lifecycle: LifecycleArgs,
+    #[command(flatten)]
+    pub kernel: KernelArgs,
+    /// Stop after this many seconds (default: until Ctrl-C or SIGTERM).
+    #[arg(long)]
+    pub duration_secs: Option<u64>,
+}
+
+pub fn run(args: &WatchArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(watch_host(args))
+}
+
+/// What was decided about an executable file, so that it is read once.
+#[derive(Clone, Debug)]
+enum Verdict {
+    NotAWorker,
+    /// A worker this observer cannot observe (said once per file).
+    Refused,
+}
+
+struct Observed {
+    stop: watch::Sender<Option<&'static str>>,
+    task: JoinHandle<()>,
+    exe: PathBuf,
+}
+
+struct Watcher {
+    me: u32,
+    filter: ExeFilter,
+    min_age: Duration,
+    session: Session,
+    verdicts: HashMap<FileIdentity, Verdict>,
+    observed: HashMap<u32, Observed>,
+    /// Processes too young to look at yet, and when to look.
+    deferred: VecDeque<(u32, Instant)>,
+}
+
+async fn watch_host(args: &WatchArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.export.prometheus_listen.is_none(),
+        "--prometheus-listen serves one process; `watch` exports each worker over OTLP, one \
+         resource per process (use `attach --prometheus-listen` for one worker)"
+    );
+    privileges::check_watch()?;
+    let filter = ExeFilter::new(&args.exe_glob, &args.exclude_glob)
+        .context("an --exe-glob or --exclude-glob pattern is malformed")?;
+    probes::ensure_tracefs()?;
+    let mut news = ProcessWatch::attach().context("attaching the exec and exit tracepoints")?;
+    let ring = news.take_ring_buffer()?;
+    // SAFETY: the ring buffer owns its map fd, which stays open until `ring` is dropped below.
+    let mut ring = unsafe { AsyncFd::register(ring) }
+        .map_err(|e| anyhow::anyhow!("polling the ring buffer: {}", e.into_parts().1))?;
+    info!("watching every process on this host for Rust Temporal workers (exec/exit tracepoints)");
+
+    let mut watcher = Watcher {
+        me: std::process::id(),
+        filter,
+        min_age: Duration::from_millis(args.min_age_ms),
+        session: Session {
+            output: args.output.clone(),
+            export: args.export.clone(),
+            lifecycle: args.lifecycle.clone(),
+            kernel: args.kernel.clone(),
+            resource: Vec::new(),
+            exec_monotonic_ns: None,
+        },
+        verdicts: HashMap::new(),
+        observed: HashMap::new(),
+        deferred: VecDeque::new(),
+    };
+    for pid in processes::all_pids(std::path::Path::new("/proc")) {
+        watcher.consider(pid, None).await;
+    }
+    info!(
+        "initial scan done: {} worker(s) observed",
+        watcher.observed.len()
+    );
+
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let deadline = args
+        .duration_secs
+        .map(|s| Instant::now() + Duration::from_secs(s));
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    let reason = loop {
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard.context("waiting on the process ring buffer")?;
+                let mut news = Vec::new();
+                while let Some(item) = guard.get_inner_mut().next() {
+                    if item.len() >= size_of::<EventHeader>() {
+                        // SAFETY: the record holds at least one header, written whole by the
+                        // kernel side; read_unaligned copes with any alignment.
+                        news.push(unsafe { item.as_ptr().cast::<EventHeader>().read_unaligned() });
+                    }
+                }
+                guard.clear_ready();
+                for header in news {
+                    match header.kind {
+                        kind::PROCESS_EXEC => watcher.on_exec(header.pid, header.ktime_ns).await,
+                        kind::PROCESS_EXIT => watcher.on_exit(header.pid),
+                        _ => {}
+                    }
+                }
+            }
+            _ = tick.tick() => {
+                watcher.reap();
+                watcher.due().await;
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    break "the requested duration passed";
+                }
+            }
+            _ = sigint.recv() => break "interrupted",
+            _ = sigterm.recv() => break "terminated",
+        }
+    };
+    info!(
+        "{reason}; detaching from {} worker(s)",
+        watcher.observed.len()
+    );
+    for (_, observed) in watcher.observed.drain() {
+        let _ = observed.stop.send(Some(reason));
+        let _ = observed.task.await;
+    }
+    Ok(())
+}
+
+impl Watcher {
+    async fn on_exec(&mut self, pid: u32, exec_ktime_ns: u64) {
+        // The same process running a new program: its probes sit on the old file.
+        if let Some(previous) = self.observed.remove(&pid) {
+            info!(
+                "PID {pid} exec'd a new program (was {}); re-resolving it",
+                previous.exe.display()
+            );
+            let _ = previous.stop.send(Some("the process exec'd a new program"));
+            let _ = previous.task.await;
+        }
+        self.consider(pid, Some(exec_ktime_ns)).await;
+    }
+
+    fn on_exit(&mut self, pid: u32) {
+        // Its session notices on its own within a drain interval and exports its last values.
+        self.deferred.retain(|(p, _)| *p != pid);
+    }
+
+    /// Forgets sessions that have ended.
+    fn reap(&mut self) {
+        self.observed.retain(|pid, observed| {
+            let running = !observed.task.is_finished();
+            if !running {
+                debug!("PID {pid}: session ended");
+            }
+            running
+        });
+    }
+
+    async fn due(&mut self) {
+        let now = Instant::now();
+        while let Some((pid, at)) = self.deferred.front().copied() {
+            if at > now {
+                break;
+            }
+            self.deferred.pop_front();
+            self.consider(pid, None).await;
+        }
+    }
+
+    /// Looks at one process: attaches to it if it is a worker this observer can read.
+    async fn consider(&mut self, pid: u32, exec_ktime_ns: Option<u64>) {
+        if pid == self.me || self.observed.contains_key(&pid) {
+            return;
+        }
+        let Some(exe) = processes::exe_path(pid) else {
+            return; // a kernel thread, or already gone
+        };
+        if !self.filter.admits(&exe) {
+            return;
+        }
+        if !self.min_age.is_zero()
+            && let Some(age) = processes::age(pid)
+            && age < self.min_age
+        {
+            self.deferred
+                .push_back((pid, Instant::now() + (self.min_age - age)));
+            return;
+        }
+        let Some(identity) = processes::exe_identity(pid) else {
+            return;
+        };
+        if self.verdicts.contains_key(&identity) {
+            return;
+        }
+        // Reading and parsing an executable takes milliseconds: off the async threads.
+        let opened = tokio::task::spawn_blocking(move || {
+            let target = Target::open(pid)?;
+            let resolved = resolve::resolve(&target.image);
+            anyhow::Ok((target, resolved))
+        })
+        .await;
+        let (target, resolved) = match opened {
+            Ok(Ok(pair)) => pair,
+            Ok(Err(e)) => {
+                debug!("PID {pid}: {e:#}");
+                return;
+            }
+            Err(e) => {
+                warn!("PID {pid}: resolving its executable failed: {e}");
+                return;
+            }
+        };
+        let resolved = match resolved {
+            Ok(resolved) => resolved,
+            Err(ResolveError::NotAWorker | ResolveError::Plan(PlanError::NotAWorker { .. })) => {
+                self.verdicts.insert(identity, Verdict::NotAWorker);
+                return;
+            }
+            Err(e) => {
+                warn!(
+                    "PID {pid} ({}) is a Temporal worker that cannot be observed: {e}",
+                    exe.display()
+                );
+                self.verdicts.insert(identity, Verdict::Refused);
+                return;
+            }
+        };
+        log_plan(&target, &resolved);
+        let mut session = self.session.clone();
+        session.exec_monotonic_ns = exec_ktime_ns;
+        if let Some(id) = processes::container_id(pid) {
+            session.resource.push(("container.id".to_string(), id));
+        }
+        session
+            .resource
+            .extend(processes::kubernetes_attributes(pid));
+        let (stop, stop_rx) = watch::channel(None);
+        let task = tokio::spawn(async move {
+            if let Err(e) = observe(target, resolved, &session, stop_rx).await {
+                warn!("PID {pid}: observing it failed: {e:#}");
+            }
+        });
+        self.observed.insert(pid, Observed { stop, task, exe });
+    }
+}
