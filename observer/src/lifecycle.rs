@@ -14,7 +14,7 @@
 //!   from its first activation) plus a grace period has passed;
 //! - open runs are bounded: past the cap the least recently active is forgotten and counted.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 
 use serde::Serialize;
 
@@ -95,6 +95,9 @@ struct Run {
 pub struct Engine {
     limits: Limits,
     runs: HashMap<String, Run>,
+    /// The open runs ordered by last activity, so that the cap forgets the least recently
+    /// active one in O(log n) instead of scanning every run.
+    by_activity: BTreeSet<(Nanos, String)>,
     ended: HashSet<String>,
     ended_order: VecDeque<String>,
     workers_running: HashSet<String>,
@@ -214,7 +217,7 @@ impl Engine {
                     }
                     // Ended without a counted end here (e.g. a replay for a query): forget it.
                     None if *reason == WORKFLOW_EXECUTION_ENDING => {
-                        self.runs.remove(run_id);
+                        self.forget(run_id);
                     }
                     // The completion failed; the run goes on and will come back, replayed.
                     _ => {
@@ -297,23 +300,31 @@ impl Engine {
 
     fn run(&mut self, run_id: &str, now: Nanos) -> &mut Run {
         if !self.runs.contains_key(run_id) && self.runs.len() >= self.limits.max_open_runs {
-            let oldest = self
-                .runs
-                .iter()
-                .min_by_key(|(_, r)| r.last_active)
-                .map(|(id, _)| id.clone());
+            let oldest = self.by_activity.first().map(|(_, id)| id.clone());
             if let Some(oldest) = oldest {
-                self.runs.remove(&oldest);
+                self.forget(&oldest);
                 self.dropped_runs += 1;
             }
         }
+        if let Some(before) = self.runs.get(run_id).map(|r| r.last_active) {
+            self.by_activity.remove(&(before, run_id.to_string()));
+        }
+        self.by_activity.insert((now, run_id.to_string()));
         let run = self.runs.entry(run_id.to_string()).or_default();
         run.last_active = now;
         run
     }
 
+    /// Removes an open run from memory.
+    fn forget(&mut self, run_id: &str) -> Option<Run> {
+        let run = self.runs.remove(run_id)?;
+        self.by_activity
+            .remove(&(run.last_active, run_id.to_string()));
+        Some(run)
+    }
+
     fn end(&mut self, run_id: &str, end: EndState, at: Nanos, out: &mut Vec<Update>) {
-        let Some(run) = self.runs.remove(run_id) else {
+        let Some(run) = self.forget(run_id) else {
             return;
         };
         let duration_seconds = run
@@ -804,6 +815,48 @@ mod tests {
         assert_eq!(out.len(), 10, "every start counts");
         assert_eq!(engine.open_runs(), 3);
         assert_eq!(engine.dropped_runs(), 7);
+    }
+
+    #[test]
+    fn the_cap_forgets_the_least_recently_active_run() {
+        let mut engine = Engine::new(Limits {
+            max_open_runs: 2,
+            ..Limits::default()
+        });
+        feed(
+            &mut engine,
+            &[
+                activation(0, "old", false, Some(init("T", 0))),
+                activation(SEC, "busy", false, Some(init("T", SEC))),
+                // "old" is active again, so "busy" is now the least recently active.
+                activation(2 * SEC, "old", false, None),
+                activation(3 * SEC, "new", false, Some(init("T", 3 * SEC))),
+            ],
+        );
+        assert_eq!(engine.dropped_runs(), 1);
+        let mut ids: Vec<&String> = engine.runs.keys().collect();
+        ids.sort();
+        assert_eq!(ids, ["new", "old"]);
+        assert_eq!(engine.by_activity.len(), 2);
+    }
+
+    /// A million runs opened and never ended (issue: memory under the cap, drops counted).
+    #[test]
+    fn a_million_open_runs_stay_under_the_cap() {
+        let cap = 10_000;
+        let mut engine = Engine::new(Limits {
+            max_open_runs: cap,
+            ..Limits::default()
+        });
+        let mut out = Vec::new();
+        for i in 0..1_000_000i128 {
+            let run = format!("{i:036}");
+            engine.on_event(&activation(i, &run, false, Some(init("T", i))), &mut out);
+            out.clear();
+        }
+        assert_eq!(engine.open_runs(), cap);
+        assert_eq!(engine.by_activity.len(), cap);
+        assert_eq!(engine.dropped_runs(), 1_000_000 - cap as u64);
     }
 
     #[test]

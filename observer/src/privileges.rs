@@ -4,13 +4,12 @@
 /// Capability numbers from `linux/capability.h`.
 const CAP_SYS_PTRACE: u32 = 19;
 const CAP_SYS_ADMIN: u32 = 21;
-const CAP_PERFMON: u32 = 38;
-const CAP_BPF: u32 = 39;
 
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "missing privileges: {missing} (effective capabilities {effective:#x}). Loading the uprobes needs \
-     CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN){watch}; run with sudo"
+    "missing privileges: {missing} (effective capabilities {effective:#x}). Opening uprobes needs \
+     CAP_SYS_ADMIN: kernels up to at least 6.18 refuse uprobe perf events to CAP_PERFMON alone, \
+     and CAP_SYS_ADMIN also covers loading the programs{watch}; run with sudo"
 )]
 pub struct PrivilegeError {
     pub missing: String,
@@ -25,7 +24,7 @@ pub fn check() -> Result<(), PrivilegeError> {
 }
 
 /// What `watch` needs besides: CAP_SYS_PTRACE to read the executables and environments of
-/// processes that other users run.
+/// processes it did not start (root's included: their capabilities exceed ours).
 pub fn check_watch() -> Result<(), PrivilegeError> {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     check_status_for(&status, true)
@@ -45,12 +44,7 @@ fn check_status_for(status: &str, watch: bool) -> Result<(), PrivilegeError> {
     let has = |cap: u32| effective & (1u64 << cap) != 0;
     let mut missing: Vec<&str> = Vec::new();
     if !has(CAP_SYS_ADMIN) {
-        missing.extend(
-            [(CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON")]
-                .into_iter()
-                .filter(|(cap, _)| !has(*cap))
-                .map(|(_, name)| name),
-        );
+        missing.push("CAP_SYS_ADMIN");
     }
     if watch && !has(CAP_SYS_PTRACE) {
         missing.push("CAP_SYS_PTRACE");
@@ -73,30 +67,34 @@ fn check_status_for(status: &str, watch: bool) -> Result<(), PrivilegeError> {
 mod tests {
     use super::*;
 
+    const CAP_PERFMON: u32 = 38;
+    const CAP_BPF: u32 = 39;
+
     #[test]
-    fn root_and_bpf_perfmon_pass() {
+    fn root_passes() {
         assert!(check_status("CapEff:\t000001ffffffffff\n").is_ok());
-        let bpf_perfmon = (1u64 << CAP_BPF) | (1u64 << CAP_PERFMON);
-        assert!(check_status(&format!("CapEff:\t{bpf_perfmon:016x}\n")).is_ok());
+        assert!(check_status_for("CapEff:\t000001ffffffffff\n", true).is_ok());
     }
 
     #[test]
-    fn missing_capabilities_are_named() {
-        let err = check_status("CapEff:\t0000000000000000\n").expect_err("no caps");
-        assert_eq!(err.missing, "CAP_BPF and CAP_PERFMON");
-        let only_bpf = 1u64 << CAP_BPF;
-        let err = check_status(&format!("CapEff:\t{only_bpf:016x}\n")).expect_err("no perfmon");
-        assert_eq!(err.missing, "CAP_PERFMON");
+    fn bpf_and_perfmon_alone_are_not_enough_for_uprobes() {
+        let bpf_perfmon = (1u64 << CAP_BPF) | (1u64 << CAP_PERFMON);
+        let err = check_status(&format!("CapEff:\t{bpf_perfmon:016x}\n")).expect_err("no admin");
+        assert_eq!(err.missing, "CAP_SYS_ADMIN");
         assert!(err.to_string().contains("sudo"));
+        let err = check_status("CapEff:\t0000000000000000\n").expect_err("no caps");
+        assert_eq!(err.missing, "CAP_SYS_ADMIN");
     }
 
     #[test]
     fn watch_also_needs_ptrace() {
-        let bpf_perfmon = (1u64 << CAP_BPF) | (1u64 << CAP_PERFMON);
-        let err = check_status_for(&format!("CapEff:\t{bpf_perfmon:016x}\n"), true)
-            .expect_err("no ptrace");
+        let admin = 1u64 << CAP_SYS_ADMIN;
+        let err =
+            check_status_for(&format!("CapEff:\t{admin:016x}\n"), true).expect_err("no ptrace");
         assert_eq!(err.missing, "CAP_SYS_PTRACE");
-        let all = bpf_perfmon | (1u64 << CAP_SYS_PTRACE);
-        assert!(check_status_for(&format!("CapEff:\t{all:016x}\n"), true).is_ok());
+        let both = admin | (1u64 << CAP_SYS_PTRACE);
+        assert!(check_status_for(&format!("CapEff:\t{both:016x}\n"), true).is_ok());
+        let err = check_status_for("CapEff:\t0000000000000000\n", true).expect_err("none");
+        assert_eq!(err.missing, "CAP_SYS_ADMIN and CAP_SYS_PTRACE");
     }
 }

@@ -204,6 +204,8 @@ pub struct Receiver {
     pub endpoint: String,
     pub transport: Transport,
     state: Arc<Mutex<Received>>,
+    /// While set, every export fails (see [`Receiver::set_down`]).
+    down: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Receiver {
@@ -212,6 +214,8 @@ impl Receiver {
         let endpoint = format!("http://{}", listener.local_addr()?);
         let state = Arc::new(Mutex::new(Received::default()));
         let shared = state.clone();
+        let down = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let down_flag = down.clone();
         match transport {
             Transport::Http => {
                 thread::Builder::new()
@@ -219,8 +223,9 @@ impl Receiver {
                     .spawn(move || {
                         for stream in listener.incoming().flatten() {
                             let shared = shared.clone();
+                            let down = down_flag.clone();
                             thread::spawn(move || {
-                                let _ = serve_http(stream, &shared);
+                                let _ = serve_http(stream, &shared, &down);
                             });
                         }
                     })?;
@@ -239,7 +244,10 @@ impl Receiver {
                                 return;
                             };
                             let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-                            let service = MetricsServiceServer::new(GrpcService { state: shared });
+                            let service = MetricsServiceServer::new(GrpcService {
+                                state: shared,
+                                down: down_flag,
+                            });
                             let _ = tonic::transport::Server::builder()
                                 .add_service(service)
                                 .serve_with_incoming(incoming)
@@ -252,7 +260,14 @@ impl Receiver {
             endpoint,
             transport,
             state,
+            down,
         })
+    }
+
+    /// Takes the endpoint down (or brings it back): while down, every connection is closed
+    /// without an answer (HTTP) or every export gets UNAVAILABLE (gRPC), and nothing is recorded.
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, std::sync::atomic::Ordering::SeqCst);
     }
 
     pub fn received(&self) -> Received {
@@ -285,6 +300,7 @@ impl Receiver {
 
 struct GrpcService {
     state: Arc<Mutex<Received>>,
+    down: Arc<std::sync::atomic::AtomicBool>,
 }
 
 #[tonic::async_trait]
@@ -293,6 +309,9 @@ impl MetricsService for GrpcService {
         &self,
         request: tonic::Request<ExportMetricsServiceRequest>,
     ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(tonic::Status::unavailable("the receiver is down"));
+        }
         self.state
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -302,7 +321,11 @@ impl MetricsService for GrpcService {
 }
 
 /// Serves OTLP/HTTP requests on one (keep-alive) connection.
-fn serve_http(stream: TcpStream, state: &Mutex<Received>) -> anyhow::Result<()> {
+fn serve_http(
+    stream: TcpStream,
+    state: &Mutex<Received>,
+    down: &std::sync::atomic::AtomicBool,
+) -> anyhow::Result<()> {
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut writer = stream;
     loop {
@@ -326,6 +349,10 @@ fn serve_http(stream: TcpStream, state: &Mutex<Received>) -> anyhow::Result<()> 
         }
         let mut body = vec![0; length];
         reader.read_exact(&mut body)?;
+        if down.load(std::sync::atomic::Ordering::SeqCst) {
+            // As a crashed collector: the connection closes, no answer.
+            return Ok(());
+        }
         let (status, response) = if request_line.starts_with("POST /v1/metrics ") {
             match ExportMetricsServiceRequest::decode(body.as_slice()) {
                 Ok(request) => {

@@ -85,10 +85,113 @@ fn a_worker_without_symbols_and_a_user_without_privileges() -> anyhow::Result<()
         &drop_caps,
         &["attach", "--pid", &worker.pid().to_string()],
     )?;
+    assert_refused(status, &stderr, "missing privileges: CAP_SYS_ADMIN");
+    Ok(())
+}
+
+/// A worker built by a rustc the table has no entry for, without DWARF: refused, naming both
+/// versions and what to do. (Made by rewriting the release worker's `.comment`.)
+#[test]
+fn a_worker_from_an_unknown_rustc_is_refused_naming_the_versions() -> anyhow::Result<()> {
+    let env = Env::require("attach_errors")?;
+    let server = DevServer::start(&env)?;
+    let comment = env.logs.join("comment");
+    std::fs::write(&comment, b"rustc version 1.99.9 (0000000 2030-01-01)\0")?;
+    let unknown = env.logs.join("sample-worker-rustc-1.99.9");
+    let objcopy = Command::new("objcopy")
+        .arg(format!("--update-section=.comment={}", comment.display()))
+        .arg(&env.worker)
+        .arg(&unknown)
+        .status();
+    assert!(
+        objcopy.is_ok_and(|s| s.success()),
+        "objcopy (binutils) is needed to make the worker"
+    );
+    let worker = start_worker_binary(&env, &unknown, &server, &unique("unknown-rustc"), &[])?;
+    let (status, stderr) = run_observer(&env, &["attach", "--pid", &worker.pid().to_string()])?;
     assert_refused(
         status,
         &stderr,
-        "missing privileges: CAP_BPF and CAP_PERFMON",
+        "no layout for sdk-core 0.10.1 built by rustc 1.99.9, and the binary has no DWARF",
+    );
+    assert!(stderr.contains("gen-layouts"), "{stderr}");
+    Ok(())
+}
+
+/// Malformed flags and environment variables are refused before anything is loaded.
+#[test]
+fn malformed_flags_and_environment_are_refused() -> anyhow::Result<()> {
+    let env = Env::require("attach_errors")?;
+    let server = DevServer::start(&env)?;
+    let worker = start_worker(&env, &server, &unique("malformed"), &[])?;
+    let pid = worker.pid().to_string();
+
+    let (status, stderr) = run_observer(
+        &env,
+        &["attach", "--pid", &pid, "--ring-buffer-bytes", "1000"],
+    )?;
+    assert_refused(
+        status,
+        &stderr,
+        "1000 is not a power of two of at least 4096",
+    );
+    let (status, stderr) = run_observer(&env, &["attach", "--pid", "twelve"])?;
+    assert_refused(status, &stderr, "invalid value 'twelve' for '--pid <PID>'");
+    let (status, stderr) =
+        run_observer(&env, &["watch", "--exe-glob", "[", "--duration-secs", "1"])?;
+    assert_refused(
+        status,
+        &stderr,
+        "an --exe-glob or --exclude-glob pattern is malformed",
+    );
+
+    let output = Command::new(&env.observer)
+        .args(["attach", "--pid", &pid])
+        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")
+        .stdin(Stdio::null())
+        .output()?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_refused(
+        output.status,
+        &stderr,
+        "OTEL_EXPORTER_OTLP_PROTOCOL=\"http/json\" is not a supported OTLP protocol",
+    );
+    Ok(())
+}
+
+/// An unreachable endpoint does not stop observation: it is reported once, and retried.
+#[test]
+fn an_unreachable_endpoint_is_reported_and_observation_goes_on() -> anyhow::Result<()> {
+    let env = Env::require("attach_errors")?;
+    let server = DevServer::start(&env)?;
+    let worker = start_worker(&env, &server, &unique("unreachable"), &[])?;
+    // A port nothing listens on.
+    let port = e2e::free_port()?;
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let mut observer = e2e::Observer::attach(
+        &env,
+        worker.pid(),
+        &[
+            "--otlp-endpoint",
+            &endpoint,
+            "--metric-export-interval-ms",
+            "300",
+        ],
+    )?;
+    observer.process.wait_for_log(
+        &format!("exporting metrics to {endpoint} failed"),
+        std::time::Duration::from_secs(15),
+    )?;
+    assert!(observer.process.is_running(), "it keeps observing");
+    let (status, _, log) = observer.stop()?;
+    assert!(status.success(), "{log}");
+    let reports = log
+        .lines()
+        .filter(|l| l.contains(&format!("exporting metrics to {endpoint}")) && l.contains("failed"))
+        .count();
+    assert_eq!(
+        reports, 1,
+        "reported once per streak, not at every interval:\n{log}"
     );
     Ok(())
 }

@@ -2,7 +2,13 @@
 
 use std::{collections::BTreeSet, time::Duration};
 
-use e2e::{DevServer, Driver, Env, Mix, Observer, RunStatus, drive, start_worker, unique};
+use e2e::{
+    DevServer, Driver, Env, GroundTruth, Mix, Observer, RunStatus,
+    accuracy::{as_strs, assert_counts_match, export_to},
+    drive,
+    otlp::{Receiver, Transport},
+    start_worker, unique,
+};
 
 /// Names of the programs `observer-ebpf` loads for the default release build, as the kernel
 /// keeps them (cut to 15 bytes).
@@ -105,5 +111,118 @@ fn killing_the_observer_mid_load_leaves_the_worker_working_and_the_kernel_clean(
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    Ok(())
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_worker_killed_while_observed_is_noticed_and_its_last_values_exported() -> anyhow::Result<()> {
+    let env = Env::require("faults_worker_sigkill")?;
+    let server = DevServer::start(&env)?;
+    let receiver = Receiver::start(Transport::Http)?;
+    let task_queue = unique("killed");
+    let mut worker = start_worker(&env, &server, &task_queue, &[])?;
+    let mut observer = Observer::attach(&env, worker.pid(), &as_strs(&export_to(&receiver)))?;
+    let truth = drive(
+        &env,
+        &server,
+        &task_queue,
+        &task_queue,
+        &Mix {
+            complete: 4,
+            fail: 1,
+            cancel: 1,
+            ..Mix::default()
+        },
+    )?;
+    worker.stop_with(libc::SIGKILL, Duration::from_secs(10))?;
+    // The observer notices by itself, detaches, exports, and exits cleanly.
+    let status = observer.process.wait_exit(Duration::from_secs(15))?;
+    let log = std::fs::read_to_string(&observer.process.log)?;
+    assert!(status.success(), "observer exited with {status}:\n{log}");
+    assert!(log.contains("the worker exited"), "{log}");
+    let received = receiver.wait_for(Duration::from_secs(10), "the last values", |r| {
+        r.int("compozy_temporal_workers_running_total", "") == Some(0)
+    })?;
+    assert_counts_match(&received, &truth);
+    assert_eq!(
+        received.int("temporal_observer_targets_observed", ""),
+        Some(0)
+    );
+    Ok(())
+}
+
+#[test]
+fn an_otlp_endpoint_down_then_back_gets_exact_cumulative_values() -> anyhow::Result<()> {
+    let env = Env::require("faults_endpoint_down")?;
+    let server = DevServer::start(&env)?;
+    let receiver = Receiver::start(Transport::Http)?;
+    let task_queue = unique("down");
+    let worker = start_worker(&env, &server, &task_queue, &[])?;
+    let observer = Observer::attach(&env, worker.pid(), &as_strs(&export_to(&receiver)))?;
+    let mix = Mix {
+        complete: 4,
+        fail: 1,
+        continue_as_new: 1,
+        continue_as_new_times: 1,
+        ..Mix::default()
+    };
+    let ends = |truth: &GroundTruth| truth.runs.len() as i64;
+    let total_ends = |r: &e2e::otlp::Received| -> i64 {
+        e2e::accuracy::ENDS
+            .iter()
+            .flat_map(|m| r.workflow_types(m).into_iter().map(move |t| (m, t)))
+            .map(|(m, t)| r.int(m, &t).unwrap_or(0))
+            .sum()
+    };
+    let before = drive(&env, &server, &task_queue, &unique("before"), &mix)?;
+    receiver.wait_for(Duration::from_secs(10), "the first runs' ends", |r| {
+        total_ends(r) == ends(&before)
+    })?;
+
+    receiver.set_down(true);
+    let exports_while_up = receiver.received().exports;
+    let rss_before = rss_kib(observer.process.pid());
+    let during = drive(&env, &server, &task_queue, &unique("during"), &mix)?;
+    // Several export intervals fail meanwhile; memory must not grow with them.
+    let mut rss_peak = rss_before;
+    for _ in 0..30 {
+        rss_peak = rss_peak.max(rss_kib(observer.process.pid()));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        receiver.received().exports,
+        exports_while_up,
+        "nothing got through"
+    );
+    receiver.set_down(false);
+
+    let received = receiver.wait_for(Duration::from_secs(15), "every run's end", |r| {
+        total_ends(r) == ends(&before) + ends(&during)
+    })?;
+    let mut both = before.clone();
+    both.runs.extend(during.runs.iter().cloned());
+    assert_counts_match(&received, &both);
+    let (status, _, log) = observer.stop()?;
+    assert!(status.success(), "{log}");
+    assert!(
+        log.contains("failed") && log.contains("works again"),
+        "{log}"
+    );
+    assert!(
+        rss_peak <= rss_before + 8 * 1024,
+        "the observer grew from {rss_before} KiB to {rss_peak} KiB while the endpoint was down"
+    );
+    eprintln!("observer RSS while the endpoint was down: {rss_before} KiB -> peak {rss_peak} KiB");
     Ok(())
 }

@@ -9,6 +9,7 @@ use std::{
 use anyhow::{Context as _, ensure};
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod demo;
 mod matrix;
 mod setup;
@@ -52,6 +53,16 @@ enum Task {
     /// Build the sample worker in every variant users ship (default release, fat LTO, full
     /// debug info, debug info stripped, symbols stripped, nightly with v0 mangling) and run the
     /// end-to-end accuracy check on each; prints the table the README shows.
+    /// Measure what observing costs the worker (throughput, CPU, probe cost, the observer's own
+    /// CPU and memory) against an unobserved worker, in one run; prints the README's table.
+    Bench {
+        /// Workflows per configuration and round.
+        #[arg(long, default_value_t = 400)]
+        runs: usize,
+        /// Rounds; each runs every configuration once, alternating.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
     Matrix {
         /// Only these variants (comma-separated names).
         #[arg(long, value_delimiter = ',')]
@@ -74,6 +85,9 @@ fn main() -> ExitCode {
         }
         Task::Test => test(),
         Task::GenLayouts { check } => setup::run().and_then(|()| gen_layouts(check)),
+        Task::Bench { runs, rounds } => setup::run()
+            .and_then(|()| build())
+            .and_then(|()| bench::run(runs, rounds, &paths().root)),
         Task::Matrix { only } => setup::run()
             .and_then(|()| build())
             .and_then(|()| matrix::run(&only)),
@@ -225,6 +239,10 @@ fn test() -> anyhow::Result<()> {
         .current_dir(&p.root)
         .env("TEMPORAL_CLI", setup::temporal_cli()?)
         .args(["test", "--release", "--workspace", "--", "--test-threads=1"]))?;
+    // A short run of the benchmark, so that it keeps working (its numbers mean little here).
+    sh(Command::new(std::env::current_exe()?)
+        .env("TEMPORAL_CLI", setup::temporal_cli()?)
+        .args(["bench", "--runs", "40", "--rounds", "1"]))?;
     eprintln!("xtask: all checks and tests passed");
     Ok(())
 }

@@ -228,11 +228,13 @@ pub struct Session {
 /// Observes one resolved worker process until it exits or `stop` says why to stop, then
 /// detaches and exports its last values.
 pub async fn observe(
-    target: Target,
+    mut target: Target,
     resolved: resolve::Resolved,
     session: &Session,
     mut stop: tokio::sync::watch::Receiver<Option<&'static str>>,
 ) -> anyhow::Result<()> {
+    // The executable's bytes (tens of MB) were only needed to resolve it.
+    target.image = Vec::new();
     let Session {
         output,
         export: export_args,

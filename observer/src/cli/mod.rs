@@ -20,14 +20,14 @@ pub struct Cli {
 pub enum Command {
     /// Attach to one running worker process and stream what its sdk-core does.
     ///
-    /// Needs CAP_BPF and CAP_PERFMON (or root). Probes are removed when the observer exits,
+    /// Needs CAP_SYS_ADMIN (root). Probes are removed when the observer exits,
     /// however it exits.
     Attach(attach::AttachArgs),
     /// Find and follow every Rust Temporal worker on this host (or node): a scan of /proc, then
     /// the kernel's exec and exit events; each worker is attached to as it starts and forgotten
     /// when it exits, with its own OTLP resource (pid, container, Kubernetes pod).
     ///
-    /// Needs CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE, and tracefs (mounted if missing).
+    /// Needs CAP_SYS_ADMIN and CAP_SYS_PTRACE, and tracefs (mounted if missing).
     Watch(watch::WatchArgs),
     /// Show what the observer would do with a worker binary: versions found, where the struct
     /// layouts come from, every probe point, and what it could not cover. Exits 1 when the binary

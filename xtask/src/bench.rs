@@ -1,0 +1,298 @@
+//! `cargo xtask bench`: what observing costs the worker, measured in one run on this machine.
+//!
+//! The sample worker runs a saturating load of short workflows (a 10 ms timer and an activity
+//! each, all started at once) three ways, alternating within each round so that drift of the
+//! machine hits every configuration alike: unobserved, observed (the default settings), and
+//! observed with a wake-up per record (`--wakeup-bytes 0`, the naive configuration). Reported:
+//! workflows per second (first start to last close, as the server records them), the worker's
+//! CPU seconds per 1,000 workflows (`/proc/PID/stat`), their ratios to unobserved, the added CPU
+//! per workflow task, the kernel's own per-program cost (`kernel.bpf_stats_enabled`), and the
+//! observer's CPU share and peak RSS.
+
+use std::{
+    collections::BTreeMap,
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use e2e::{DevServer, Env, GroundTruth, Mix, Observer, drive, start_worker, unique};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Config {
+    Unobserved,
+    Observed,
+    Naive,
+}
+
+impl Config {
+    fn name(self) -> &'static str {
+        match self {
+            Config::Unobserved => "unobserved",
+            Config::Observed => "observed (default)",
+            Config::Naive => "observed, wake per record",
+        }
+    }
+
+    fn observer_args(self) -> Option<&'static [&'static str]> {
+        match self {
+            Config::Unobserved => None,
+            Config::Observed => Some(&["--no-export"]),
+            Config::Naive => Some(&["--no-export", "--wakeup-bytes", "0"]),
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone)]
+struct Sample {
+    workflows_per_second: f64,
+    worker_cpu_per_1000: f64,
+    workflow_tasks: u64,
+    observer_cpu_share: f64,
+    observer_rss_kib: u64,
+}
+
+/// CPU seconds a process has used, its threads (live and exited) included.
+fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .context("malformed stat")?
+        .split_whitespace()
+        .collect();
+    let utime: f64 = fields.get(11).context("utime")?.parse()?;
+    let stime: f64 = fields.get(12).context("stime")?.parse()?;
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok((utime + stime) / ticks)
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn throughput(truth: &GroundTruth) -> f64 {
+    let first = truth.runs.iter().map(|r| r.start_time_unix_nanos).min();
+    let last = truth.runs.iter().map(|r| r.close_time_unix_nanos).max();
+    match (first, last) {
+        (Some(first), Some(last)) if last > first => {
+            truth.runs.len() as f64 / ((last - first) as f64 / 1e9)
+        }
+        _ => 0.0,
+    }
+}
+
+/// Per-program kernel cost (ns per run), for our programs, from the kernel's BPF statistics.
+fn program_costs() -> BTreeMap<String, (u64, f64)> {
+    let mut out = BTreeMap::new();
+    for info in aya::programs::loaded_programs().flatten() {
+        let Some(name) = info.name_as_str() else {
+            continue;
+        };
+        let known = [
+            "activation_slot",
+            "activation_retu",
+            "completion",
+            "eviction",
+            "task",
+            "worker_start",
+            "worker_shutdow",
+            "worker_shutdown",
+        ];
+        if !known.contains(&name) {
+            continue;
+        }
+        let runs = info.run_count();
+        if runs == 0 {
+            continue;
+        }
+        let ns = info.run_time().as_nanos() as f64 / runs as f64;
+        let entry = out.entry(name.to_string()).or_insert((0u64, 0.0));
+        *entry = (entry.0 + runs, ns);
+    }
+    out
+}
+
+fn run_one(
+    env: &Env,
+    server: &DevServer,
+    config: Config,
+    runs: usize,
+    costs: &mut BTreeMap<String, (u64, f64)>,
+) -> anyhow::Result<Sample> {
+    let queue = unique("bench");
+    let worker = start_worker(env, server, &queue, &[])?;
+    let observer = match config.observer_args() {
+        Some(args) => Some(Observer::attach(env, worker.pid(), args)?),
+        None => None,
+    };
+    let observer_pid = observer.as_ref().map(|o| o.process.pid());
+    let worker_before = cpu_seconds(worker.pid())?;
+    let observer_before = observer_pid.map(cpu_seconds).transpose()?;
+    let started = Instant::now();
+    // Sample the observer's RSS while the load runs.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = observer_pid.map(|pid| {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut peak = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(rss_kib(pid));
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            peak
+        })
+    });
+    let truth = drive(
+        env,
+        server,
+        &queue,
+        &queue,
+        &Mix {
+            complete: runs,
+            ..Mix::default()
+        },
+    )?;
+    let wall = started.elapsed().as_secs_f64();
+    let worker_cpu = cpu_seconds(worker.pid())? - worker_before;
+    let observer_cpu = match (observer_pid, observer_before) {
+        (Some(pid), Some(before)) => cpu_seconds(pid)? - before,
+        _ => 0.0,
+    };
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let peak_rss = sampler.and_then(|s| s.join().ok()).unwrap_or(0);
+    if config == Config::Observed {
+        for (name, cost) in program_costs() {
+            costs.insert(name, cost);
+        }
+    }
+    let mut workflow_tasks = 0;
+    if let Some(observer) = observer {
+        let (_, _, log) = observer.stop()?;
+        workflow_tasks = log
+            .lines()
+            .rev()
+            .find_map(|l| l.split("activation=").nth(1))
+            .and_then(|n| n.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0);
+    }
+    drop(worker);
+    Ok(Sample {
+        workflows_per_second: throughput(&truth),
+        worker_cpu_per_1000: worker_cpu / runs as f64 * 1000.0,
+        workflow_tasks,
+        observer_cpu_share: if wall > 0.0 { observer_cpu / wall } else { 0.0 },
+        observer_rss_kib: peak_rss,
+    })
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
+}
+
+pub fn run(runs: usize, rounds: usize, root: &Path) -> anyhow::Result<()> {
+    let env = Env::require("bench")?;
+    // The kernel counts each program's runs and run time only while this is on.
+    let stats = "/proc/sys/kernel/bpf_stats_enabled";
+    let stats_before = std::fs::read_to_string(stats).unwrap_or_default();
+    std::fs::write(stats, "1").context("enabling kernel.bpf_stats_enabled")?;
+    let server = DevServer::start(&env)?;
+    // A first round warms the server and the page cache; it is not counted.
+    let mut costs = BTreeMap::new();
+    run_one(&env, &server, Config::Unobserved, runs.min(50), &mut costs)?;
+    let configs = [Config::Unobserved, Config::Observed, Config::Naive];
+    let mut samples: BTreeMap<Config, Vec<Sample>> = BTreeMap::new();
+    for round in 0..rounds {
+        for config in configs {
+            let sample = run_one(&env, &server, config, runs, &mut costs)?;
+            eprintln!(
+                "xtask: bench round {}/{rounds}: {:<28} {:>7.1} wf/s  {:>6.3} CPU s/1000 wf",
+                round + 1,
+                config.name(),
+                sample.workflows_per_second,
+                sample.worker_cpu_per_1000
+            );
+            samples.entry(config).or_default().push(sample);
+        }
+    }
+    let _ = std::fs::write(stats, stats_before.trim());
+
+    let med =
+        |config: Config, f: fn(&Sample) -> f64| median(samples[&config].iter().map(f).collect());
+    let base_tput = med(Config::Unobserved, |s| s.workflows_per_second);
+    let base_cpu = med(Config::Unobserved, |s| s.worker_cpu_per_1000);
+    let mut table = String::from(
+        "| configuration | workflows/s | worker CPU s per 1,000 workflows | throughput ratio | CPU ratio | added CPU per workflow task | observer CPU | observer peak RSS |\n\
+         |---|---|---|---|---|---|---|---|\n",
+    );
+    for config in configs {
+        let tput = med(config, |s| s.workflows_per_second);
+        let cpu = med(config, |s| s.worker_cpu_per_1000);
+        let tasks_per_workflow = median(
+            samples[&config]
+                .iter()
+                .map(|s| s.workflow_tasks as f64 / runs as f64)
+                .collect(),
+        );
+        let added = if config == Config::Unobserved || tasks_per_workflow == 0.0 {
+            "-".to_string()
+        } else {
+            // CPU s per 1000 workflows -> µs per workflow task.
+            format!(
+                "{:.1} µs",
+                (cpu - base_cpu) / 1000.0 / tasks_per_workflow * 1e6
+            )
+        };
+        let (observer_cpu, observer_rss) = if config == Config::Unobserved {
+            ("-".to_string(), "-".to_string())
+        } else {
+            (
+                format!(
+                    "{:.2} % of a core",
+                    med(config, |s| s.observer_cpu_share) * 100.0
+                ),
+                format!(
+                    "{:.1} MB",
+                    med(config, |s| s.observer_rss_kib as f64) / 1024.0
+                ),
+            )
+        };
+        table.push_str(&format!(
+            "| {} | {tput:.1} | {cpu:.3} | {:.3} | {:.3} | {added} | {observer_cpu} | {observer_rss} |\n",
+            config.name(),
+            tput / base_tput,
+            cpu / base_cpu,
+        ));
+    }
+    let mut probes = String::from(
+        "| program | runs (one observed round) | kernel time per run |\n|---|---|---|\n",
+    );
+    for (name, (count, ns)) in &costs {
+        probes.push_str(&format!("| {name} | {count} | {ns:.0} ns |\n"));
+    }
+    let machine = format!(
+        "{} cores, kernel {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim()
+    );
+    let report = format!(
+        "{runs} workflows per configuration, {rounds} round(s), medians; {machine}\n\n{table}\n{probes}"
+    );
+    println!("{report}");
+    let out = root.join("target/bench");
+    std::fs::create_dir_all(&out)?;
+    std::fs::write(out.join("overhead.md"), &report)?;
+    eprintln!("xtask: wrote {}", out.join("overhead.md").display());
+    Ok(())
+}
