@@ -233,8 +233,11 @@ pub async fn observe(
     session: &Session,
     mut stop: tokio::sync::watch::Receiver<Option<&'static str>>,
 ) -> anyhow::Result<()> {
-    // The executable's bytes (tens of MB) were only needed to resolve it.
+    // The executable's bytes (tens of MB) and its symbol table were only needed to resolve it;
+    // give the freed heap back to the system rather than keep it as resident memory.
     target.image = Vec::new();
+    // SAFETY: malloc_trim only releases free heap memory; no pointer is invalidated.
+    unsafe { libc::malloc_trim(0) };
     let Session {
         output,
         export: export_args,
