@@ -1,5 +1,6 @@
 //! `temporal-observer watch` on a host where workers come and go: it finds each one (one in its
-//! own PID and mount namespaces, as in a container), attaches within a second of its exec, and
+//! own PID and mount namespaces, as in a container; one a new build replacing a stopped one),
+//! attaches within a second of its exec, and
 //! each process's metrics, under its own resource, equal the server's record for its task queue.
 //! Then the same with only the capabilities the DaemonSet grants, and a refusal naming each one
 //! taken away.
@@ -85,9 +86,9 @@ fn scenario(env: &Env, server: &DevServer, wrapper: &[String]) -> anyhow::Result
     truths.insert(pid_b, drive(env, server, &queue_b, &queue_b, &mix(2))?);
     let pid_a = worker_a.pid();
     worker_a.stop_with(libc::SIGTERM, Duration::from_secs(20))?;
-    // C: started after A is gone.
+    // C: after A is gone, a new version of the worker (the LTO build): re-resolved, attached.
     let queue_c = unique("watch-c");
-    let worker_c = start_worker_binary(env, &env.worker, server, &queue_c, &[])?;
+    let worker_c = start_worker_binary(env, &lto, server, &queue_c, &[])?;
     observer
         .process
         .wait_for_log(&attached(worker_c.pid()), Duration::from_secs(10))?;

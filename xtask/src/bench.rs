@@ -194,6 +194,62 @@ fn run_one(
     })
 }
 
+/// A function called in a tight loop, timed per call; the trap cost is the difference with a
+/// uprobe on it.
+const LOOP_C: &str = r#"#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+__attribute__((noinline)) int probed(int x) { __asm__ volatile(""); return x + 1; }
+int main(int argc, char **argv) {
+    long n = argc > 1 ? atol(argv[1]) : 1000000;
+    struct timespec a, b;
+    int acc = 0;
+    clock_gettime(CLOCK_MONOTONIC, &a);
+    for (long i = 0; i < n; i++) acc = probed(acc);
+    clock_gettime(CLOCK_MONOTONIC, &b);
+    printf("%.1f\n", ((b.tv_sec - a.tv_sec) * 1e9 + (b.tv_nsec - a.tv_nsec)) / n);
+    return acc == 0;
+}
+"#;
+
+/// ns per call of a trivial function, without and with a uprobe (bpftrace's empty program) on it.
+fn trap_cost(dir: &Path) -> anyhow::Result<(f64, f64)> {
+    use std::io::BufRead as _;
+    let source = dir.join("uprobe-loop.c");
+    std::fs::write(&source, LOOP_C)?;
+    let binary = dir.join("uprobe-loop");
+    crate::sh(
+        std::process::Command::new("gcc")
+            .args(["-O2", "-o"])
+            .arg(&binary)
+            .arg(&source),
+    )?;
+    let time = || -> anyhow::Result<f64> {
+        let out = std::process::Command::new(&binary).arg("500000").output()?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
+    };
+    let bare = time()?;
+    let mut tracer = std::process::Command::new("bpftrace")
+        .arg("-e")
+        .arg(format!("uprobe:{}:probed {{ }}", binary.display()))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("starting bpftrace")?;
+    let stdout = tracer.stdout.take().context("bpftrace stdout")?;
+    let mut first = String::new();
+    std::io::BufReader::new(stdout).read_line(&mut first)?;
+    anyhow::ensure!(
+        first.contains("Attaching"),
+        "bpftrace did not attach: {first:?}"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let probed = time();
+    let _ = tracer.kill();
+    let _ = tracer.wait();
+    Ok((bare, probed?))
+}
+
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values.get(values.len() / 2).copied().unwrap_or(0.0)
@@ -231,11 +287,18 @@ pub fn run(runs: usize, rounds: usize, root: &Path) -> anyhow::Result<()> {
     let base_tput = med(Config::Unobserved, |s| s.workflows_per_second);
     let base_cpu = med(Config::Unobserved, |s| s.worker_cpu_per_1000);
     let mut table = String::from(
-        "| configuration | workflows/s | worker CPU s per 1,000 workflows | throughput ratio | CPU ratio | added CPU per workflow task | observer CPU | observer peak RSS |\n\
+        "| configuration | workflows/s (min–max over rounds) | worker CPU s per 1,000 workflows | throughput ratio | CPU ratio | added CPU per workflow task | observer CPU | observer peak RSS |\n\
          |---|---|---|---|---|---|---|---|\n",
     );
     for config in configs {
         let tput = med(config, |s| s.workflows_per_second);
+        let spread = |f: fn(&Sample) -> f64| {
+            let values: Vec<f64> = samples[&config].iter().map(f).collect();
+            let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+            let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            format!("{min:.1}–{max:.1}")
+        };
+        let tput_spread = spread(|s| s.workflows_per_second);
         let cpu = med(config, |s| s.worker_cpu_per_1000);
         let tasks_per_workflow = median(
             samples[&config]
@@ -267,7 +330,7 @@ pub fn run(runs: usize, rounds: usize, root: &Path) -> anyhow::Result<()> {
             )
         };
         table.push_str(&format!(
-            "| {} | {tput:.1} | {cpu:.3} | {:.3} | {:.3} | {added} | {observer_cpu} | {observer_rss} |\n",
+            "| {} | {tput:.1} ({tput_spread}) | {cpu:.3} | {:.3} | {:.3} | {added} | {observer_cpu} | {observer_rss} |\n",
             config.name(),
             tput / base_tput,
             cpu / base_cpu,
@@ -286,12 +349,19 @@ pub fn run(runs: usize, rounds: usize, root: &Path) -> anyhow::Result<()> {
             .unwrap_or_default()
             .trim()
     );
-    let report = format!(
-        "{runs} workflows per configuration, {rounds} round(s), medians; {machine}\n\n{table}\n{probes}"
-    );
-    println!("{report}");
     let out = root.join("target/bench");
     std::fs::create_dir_all(&out)?;
+    let (bare, probed) = trap_cost(&out)?;
+    let trap = format!(
+        "A tight loop of calls to a trivial function: {bare:.1} ns per call; with a uprobe running \
+         an empty program on it (bpftrace): {probed:.1} ns, so one uprobe hit costs about {:.2} µs \
+         here.\n",
+        (probed - bare) / 1000.0
+    );
+    let report = format!(
+        "{runs} workflows per configuration, {rounds} round(s), medians; {machine}\n\n{table}\n{probes}\n{trap}"
+    );
+    println!("{report}");
     std::fs::write(out.join("overhead.md"), &report)?;
     eprintln!("xtask: wrote {}", out.join("overhead.md").display());
     Ok(())

@@ -11,7 +11,8 @@ use anyhow::{Context as _, bail};
 use crate::sh;
 
 /// Debian packages: the BPF toolchain route (compiler, precompiled BPF core, LLVM for
-/// bpf-linker), protoc for the Temporal crates, binutils and util-linux for the tests.
+/// bpf-linker), protoc for the Temporal crates, binutils and util-linux for the tests, bpftrace and
+/// gcc for the benchmark's uprobe trap measurement.
 const APT_PACKAGES: &[&str] = &[
     "rustc-web",
     "cargo-web",
@@ -22,6 +23,8 @@ const APT_PACKAGES: &[&str] = &[
     "protobuf-compiler",
     "binutils",
     "util-linux",
+    "bpftrace",
+    "gcc",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
