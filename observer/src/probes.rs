@@ -539,18 +539,8 @@ impl ProcessWatch {
             (program::PROCESS_EXEC, "sched_process_exec"),
             (program::PROCESS_EXIT, "sched_process_exit"),
         ] {
-            let program: &mut TracePoint = ebpf
-                .program_mut(name)
-                .ok_or(AttachError::MissingProgram(name))?
-                .try_into()
-                .map_err(|source| AttachError::Program {
-                    program: name,
-                    source: Box::new(source),
-                })?;
-            program.load().map_err(|source| AttachError::Program {
-                program: name,
-                source: Box::new(source),
-            })?;
+            let program: &mut TracePoint = program_of(&mut ebpf, name)?;
+            program.load().map_err(|e| load_error(name, e))?;
             program
                 .attach("sched", event)
                 .map_err(|source| AttachError::Attach {
@@ -577,31 +567,43 @@ impl ProcessWatch {
 
 /// The program of this name, loaded into the kernel (once).
 fn load_program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut UProbe, AttachError> {
-    let program: &mut UProbe = ebpf
-        .program_mut(name)
+    let program: &mut UProbe = program_of(ebpf, name)?;
+    if program.fd().is_err() {
+        program.load().map_err(|e| load_error(name, e))?;
+    }
+    Ok(program)
+}
+
+/// The program of this name, as its kind.
+fn program_of<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P, AttachError>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    ebpf.program_mut(name)
         .ok_or(AttachError::MissingProgram(name))?
         .try_into()
         .map_err(|source| AttachError::Program {
             program: name,
             source: Box::new(source),
-        })?;
-    if program.fd().is_err() {
-        program.load().map_err(|source| match source {
-            ProgramError::LoadError {
-                io_error,
-                verifier_log,
-            } => AttachError::Verifier {
-                program: name,
-                io_error,
-                log_tail: tail(&verifier_log.to_string(), 20),
-            },
-            source => AttachError::Program {
-                program: name,
-                source: Box::new(source),
-            },
-        })?;
+        })
+}
+
+/// A failed load, with the verifier's last lines when it was the verifier that refused.
+fn load_error(name: &'static str, error: ProgramError) -> AttachError {
+    match error {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => AttachError::Verifier {
+            program: name,
+            io_error,
+            log_tail: tail(&verifier_log.to_string(), 20),
+        },
+        source => AttachError::Program {
+            program: name,
+            source: Box::new(source),
+        },
     }
-    Ok(program)
 }
 
 fn tail(text: &str, lines: usize) -> String {

@@ -65,6 +65,31 @@ pub fn observer_binary() -> anyhow::Result<PathBuf> {
     )
 }
 
+/// The programs the observer loads for a default release build of the worker, named as the
+/// kernel keeps them (cut to 15 bytes): what tests and the benchmark look up among the loaded
+/// programs.
+pub const RELEASE_BUILD_PROGRAMS: [&str; 7] = [
+    "activation_slot",
+    "activation_retu",
+    "completion",
+    "eviction",
+    "task",
+    "worker_start",
+    "worker_shutdown",
+];
+
+/// Resident memory of a process in KiB (`VmRSS`); 0 once it is gone.
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 /// The sample worker built with another profile of its crate (`lto`, `layout-gen`, ...).
 pub fn fixture_worker(profile: &str) -> anyhow::Result<PathBuf> {
     binary(

@@ -3,24 +3,12 @@
 use std::{collections::BTreeSet, time::Duration};
 
 use e2e::{
-    DevServer, Driver, Env, GroundTruth, Mix, Observer, RunStatus,
+    DevServer, Driver, Env, GroundTruth, Mix, Observer, RELEASE_BUILD_PROGRAMS, RunStatus,
     accuracy::{as_strs, assert_counts_match, export_to},
     drive,
     otlp::{Receiver, Transport},
-    start_worker, unique,
+    rss_kib, start_worker, unique,
 };
-
-/// Names of the programs `observer-ebpf` loads for the default release build, as the kernel
-/// keeps them (cut to 15 bytes).
-const OUR_PROGRAMS: [&str; 7] = [
-    "activation_slot",
-    "activation_retu",
-    "completion",
-    "eviction",
-    "task",
-    "worker_start",
-    "worker_shutdown",
-];
 
 /// IDs of the loaded BPF programs that carry one of our names.
 fn our_programs() -> anyhow::Result<BTreeSet<u32>> {
@@ -29,7 +17,7 @@ fn our_programs() -> anyhow::Result<BTreeSet<u32>> {
         let info = info?;
         if info
             .name_as_str()
-            .is_some_and(|n| OUR_PROGRAMS.contains(&n))
+            .is_some_and(|n| RELEASE_BUILD_PROGRAMS.contains(&n))
         {
             ids.insert(info.id());
         }
@@ -49,7 +37,7 @@ fn killing_the_observer_mid_load_leaves_the_worker_working_and_the_kernel_clean(
     let loaded: BTreeSet<u32> = our_programs()?.difference(&before).copied().collect();
     assert_eq!(
         loaded.len(),
-        OUR_PROGRAMS.len(),
+        RELEASE_BUILD_PROGRAMS.len(),
         "the observer's programs are loaded"
     );
 
@@ -112,17 +100,6 @@ fn killing_the_observer_mid_load_leaves_the_worker_working_and_the_kernel_clean(
         std::thread::sleep(Duration::from_millis(100));
     }
     Ok(())
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 #[test]

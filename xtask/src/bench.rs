@@ -16,7 +16,10 @@ use std::{
 };
 
 use anyhow::Context as _;
-use e2e::{DevServer, Env, GroundTruth, Mix, Observer, drive, start_worker, unique};
+use e2e::{
+    DevServer, Env, GroundTruth, Mix, Observer, RELEASE_BUILD_PROGRAMS, drive, rss_kib,
+    start_worker, unique,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Config {
@@ -68,17 +71,6 @@ fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     Ok((utime + stime) / ticks)
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 fn throughput(truth: &GroundTruth) -> f64 {
     let first = truth.runs.iter().map(|r| r.start_time_unix_nanos).min();
     let last = truth.runs.iter().map(|r| r.close_time_unix_nanos).max();
@@ -97,17 +89,7 @@ fn program_costs() -> BTreeMap<String, (u64, f64)> {
         let Some(name) = info.name_as_str() else {
             continue;
         };
-        let known = [
-            "activation_slot",
-            "activation_retu",
-            "completion",
-            "eviction",
-            "task",
-            "worker_start",
-            "worker_shutdow",
-            "worker_shutdown",
-        ];
-        if !known.contains(&name) {
+        if !RELEASE_BUILD_PROGRAMS.contains(&name) {
             continue;
         }
         let runs = info.run_count();

@@ -127,6 +127,33 @@ fn cargo() -> Command {
 /// rustc mangles symbols as v0 and lays out niches differently.
 pub const NIGHTLY: &str = "nightly";
 
+/// Where the sample worker built with `profile` (by `toolchain`, default if `None`) lands.
+pub fn worker_binary(toolchain: Option<&str>, profile: &str) -> PathBuf {
+    let target = paths().fixtures.join("target");
+    match toolchain {
+        None => target.join(profile).join("sample-worker"),
+        Some(t) => target.join(t).join(profile).join("sample-worker"),
+    }
+}
+
+/// Builds the sample worker with `profile` (by `toolchain`, default if `None`); returns it.
+pub fn build_worker(toolchain: Option<&str>, profile: &str) -> anyhow::Result<PathBuf> {
+    let fixtures = paths().fixtures;
+    let mut command = match toolchain {
+        None => cargo(),
+        Some(t) => cargo_of(t, &fixtures)?,
+    };
+    sh(command.current_dir(&fixtures).args([
+        "build",
+        "--profile",
+        profile,
+        "--locked",
+        "--bin",
+        "sample-worker",
+    ]))?;
+    Ok(worker_binary(toolchain, profile))
+}
+
 /// `cargo` of another rustup toolchain (through the rustup proxy), building into its own target
 /// directory so that its artifacts never replace the default toolchain's.
 pub fn cargo_of(toolchain: &str, fixtures: &Path) -> anyhow::Result<Command> {
@@ -266,19 +293,7 @@ fn gen_layouts(check: bool) -> anyhow::Result<()> {
         .args(["build", "--release", "-p", "observer"]))?;
     let mut generated: Vec<serde_json::Value> = Vec::new();
     for (toolchain, profile, build) in LAYOUT_BUILDS {
-        let (mut command, target) = match toolchain {
-            None => (cargo(), p.fixtures.join("target")),
-            Some(t) => (cargo_of(t, &p.fixtures)?, p.fixtures.join("target").join(t)),
-        };
-        sh(command.current_dir(&p.fixtures).args([
-            "build",
-            "--profile",
-            profile,
-            "--locked",
-            "--bin",
-            "sample-worker",
-        ]))?;
-        let with_dwarf = target.join(profile).join("sample-worker");
+        let with_dwarf = build_worker(*toolchain, profile)?;
         let output = Command::new(&p.observer)
             .arg("layout")
             .arg(&with_dwarf)

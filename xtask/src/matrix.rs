@@ -5,7 +5,7 @@ use std::{path::PathBuf, process::Command};
 
 use anyhow::{Context as _, ensure};
 
-use crate::{NIGHTLY, cargo, cargo_of, paths, sh};
+use crate::{NIGHTLY, build_worker, cargo, paths, sh, worker_binary};
 
 /// How a variant's binary is made.
 enum Make {
@@ -95,18 +95,7 @@ fn binary_of(name: &str) -> anyhow::Result<PathBuf> {
         .find(|v| v.name == name)
         .with_context(|| format!("no variant {name}"))?;
     Ok(match variant.make {
-        Make::Profile {
-            profile,
-            toolchain: None,
-        } => fixtures.join("target").join(profile).join("sample-worker"),
-        Make::Profile {
-            profile,
-            toolchain: Some(t),
-        } => fixtures
-            .join("target")
-            .join(t)
-            .join(profile)
-            .join("sample-worker"),
+        Make::Profile { profile, toolchain } => worker_binary(toolchain, profile),
         // Under its own directory, keeping the file name (service.name defaults to it).
         Make::Objcopy { .. } => fixtures
             .join("target/derived")
@@ -125,21 +114,9 @@ pub fn make_variant(name: &str) -> anyhow::Result<PathBuf> {
 }
 
 fn make(variant: &Variant) -> anyhow::Result<PathBuf> {
-    let fixtures = paths().fixtures;
     match variant.make {
         Make::Profile { profile, toolchain } => {
-            let mut command = match toolchain {
-                None => cargo(),
-                Some(t) => cargo_of(t, &fixtures)?,
-            };
-            sh(command.current_dir(&fixtures).args([
-                "build",
-                "--profile",
-                profile,
-                "--locked",
-                "--bin",
-                "sample-worker",
-            ]))?;
+            build_worker(toolchain, profile)?;
         }
         Make::Objcopy { from, args } => {
             let source = binary_of(from)?;

@@ -133,13 +133,7 @@ fn parse_ring_size(text: &str) -> Result<u32, String> {
 }
 
 pub fn run(args: &AttachArgs) -> anyhow::Result<()> {
-    // Multi-threaded: the gRPC exporter needs a runtime that keeps running beside our loop.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    runtime.block_on(attach(args))
+    super::runtime()?.block_on(attach(args))
 }
 
 async fn attach(args: &AttachArgs) -> anyhow::Result<()> {

@@ -5,7 +5,18 @@ pub mod inspect;
 pub mod layout;
 pub mod watch;
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+
+/// The async runtime `attach` and `watch` run on. Multi-threaded: the gRPC exporter needs a
+/// runtime that keeps running beside the observation loop.
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
 
 /// Observe Rust Temporal workers from outside, with eBPF uprobes on the sdk-core code linked into
 /// them. The worker's code is never changed and its memory is only read.

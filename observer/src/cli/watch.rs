@@ -6,7 +6,7 @@
 //! with the same session `attach` runs, each with its own OTLP resource.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{HashMap, HashSet, VecDeque},
     path::PathBuf,
     time::{Duration, Instant},
 };
@@ -78,20 +78,7 @@ pub struct WatchArgs {
 }
 
 pub fn run(args: &WatchArgs) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    runtime.block_on(watch_host(args))
-}
-
-/// What was decided about an executable file, so that it is read once.
-#[derive(Clone, Debug)]
-enum Verdict {
-    NotAWorker,
-    /// A worker this observer cannot observe (said once per file).
-    Refused,
+    super::runtime()?.block_on(watch_host(args))
 }
 
 struct Observed {
@@ -105,7 +92,9 @@ struct Watcher {
     filter: ExeFilter,
     min_age: Duration,
     session: Session,
-    verdicts: HashMap<FileIdentity, Verdict>,
+    /// Executables found not to be workers, or workers this observer cannot observe (said once
+    /// per file): never read again.
+    passed_over: HashSet<FileIdentity>,
     observed: HashMap<u32, Observed>,
     /// Processes too young to look at yet, and when to look.
     deferred: VecDeque<(u32, Instant)>,
@@ -140,7 +129,7 @@ async fn watch_host(args: &WatchArgs) -> anyhow::Result<()> {
             resource: Vec::new(),
             exec_monotonic_ns: None,
         },
-        verdicts: HashMap::new(),
+        passed_over: HashSet::new(),
         observed: HashMap::new(),
         deferred: VecDeque::new(),
     };
@@ -264,7 +253,7 @@ impl Watcher {
         let Some(identity) = processes::exe_identity(pid) else {
             return;
         };
-        if self.verdicts.contains_key(&identity) {
+        if self.passed_over.contains(&identity) {
             return;
         }
         // Reading and parsing an executable takes milliseconds: off the async threads.
@@ -288,7 +277,7 @@ impl Watcher {
         let resolved = match resolved {
             Ok(resolved) => resolved,
             Err(ResolveError::NotAWorker | ResolveError::Plan(PlanError::NotAWorker { .. })) => {
-                self.verdicts.insert(identity, Verdict::NotAWorker);
+                self.passed_over.insert(identity);
                 return;
             }
             Err(e) => {
@@ -296,7 +285,7 @@ impl Watcher {
                     "PID {pid} ({}) is a Temporal worker that cannot be observed: {e}",
                     exe.display()
                 );
-                self.verdicts.insert(identity, Verdict::Refused);
+                self.passed_over.insert(identity);
                 return;
             }
         };
