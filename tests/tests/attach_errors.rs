@@ -34,6 +34,41 @@ fn a_pid_that_does_not_exist() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The worker disappears while the observer reads its executable and attaches: a clear error,
+/// whichever step it vanished at, and nothing left attached.
+#[test]
+fn a_pid_that_exits_during_attach() -> anyhow::Result<()> {
+    let env = Env::require("attach_errors")?;
+    // A worker that is stopped before it runs a line, so that it exists when the observer
+    // starts; it is killed while the observer resolves it (reading and parsing take ~200 ms).
+    let mut worker = Command::new(&env.worker)
+        .args(["--address", "http://127.0.0.1:1", "--task-queue", "gone"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let pid = worker.id();
+    // SAFETY: kill has no memory preconditions; the pid is our own child.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGSTOP) };
+    let observer = Command::new(&env.observer)
+        .args(["attach", "--pid", &pid.to_string(), "--no-export"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    std::thread::sleep(std::time::Duration::from_millis(60));
+    worker.kill()?;
+    worker.wait()?;
+    let output = observer.wait_with_output()?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let exited = format!("PID {pid} (sample-worker) exited while the observer was attaching to it");
+    let gone = format!("no process with PID {pid}");
+    let expected = if stderr.contains(&gone) { gone } else { exited };
+    eprintln!("the worker vanished at: {expected}");
+    assert_refused(output.status, &stderr, &expected);
+    Ok(())
+}
+
 #[test]
 fn a_process_that_is_not_a_temporal_worker() -> anyhow::Result<()> {
     let env = Env::require("attach_errors")?;

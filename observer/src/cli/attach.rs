@@ -260,13 +260,22 @@ pub async fn observe(
         ring_buffer_bytes: kernel.ring_buffer_bytes,
         wakeup_bytes: kernel.wakeup_bytes,
     };
-    let mut attachment = Attachment::attach(
+    let mut attachment = match Attachment::attach(
         &target.exe_link,
         target.pid,
         &resolved.plan,
         &kernel_layout,
         settings,
-    )?;
+    ) {
+        Ok(attachment) => attachment,
+        // The uprobe error (ESRCH, ENOENT) would not say why.
+        Err(_) if !target.is_alive() => anyhow::bail!(
+            "PID {} ({}) exited while the observer was attaching to it",
+            target.pid,
+            target.exe_name
+        ),
+        Err(e) => return Err(e.into()),
+    };
     let latency = exec_monotonic_ns
         .map(|exec| {
             let ms = (events::monotonic_now_ns().saturating_sub(exec)) as f64 / 1e6;
