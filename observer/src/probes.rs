@@ -456,27 +456,31 @@ impl Attachment {
 
     /// Kernel-side counters, summed over CPUs: (events lost, read faults).
     pub fn counters(&self) -> Result<KernelCounters, AttachError> {
-        let map = self
-            .ebpf
-            .map("COUNTERS")
-            .ok_or(AttachError::MissingMap("COUNTERS"))?;
-        let counters: PerCpuArray<_, u64> =
-            PerCpuArray::try_from(map).map_err(|source| AttachError::Map {
-                name: "COUNTERS",
-                source,
-            })?;
-        let sum = |index: u32| -> Result<u64, AttachError> {
-            let values = counters.get(&index, 0).map_err(|source| AttachError::Map {
-                name: "COUNTERS",
-                source,
-            })?;
-            Ok(values.iter().sum())
-        };
-        Ok(KernelCounters {
-            events_lost: sum(counter::EVENTS_LOST)?,
-            read_faults: sum(counter::READ_FAULTS)?,
-        })
+        read_counters(&self.ebpf)
     }
+}
+
+/// The `COUNTERS` map of one loaded object, summed over CPUs.
+fn read_counters(ebpf: &Ebpf) -> Result<KernelCounters, AttachError> {
+    let map = ebpf
+        .map("COUNTERS")
+        .ok_or(AttachError::MissingMap("COUNTERS"))?;
+    let counters: PerCpuArray<_, u64> =
+        PerCpuArray::try_from(map).map_err(|source| AttachError::Map {
+            name: "COUNTERS",
+            source,
+        })?;
+    let sum = |index: u32| -> Result<u64, AttachError> {
+        let values = counters.get(&index, 0).map_err(|source| AttachError::Map {
+            name: "COUNTERS",
+            source,
+        })?;
+        Ok(values.iter().sum())
+    };
+    Ok(KernelCounters {
+        events_lost: sum(counter::EVENTS_LOST)?,
+        read_faults: sum(counter::READ_FAULTS)?,
+    })
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -551,6 +555,11 @@ impl ProcessWatch {
                 })?;
         }
         Ok(Self { ebpf })
+    }
+
+    /// Process records the kernel could not queue (the ring buffer was full).
+    pub fn lost(&self) -> Result<u64, AttachError> {
+        Ok(read_counters(&self.ebpf)?.events_lost)
     }
 
     pub fn take_ring_buffer(&mut self) -> Result<RingBuf<MapData>, AttachError> {

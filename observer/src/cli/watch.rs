@@ -147,6 +147,7 @@ async fn watch_host(args: &WatchArgs) -> anyhow::Result<()> {
         .duration_secs
         .map(|s| Instant::now() + Duration::from_secs(s));
     let mut tick = tokio::time::interval(Duration::from_millis(200));
+    let mut lost = 0;
     let reason = loop {
         tokio::select! {
             guard = ring.readable_mut() => {
@@ -171,6 +172,17 @@ async fn watch_host(args: &WatchArgs) -> anyhow::Result<()> {
             _ = tick.tick() => {
                 watcher.reap();
                 watcher.due().await;
+                // A lost exec may be a worker never attached to: say so, once per increase.
+                if let Ok(now) = news.lost()
+                    && now > lost
+                {
+                    warn!(
+                        "{} exec/exit records were lost (the process ring buffer was full); a \
+                         worker started meanwhile is not observed until it restarts",
+                        now - lost
+                    );
+                    lost = now;
+                }
                 if deadline.is_some_and(|d| Instant::now() >= d) {
                     break "the requested duration passed";
                 }
