@@ -238,6 +238,10 @@ fn median(mut values: Vec<f64>) -> f64 {
 }
 
 pub fn run(runs: usize, rounds: usize, root: &Path) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        runs >= 1 && rounds >= 1,
+        "--runs and --rounds must be at least 1"
+    );
     let env = Env::require("bench")?;
     // The kernel counts each program's runs and run time only while this is on.
     let stats = "/proc/sys/kernel/bpf_stats_enabled";
