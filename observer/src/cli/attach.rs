@@ -41,6 +41,16 @@ pub struct AttachArgs {
     #[arg(long)]
     pub pid: u32,
     #[command(flatten)]
+    pub session: SessionArgs,
+    /// Detach after this many seconds (default: until Ctrl-C, SIGTERM, or the worker exits).
+    #[arg(long)]
+    pub duration_secs: Option<u64>,
+}
+
+/// The settings of observing one process, shared by `attach` and `watch`.
+#[derive(Clone, Debug, Args)]
+pub struct SessionArgs {
+    #[command(flatten)]
     pub output: OutputArgs,
     #[command(flatten)]
     pub export: ExportArgs,
@@ -48,9 +58,6 @@ pub struct AttachArgs {
     pub lifecycle: LifecycleArgs,
     #[command(flatten)]
     pub kernel: KernelArgs,
-    /// Detach after this many seconds (default: until Ctrl-C, SIGTERM, or the worker exits).
-    #[arg(long)]
-    pub duration_secs: Option<u64>,
 }
 
 #[derive(Clone, Debug, Args)]
@@ -147,32 +154,33 @@ async fn attach(args: &AttachArgs) -> anyhow::Result<()> {
     log_plan(&target, &resolved);
     privileges::check()?;
     let (stop_tx, stop) = tokio::sync::watch::channel(None);
+    let requested = stop_requested(args.duration_secs)?;
+    tokio::spawn(async move {
+        let _ = stop_tx.send(Some(requested.await));
+    });
+    observe(target, resolved, &Session::new(&args.session), stop).await
+}
+
+/// Installs the SIGINT and SIGTERM handlers now; the future resolves with why to stop: one of
+/// them arrived, or `duration_secs` passed.
+pub fn stop_requested(
+    duration_secs: Option<u64>,
+) -> anyhow::Result<impl Future<Output = &'static str>> {
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let duration = args.duration_secs.map(Duration::from_secs);
-    tokio::spawn(async move {
+    Ok(async move {
         let deadline = async {
-            match duration {
-                Some(d) => tokio::time::sleep(d).await,
+            match duration_secs {
+                Some(s) => tokio::time::sleep(Duration::from_secs(s)).await,
                 None => std::future::pending().await,
             }
         };
-        let reason = tokio::select! {
+        tokio::select! {
             _ = sigint.recv() => "interrupted",
             _ = sigterm.recv() => "terminated",
             () = deadline => "the requested duration passed",
-        };
-        let _ = stop_tx.send(Some(reason));
-    });
-    let session = Session {
-        output: args.output.clone(),
-        export: args.export.clone(),
-        lifecycle: args.lifecycle.clone(),
-        kernel: args.kernel.clone(),
-        resource: Vec::new(),
-        exec_monotonic_ns: None,
-    };
-    observe(target, resolved, &session, stop).await
+        }
+    })
 }
 
 /// What is logged about a plan before attaching it.
@@ -210,13 +218,20 @@ pub fn log_plan(target: &Target, resolved: &resolve::Resolved) {
 /// attributes that tell this process's metrics apart.
 #[derive(Clone, Debug)]
 pub struct Session {
-    pub output: OutputArgs,
-    pub export: ExportArgs,
-    pub lifecycle: LifecycleArgs,
-    pub kernel: KernelArgs,
+    pub args: SessionArgs,
     pub resource: Vec<(String, String)>,
     /// When the process exec'd (CLOCK_MONOTONIC), to report how long attaching took.
     pub exec_monotonic_ns: Option<u64>,
+}
+
+impl Session {
+    pub fn new(args: &SessionArgs) -> Self {
+        Self {
+            args: args.clone(),
+            resource: Vec::new(),
+            exec_monotonic_ns: None,
+        }
+    }
 }
 
 /// Observes one resolved worker process until it exits or `stop` says why to stop, then
@@ -233,10 +248,13 @@ pub async fn observe(
     // SAFETY: malloc_trim only releases free heap memory; no pointer is invalidated.
     unsafe { libc::malloc_trim(0) };
     let Session {
-        output,
-        export: export_args,
-        lifecycle,
-        kernel,
+        args:
+            SessionArgs {
+                output,
+                export: export_args,
+                lifecycle,
+                kernel,
+            },
         resource,
         exec_monotonic_ns,
     } = session;

@@ -15,16 +15,9 @@ use anyhow::Context as _;
 use clap::Args;
 use log::{debug, info, warn};
 use observer_common::{EventHeader, kind};
-use tokio::{
-    io::unix::AsyncFd,
-    signal::unix::{SignalKind, signal},
-    sync::watch,
-    task::JoinHandle,
-};
+use tokio::{io::unix::AsyncFd, sync::watch, task::JoinHandle};
 
-use super::attach::{
-    ExportArgs, KernelArgs, LifecycleArgs, OutputArgs, Session, log_plan, observe,
-};
+use super::attach::{Session, SessionArgs, log_plan, observe, stop_requested};
 use crate::{
     privileges,
     probes::PlanError,
@@ -65,13 +58,7 @@ pub struct WatchArgs {
     )]
     pub min_age_ms: u64,
     #[command(flatten)]
-    pub output: OutputArgs,
-    #[command(flatten)]
-    pub export: ExportArgs,
-    #[command(flatten)]
-    pub lifecycle: LifecycleArgs,
-    #[command(flatten)]
-    pub kernel: KernelArgs,
+    pub session: SessionArgs,
     /// Stop after this many seconds (default: until Ctrl-C or SIGTERM).
     #[arg(long)]
     pub duration_secs: Option<u64>,
@@ -102,7 +89,7 @@ struct Watcher {
 
 async fn watch_host(args: &WatchArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
-        args.export.prometheus_listen.is_none(),
+        args.session.export.prometheus_listen.is_none(),
         "--prometheus-listen serves one process; `watch` exports each worker over OTLP, one \
          resource per process (use `attach --prometheus-listen` for one worker)"
     );
@@ -121,14 +108,7 @@ async fn watch_host(args: &WatchArgs) -> anyhow::Result<()> {
         me: std::process::id(),
         filter,
         min_age: Duration::from_millis(args.min_age_ms),
-        session: Session {
-            output: args.output.clone(),
-            export: args.export.clone(),
-            lifecycle: args.lifecycle.clone(),
-            kernel: args.kernel.clone(),
-            resource: Vec::new(),
-            exec_monotonic_ns: None,
-        },
+        session: Session::new(&args.session),
         passed_over: HashSet::new(),
         observed: HashMap::new(),
         deferred: VecDeque::new(),
@@ -141,11 +121,8 @@ async fn watch_host(args: &WatchArgs) -> anyhow::Result<()> {
         watcher.observed.len()
     );
 
-    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let deadline = args
-        .duration_secs
-        .map(|s| Instant::now() + Duration::from_secs(s));
+    let stop = stop_requested(args.duration_secs)?;
+    tokio::pin!(stop);
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     let mut lost = 0;
     let reason = loop {
@@ -183,12 +160,8 @@ async fn watch_host(args: &WatchArgs) -> anyhow::Result<()> {
                     );
                     lost = now;
                 }
-                if deadline.is_some_and(|d| Instant::now() >= d) {
-                    break "the requested duration passed";
-                }
             }
-            _ = sigint.recv() => break "interrupted",
-            _ = sigterm.recv() => break "terminated",
+            reason = &mut stop => break reason,
         }
     };
     info!(
