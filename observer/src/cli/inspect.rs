@@ -100,6 +100,15 @@ fn describe_inputs(planned: &PlannedProbe) -> Vec<String> {
         .collect()
 }
 
+/// `legacy`, `v0`, or `none` for a binary without a probe function.
+fn mangling_of(symbol: Option<&FunctionSymbol>) -> &'static str {
+    match symbol {
+        Some(f) if f.mangled.starts_with("_R") => "v0",
+        Some(_) => "legacy",
+        None => "none",
+    }
+}
+
 /// Everything about one binary; never fails, a refusal is part of the report.
 pub fn report(name: String, image: &[u8]) -> Report {
     let found = versions::detect(image);
@@ -114,27 +123,19 @@ pub fn report(name: String, image: &[u8]) -> Report {
         not_covered: Vec::new(),
         refused: None,
     };
-    let symbols = match resolve::symbols(image, &found) {
-        Ok(symbols) => symbols,
-        Err(e) => {
-            report.refused = Some(e.to_string());
-            return report;
-        }
-    };
-    if let Some(first) = probes::probe_functions().find_map(|f| symbols.find(f).first()) {
-        report.mangling = if first.mangled.starts_with("_R") {
-            "v0"
-        } else {
-            "legacy"
-        };
-    }
     let resolved = match resolve::resolve_with_table(image, layout::SHIPPED_TABLE) {
         Ok(resolved) => resolved,
         Err(e) => {
+            // A refused worker still shows its mangling, when it has symbols at all.
+            if let Ok(symbols) = resolve::symbols(image, &found) {
+                report.mangling =
+                    mangling_of(probes::probe_functions().find_map(|f| symbols.find(f).first()));
+            }
             report.refused = Some(e.to_string());
             return report;
         }
     };
+    report.mangling = mangling_of(resolved.plan.iter().find_map(|p| p.functions.first()));
     report.layout_source = Some(resolved.layout_source);
     report.arguments_source = Some(resolved.arguments_source.clone());
     report.not_covered = resolved.not_covered();
