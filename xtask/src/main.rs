@@ -3,7 +3,7 @@
 
 use std::{
     path::{Path, PathBuf},
-    process::{Command, ExitCode, Stdio},
+    process::{Command, ExitCode},
 };
 
 use anyhow::{Context as _, ensure};
@@ -11,6 +11,8 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod demo;
+mod fresh;
+mod layouts;
 mod matrix;
 mod setup;
 
@@ -44,15 +46,17 @@ enum Task {
     /// Everything CI checks: set-up, formatting, clippy, unit tests, and the end-to-end tests
     /// against a real dev server, worker and kernel.
     Test,
-    /// Regenerate observer/layouts.json from a debug build of the sample worker (--check: fail
-    /// if the committed table differs from what the generator produces).
+    /// Regenerate observer/layouts.json from DWARF builds of the sample worker, and record the
+    /// digests of the inputs it was made from in observer/layouts.inputs.json.
     GenLayouts {
+        /// Fail if the committed table differs from what the generator produces. Rebuilds only
+        /// when an input changed since the table was generated.
         #[arg(long)]
         check: bool,
+        /// With --check: rebuild and compare even when no input changed.
+        #[arg(long, requires = "check")]
+        force: bool,
     },
-    /// Build the sample worker in every variant users ship (default release, fat LTO, full
-    /// debug info, debug info stripped, symbols stripped, nightly with v0 mangling) and run the
-    /// end-to-end accuracy check on each; prints the table the README shows.
     /// Measure what observing costs the worker (throughput, CPU, probe cost, the observer's own
     /// CPU and memory) against an unobserved worker, in one run; prints the README's table.
     Bench {
@@ -63,11 +67,19 @@ enum Task {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
+    /// Build the sample worker in every variant users ship (default release, fat LTO, full
+    /// debug info, debug info stripped, symbols stripped, nightly with v0 mangling) and run the
+    /// end-to-end accuracy check on each; prints the table the README shows.
     Matrix {
         /// Only these variants (comma-separated names).
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
     },
+    /// Prove the README's two commands on a fresh machine: build a clean Debian 12 root
+    /// (mmdebstrap), give it rustup's toolchains read-only, an empty cargo home and a clean clone
+    /// of HEAD, then run inside it the demo (under tmux, until it shows live values, then
+    /// Ctrl-C) and `cargo xtask test`. Prints the minutes each step took. Takes about an hour.
+    FreshCheck(fresh::Args),
 }
 
 fn main() -> ExitCode {
@@ -84,13 +96,16 @@ fn main() -> ExitCode {
                 })
         }
         Task::Test => test(),
-        Task::GenLayouts { check } => setup::run().and_then(|()| gen_layouts(check)),
+        Task::GenLayouts { check, force } => {
+            setup::run().and_then(|()| layouts::run(check, force))
+        }
         Task::Bench { runs, rounds } => setup::run()
             .and_then(|()| build())
             .and_then(|()| bench::run(runs, rounds, &paths().root)),
         Task::Matrix { only } => setup::run()
             .and_then(|()| build())
             .and_then(|()| matrix::run(&only)),
+        Task::FreshCheck(args) => fresh::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -259,8 +274,8 @@ fn test() -> anyhow::Result<()> {
     // The fat-LTO variant, whose probe plan differs most from the default's, is checked end to
     // end on every run (`cargo xtask matrix` checks them all).
     matrix::make_variant("lto")?;
-    // The shipped layout table must be exactly what the generator makes of these builds.
-    gen_layouts(true)?;
+    // The shipped layout table must be exactly what the generator makes of its inputs.
+    layouts::run(true, false)?;
     // End-to-end tests share the machine's two cores with a dev server and a worker: one at a time.
     sh(cargo()
         .current_dir(&p.root)
@@ -271,93 +286,5 @@ fn test() -> anyhow::Result<()> {
         .env("TEMPORAL_CLI", setup::temporal_cli()?)
         .args(["bench", "--runs", "40", "--rounds", "1"]))?;
     eprintln!("xtask: all checks and tests passed");
-    Ok(())
-}
-
-/// The sample worker's builds the layout table is generated from, as (rustup toolchain, fixture
-/// profile, name of the user-facing profile it stands for): each is that profile with DWARF
-/// added for sdk-core and its protos (debug info does not change the code).
-const LAYOUT_BUILDS: &[(Option<&str>, &str, &str)] = &[
-    (None, "layout-gen", "release"),
-    (None, "lto-layout-gen", "lto"),
-    (Some(NIGHTLY), "layout-gen", "release"),
-];
-
-/// Builds the sample worker in each of [`LAYOUT_BUILDS`] and derives the table with
-/// temporal-observer's own DWARF reader: struct layouts (the same in every profile, which is
-/// checked) and, per profile, where the probed functions take their arguments.
-fn gen_layouts(check: bool) -> anyhow::Result<()> {
-    let p = paths();
-    sh(cargo()
-        .current_dir(&p.root)
-        .args(["build", "--release", "-p", "observer"]))?;
-    let mut generated: Vec<serde_json::Value> = Vec::new();
-    for (toolchain, profile, build) in LAYOUT_BUILDS {
-        let with_dwarf = build_worker(*toolchain, profile)?;
-        let output = Command::new(&p.observer)
-            .arg("layout")
-            .arg(&with_dwarf)
-            .args(["--build", build])
-            .stderr(Stdio::inherit())
-            .output()
-            .context("running temporal-observer layout")?;
-        ensure!(output.status.success(), "temporal-observer layout failed");
-        let entry: serde_json::Value = serde_json::from_slice(&output.stdout)?;
-        merge_entry(&mut generated, entry)?;
-    }
-    let table_path = p.root.join("observer/layouts.json");
-    let current = std::fs::read_to_string(&table_path).unwrap_or_else(|_| "[]".into());
-    let mut table: Vec<serde_json::Value> = serde_json::from_str(&current)?;
-    table.retain(|e| !generated.iter().any(|g| same_pair(e, g)));
-    table.extend(generated);
-    table.sort_by_key(pair);
-    let rendered = serde_json::to_string_pretty(&table)? + "\n";
-    if check {
-        ensure!(
-            rendered == current,
-            "observer/layouts.json differs from what the generator produces; run `cargo xtask gen-layouts` and commit it"
-        );
-        eprintln!("xtask: observer/layouts.json matches the generator");
-    } else {
-        std::fs::write(&table_path, rendered)?;
-        eprintln!(
-            "xtask: wrote {} ({} entries)",
-            table_path.display(),
-            table.len()
-        );
-    }
-    Ok(())
-}
-
-fn pair(v: &serde_json::Value) -> (String, String) {
-    (v["sdk_core"].to_string(), v["rustc"].to_string())
-}
-
-fn same_pair(a: &serde_json::Value, b: &serde_json::Value) -> bool {
-    pair(a) == pair(b)
-}
-
-/// Adds one build's entry: a new version pair is appended; a known one must have the very same
-/// layout, and gains this build's argument registers.
-fn merge_entry(table: &mut Vec<serde_json::Value>, entry: serde_json::Value) -> anyhow::Result<()> {
-    let Some(known) = table.iter_mut().find(|e| same_pair(e, &entry)) else {
-        table.push(entry);
-        return Ok(());
-    };
-    let without_arguments = |v: &serde_json::Value| {
-        let mut v = v.clone();
-        if let Some(map) = v.as_object_mut() {
-            map.remove("arguments");
-        }
-        v
-    };
-    ensure!(
-        without_arguments(known) == without_arguments(&entry),
-        "two builds of the same sdk-core and rustc disagree on a struct layout"
-    );
-    let mut builds = known["arguments"].as_array().cloned().unwrap_or_default();
-    builds.extend(entry["arguments"].as_array().cloned().unwrap_or_default());
-    builds.sort_by_key(|b| b["build"].to_string());
-    known["arguments"] = serde_json::Value::Array(builds);
     Ok(())
 }
