@@ -105,9 +105,10 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let ok = step("host tools (mmdebstrap)", &mut host_tools)
         && step("clean Debian 12 root", &mut || make_root(root))
         && step("clean clone of HEAD", &mut || clone_into(root))
-        && step("README main command: the demo (`cargo xtask run`)", &mut || {
-            demo(root, Duration::from_secs(args.demo_secs))
-        })
+        && step(
+            "README main command: the demo (`cargo xtask run`)",
+            &mut || demo(root, Duration::from_secs(args.demo_secs)),
+        )
         && (args.no_test
             || step("README test command (`cargo xtask test`)", &mut || {
                 in_root(root, "cargo xtask test", &root.join("tmp/test.log"))
@@ -123,8 +124,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         );
     }
     if !args.keep && ok {
-        std::fs::remove_dir_all(root)
-            .with_context(|| format!("removing {}", root.display()))?;
+        std::fs::remove_dir_all(root).with_context(|| format!("removing {}", root.display()))?;
     }
     if let Some(failed) = steps.iter().find(|s| s.result.is_err()) {
         bail!(
@@ -161,7 +161,13 @@ fn host_tools() -> anyhow::Result<()> {
         sh(Command::new("apt-get").args(["update", "-qq"]))?;
         sh(Command::new("apt-get")
             .env("DEBIAN_FRONTEND", "noninteractive")
-            .args(["install", "-y", "-qq", "--no-install-recommends", "mmdebstrap"]))?;
+            .args([
+                "install",
+                "-y",
+                "-qq",
+                "--no-install-recommends",
+                "mmdebstrap",
+            ]))?;
     }
     Ok(())
 }
@@ -217,7 +223,11 @@ fn make_root(root: &Path) -> anyhow::Result<()> {
     let extra = Path::new("/usr/local/share/ca-certificates");
     let target = root.join("usr/local/share/ca-certificates");
     std::fs::create_dir_all(&target)?;
-    for cert in std::fs::read_dir(extra).into_iter().flatten().filter_map(Result::ok) {
+    for cert in std::fs::read_dir(extra)
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+    {
         std::fs::copy(cert.path(), target.join(cert.file_name()))?;
     }
     sh(Command::new("chroot")
@@ -337,7 +347,10 @@ fn in_root(root: &Path, command: &str, log: &Path) -> anyhow::Result<()> {
         .context("running unshare")?;
     if !status.success() {
         let text = std::fs::read_to_string(log).unwrap_or_default();
-        bail!("`{command}` failed ({status}); its last lines:\n{}", tail(&text, 40));
+        bail!(
+            "`{command}` failed ({status}); its last lines:\n{}",
+            tail(&text, 40)
+        );
     }
     Ok(())
 }
@@ -369,7 +382,10 @@ fn demo(root: &Path, within: Duration) -> anyhow::Result<()> {
         .arg(script(root, &start))
         .status()
         .context("starting tmux in the root")?;
-    ensure!(status.success(), "starting the demo in tmux failed ({status})");
+    ensure!(
+        status.success(),
+        "starting the demo in tmux failed ({status})"
+    );
     eprintln!(
         "fresh-check: the demo runs in tmux (attach: chroot {} tmux -S {TMUX_SOCKET} attach); \
          set-up and builds come first",
@@ -467,8 +483,14 @@ fn demo_processes(root: &Path) -> Vec<String> {
     processes_in(root)
         .into_iter()
         .filter(|(_, comm)| {
-            ["temporal", "sample-worker", "temporal-observ", "workload-driver", "xtask"]
-                .contains(&comm.as_str())
+            [
+                "temporal",
+                "sample-worker",
+                "temporal-observ",
+                "workload-driver",
+                "xtask",
+            ]
+            .contains(&comm.as_str())
         })
         .map(|(pid, comm)| format!("{comm}({pid})"))
         .collect()
@@ -496,9 +518,8 @@ fn live_values(screen: &str) -> Option<String> {
             (numbers.len() == 6).then(|| (numbers[0], numbers[1..].iter().sum::<u64>()))
         })
         .fold((0, 0), |(s, e), (rs, re)| (s + rs, e + re));
-    (running > 0 && started > 0 && ended > 0).then(|| {
-        format!("{started} runs started, {ended} ended, {running} worker(s) running")
-    })
+    (running > 0 && started > 0 && ended > 0)
+        .then(|| format!("{started} runs started, {ended} ended, {running} worker(s) running"))
 }
 
 fn strip_ansi(text: &str) -> String {
@@ -572,7 +593,10 @@ workers running: 1   workers configured: 1
         );
         let empty = "workflow_type  started completed failed canceled timed_out cont_as_new mean_dur_s\nworkers running: 1   workers configured: 1\n";
         assert_eq!(live_values(empty), None);
-        assert_eq!(live_values(&TABLE.replace("running: 1", "running: 0")), None);
+        assert_eq!(
+            live_values(&TABLE.replace("running: 1", "running: 0")),
+            None
+        );
         assert_eq!(live_values("cargo build ..."), None);
     }
 

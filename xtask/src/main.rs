@@ -96,9 +96,7 @@ fn main() -> ExitCode {
                 })
         }
         Task::Test => test(),
-        Task::GenLayouts { check, force } => {
-            setup::run().and_then(|()| layouts::run(check, force))
-        }
+        Task::GenLayouts { check, force } => setup::run().and_then(|()| layouts::run(check, force)),
         Task::Bench { runs, rounds } => setup::run()
             .and_then(|()| build())
             .and_then(|()| bench::run(runs, rounds, &paths().root)),

