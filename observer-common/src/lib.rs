@@ -60,6 +60,47 @@ pub mod program {
     pub const PROCESS_EXEC: &str = "process_exec";
     /// Tracepoint `sched/sched_process_exit`, for `watch`.
     pub const PROCESS_EXIT: &str = "process_exit";
+    /// Every program.
+    pub const ALL: [&str; 10] = [
+        COMPLETION,
+        EVICTION,
+        WORKER_SHUTDOWN,
+        WORKER_START,
+        WORKER_CREATED,
+        TASK,
+        ACTIVATION_SLOT,
+        ACTIVATION_RETURN,
+        PROCESS_EXEC,
+        PROCESS_EXIT,
+    ];
+}
+
+/// Names of the eBPF side's maps and globals, as its statics are named; user space finds them
+/// by these names (a test checks the built object has each).
+pub mod map {
+    /// The probes' ring buffer.
+    pub const EVENTS: &str = "EVENTS";
+    /// `Layout` per observed process.
+    pub const LAYOUTS: &str = "LAYOUTS";
+    /// Workers already reported as started.
+    pub const STARTED_WORKERS: &str = "STARTED_WORKERS";
+    /// Return slots kept between a function's entry and its return, per thread.
+    pub const RETURN_SLOTS: &str = "RETURN_SLOTS";
+    /// `watch`'s ring buffer of process execs and exits.
+    pub const PROCESS_EVENTS: &str = "PROCESS_EVENTS";
+    /// Per-CPU counters, indexed by [`crate::counter`].
+    pub const COUNTERS: &str = "COUNTERS";
+    /// The global that sets when a record wakes user space.
+    pub const WAKEUP_BYTES: &str = "WAKEUP_BYTES";
+    /// Every map (not the global).
+    pub const ALL: [&str; 6] = [
+        EVENTS,
+        LAYOUTS,
+        STARTED_WORKERS,
+        RETURN_SLOTS,
+        PROCESS_EVENTS,
+        COUNTERS,
+    ];
 }
 
 /// The attach cookie: which probe fired and which argument registers hold its inputs.

@@ -11,7 +11,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     layout::dwarf::{DwarfError, DwarfTypes, EntryLocation, Param},
-    probes,
     symbols::SymbolIndex,
 };
 
@@ -83,13 +82,14 @@ pub fn from_dwarf_params(params: &[Param]) -> Params {
         .collect()
 }
 
-/// The entry parameters of every probe function the binary's DWARF describes.
-pub fn read(
+/// The entry parameters of each of `functions` that the binary's DWARF describes.
+pub fn read<'f>(
     symbols: &SymbolIndex,
     types: &DwarfTypes<'_>,
+    functions: impl IntoIterator<Item = &'f str>,
 ) -> Result<BTreeMap<String, Params>, ArgumentsError> {
     let mut out = BTreeMap::new();
-    for function in probes::probe_functions() {
+    for function in functions {
         for symbol in symbols.find(function) {
             let Some(params) = types.params_at(symbol.address)? else {
                 continue;
@@ -109,9 +109,13 @@ pub fn read(
     Ok(out)
 }
 
-/// The probe functions a binary has.
-pub fn present(symbols: &SymbolIndex) -> BTreeSet<String> {
-    probes::probe_functions()
+/// Which of `functions` the binary has.
+pub fn present<'f>(
+    symbols: &SymbolIndex,
+    functions: impl IntoIterator<Item = &'f str>,
+) -> BTreeSet<String> {
+    functions
+        .into_iter()
         .filter(|f| !symbols.find(f).is_empty())
         .map(str::to_string)
         .collect()

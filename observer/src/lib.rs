@@ -1,20 +1,23 @@
-//! temporal-observer: watches Rust Temporal workers from outside with eBPF uprobes.
+//! temporal-observer: watches Temporal workers from outside with eBPF uprobes.
 //!
 //! Modules in the order data flows: [`target`] (pid → executable) → [`versions`] and
-//! [`symbols`] (pure ELF reading) → [`layout`] and [`arguments`] (pure DWARF / shipped table) →
-//! [`resolve`] (the plan for one binary) → [`probes`] (the only module that talks to the kernel) → [`events`]
-//! (pure decoding of ring-buffer records) → [`cli`].
+//! [`symbols`] (pure ELF reading) → [`probes`] (the probe table, data) → [`layout`] and
+//! [`arguments`] (pure DWARF / shipped table) → [`plan`] (what to attach where in one binary,
+//! pure) → [`kernel`] (the only module that talks to the kernel) → [`events`] (pure decoding of
+//! ring-buffer records) → [`lifecycle`] (pure) → [`export`] → [`cli`]. [`processes`] and
+//! [`privileges`] read `/proc` for `watch` and the privilege check.
 
 pub mod arguments;
 pub mod cli;
 pub mod events;
 pub mod export;
+pub mod kernel;
 pub mod layout;
 pub mod lifecycle;
+pub mod plan;
 pub mod privileges;
 pub mod probes;
 pub mod processes;
-pub mod resolve;
 pub mod symbols;
 pub mod target;
 pub mod versions;

@@ -7,8 +7,8 @@ use object::{Object as _, ObjectSection as _};
 use temporal_observer::{
     arguments,
     layout::{SHIPPED_TABLE, TargetLayout, dwarf::DwarfSections, from_table},
-    probes::PROBES,
-    resolve::{ArgumentsSource, LayoutSource, resolve},
+    plan::{ArgumentsSource, LayoutSource, resolve},
+    probes::{self, PROBES},
     symbols::SymbolIndex,
 };
 
@@ -36,7 +36,7 @@ fn the_release_worker_resolves_every_probe_once_with_the_shipped_layout() -> any
         LayoutSource::Table,
         "a default release build has no DWARF"
     );
-    assert_eq!(resolved.plan.len(), PROBES.len());
+    assert_eq!(resolved.probes.len(), PROBES.len());
     assert_eq!(
         resolved.arguments_source,
         ArgumentsSource::Table {
@@ -50,7 +50,7 @@ fn the_release_worker_resolves_every_probe_once_with_the_shipped_layout() -> any
     );
     let registers = |name: &str| {
         resolved
-            .plan
+            .probes
             .iter()
             .find(|p| p.spec.name == name)
             .map(|p| (p.point.function, p.registers))
@@ -65,7 +65,7 @@ fn the_release_worker_resolves_every_probe_once_with_the_shipped_layout() -> any
     assert!(
         registers("worker_start").is_some_and(|(f, r)| f.ends_with("mark_started") && r[0] == 0)
     );
-    for planned in &resolved.plan {
+    for planned in &resolved.probes {
         assert_eq!(
             planned.functions.len(),
             1,
@@ -84,7 +84,7 @@ fn the_release_worker_resolves_every_probe_once_with_the_shipped_layout() -> any
     // Each file offset is where the uprobe lands: the bytes there are the bytes the ELF maps at
     // the function's address.
     let elf = object::File::parse(&*image)?;
-    for planned in &resolved.plan {
+    for planned in &resolved.probes {
         let f = &planned.functions[0];
         let mapped = elf
             .sections()
@@ -122,7 +122,10 @@ fn dwarf_of_the_layout_build_gives_exactly_the_shipped_layout() -> anyhow::Resul
         .iter()
         .find(|b| b.build == "release")
         .context("the table has no release build")?;
-    assert_eq!(arguments::read(&symbols, &types)?, release.functions);
+    assert_eq!(
+        arguments::read(&symbols, &types, probes::probe_functions())?,
+        release.functions
+    );
     // And a worker with that DWARF is resolved from it rather than from the table.
     let resolved = resolve(&image)?;
     assert_eq!(resolved.layout_source, LayoutSource::Dwarf);
@@ -144,19 +147,19 @@ fn the_lto_worker_resolves_with_the_lto_registers() -> anyhow::Result<()> {
         }
     );
     let start = resolved
-        .plan
+        .probes
         .iter()
         .find(|p| p.spec.name == "worker_start")
         .context("worker_start planned")?;
     assert!(start.point.function.ends_with("new_with_pollers"));
-    assert_eq!(resolved.plan.len(), PROBES.len());
+    assert_eq!(resolved.probes.len(), PROBES.len());
     assert_eq!(
         resolved.not_covered().len(),
         1,
         "{:?}",
         resolved.not_covered()
     );
-    assert!(resolved.plan.iter().all(|p| p.functions.len() == 1));
+    assert!(resolved.probes.iter().all(|p| p.functions.len() == 1));
 
     let with_dwarf = fixture("lto-layout-gen")?;
     let sections = DwarfSections::load(&with_dwarf)?;
@@ -168,14 +171,17 @@ fn the_lto_worker_resolves_with_the_lto_registers() -> anyhow::Result<()> {
         .iter()
         .find(|b| b.build == "lto")
         .context("the table has no lto build")?;
-    assert_eq!(arguments::read(&symbols, &types)?, lto.functions);
+    assert_eq!(
+        arguments::read(&symbols, &types, probes::probe_functions())?,
+        lto.functions
+    );
     shipped.arguments.clear();
     assert_eq!(
         TargetLayout::from_dwarf(&types, "0.10.1", "1.95.0")?,
         shipped
     );
     // The same code with and without DWARF: each probed function has the same size in both.
-    for planned in &resolved.plan {
+    for planned in &resolved.probes {
         let f = &planned.functions[0];
         assert_eq!(
             symbols.find(planned.point.function).first().map(|s| s.size),

@@ -40,7 +40,7 @@ pub const INPUTS: &[&str] = &[
     "observer/src/cli/layout.rs",
     "observer/src/layout",
     "observer/src/arguments.rs",
-    "observer/src/probes.rs",
+    "observer/src/probes",
     "observer/src/symbols.rs",
     "observer/src/versions.rs",
     "xtask/src/layouts.rs",

@@ -19,11 +19,11 @@ use tokio::{
 use crate::{
     events::{self, Clock, Event, EventBody},
     export::{self, ExportConfig, Health, Metrics, Transport},
+    kernel::{Attachment, KernelCounters, KernelSettings},
     layout::TargetLayout,
     lifecycle::{Engine, Limits, Update},
+    plan::{self, Plan},
     privileges,
-    probes::{Attachment, KernelCounters, KernelSettings},
-    resolve::{self, ArgumentsSource, LayoutSource},
     target::{Target, WORKER_THREAD},
 };
 
@@ -145,7 +145,7 @@ pub fn run(args: &AttachArgs) -> anyhow::Result<()> {
 
 async fn attach(args: &AttachArgs) -> anyhow::Result<()> {
     let target = Target::open(args.pid)?;
-    let resolved = resolve::resolve(&target.image).with_context(|| {
+    let resolved = plan::resolve(&target.image).with_context(|| {
         format!(
             "PID {} ({}) cannot be observed",
             target.pid, target.exe_name
@@ -184,23 +184,17 @@ pub fn stop_requested(
 }
 
 /// What is logged about a plan before attaching it.
-pub fn log_plan(target: &Target, resolved: &resolve::Resolved) {
+pub fn log_plan(target: &Target, resolved: &Plan) {
     info!(
         "PID {} ({}): sdk-core {}, rustc {}, layout from {}, argument registers from {}",
         target.pid,
         target.exe_name,
         resolved.versions.sdk_core.as_deref().unwrap_or("?"),
         resolved.versions.rustc.as_deref().unwrap_or("?"),
-        match resolved.layout_source {
-            LayoutSource::Dwarf => "the binary's DWARF".to_string(),
-            LayoutSource::Table => "the shipped table".to_string(),
-        },
-        match &resolved.arguments_source {
-            ArgumentsSource::Dwarf => "the binary's DWARF".to_string(),
-            ArgumentsSource::Table { build } => format!("the shipped table ({build} build)"),
-        }
+        resolved.layout_source,
+        resolved.arguments_source,
     );
-    for planned in &resolved.plan {
+    for planned in &resolved.probes {
         info!(
             "PID {}: probe {}: {} ({} location(s))",
             target.pid,
@@ -238,7 +232,7 @@ impl Session {
 /// detaches and exports its last values.
 pub async fn observe(
     mut target: Target,
-    resolved: resolve::Resolved,
+    resolved: Plan,
     session: &Session,
     mut stop: tokio::sync::watch::Receiver<Option<&'static str>>,
 ) -> anyhow::Result<()> {
@@ -281,7 +275,7 @@ pub async fn observe(
     let mut attachment = match Attachment::attach(
         &target.exe_link,
         target.pid,
-        &resolved.plan,
+        &resolved.probes,
         &kernel_layout,
         settings,
     ) {
@@ -331,7 +325,11 @@ pub async fn observe(
         lost_seen: 0,
     };
     // A start probe that only sees creations misses the workers already running: count them.
-    if resolved.plan.iter().any(|p| p.point.count_existing_workers) {
+    if resolved
+        .probes
+        .iter()
+        .any(|p| p.point.count_existing_workers)
+    {
         let running = target.threads_named(WORKER_THREAD);
         info!("{running} worker(s) already running (counted from their {WORKER_THREAD} threads)");
         let mut updates = Vec::new();

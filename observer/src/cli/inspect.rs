@@ -8,8 +8,8 @@ use serde::Serialize;
 
 use crate::{
     layout::{self, TargetLayout},
-    probes::{self, Hook, Input, PlannedProbe},
-    resolve::{self, ArgumentsSource, LayoutSource},
+    plan::{self, ArgumentsSource, LayoutSource, PlannedProbe},
+    probes::{self, Hook, Input},
     symbols::FunctionSymbol,
     target::Target,
     versions,
@@ -123,11 +123,11 @@ pub fn report(name: String, image: &[u8]) -> Report {
         not_covered: Vec::new(),
         refused: None,
     };
-    let resolved = match resolve::resolve_with_table(image, layout::SHIPPED_TABLE) {
-        Ok(resolved) => resolved,
+    let plan = match plan::resolve_with_table(image, layout::SHIPPED_TABLE) {
+        Ok(plan) => plan,
         Err(e) => {
             // A refused worker still shows its mangling, when it has symbols at all.
-            if let Ok(symbols) = resolve::symbols(image, &found) {
+            if let Ok(symbols) = plan::symbols(image, &found) {
                 report.mangling =
                     mangling_of(probes::probe_functions().find_map(|f| symbols.find(f).first()));
             }
@@ -135,12 +135,12 @@ pub fn report(name: String, image: &[u8]) -> Report {
             return report;
         }
     };
-    report.mangling = mangling_of(resolved.plan.iter().find_map(|p| p.functions.first()));
-    report.layout_source = Some(resolved.layout_source);
-    report.arguments_source = Some(resolved.arguments_source.clone());
-    report.not_covered = resolved.not_covered();
-    report.probes = resolved
-        .plan
+    report.mangling = mangling_of(plan.probes.iter().find_map(|p| p.functions.first()));
+    report.layout_source = Some(plan.layout_source);
+    report.arguments_source = Some(plan.arguments_source.clone());
+    report.not_covered = plan.not_covered();
+    report.probes = plan
+        .probes
         .iter()
         .map(|planned| ProbeReport {
             name: planned.spec.name,
@@ -152,7 +152,7 @@ pub fn report(name: String, image: &[u8]) -> Report {
             locations: planned.functions.iter().map(Location::from).collect(),
         })
         .collect();
-    if let Err(e) = TargetLayout::kernel_layout(&resolved.layout) {
+    if let Err(e) = TargetLayout::kernel_layout(&plan.layout) {
         report.refused = Some(e.to_string());
     }
     report
@@ -189,18 +189,15 @@ fn render(r: &Report) -> String {
     out.push_str(&format!("rustc:     {}\n", or_unknown(&r.rustc)));
     out.push_str(&format!("sdk-core:  {}\n", or_unknown(&r.sdk_core)));
     out.push_str(&format!("mangling:  {}\n", r.mangling));
-    let source = match r.layout_source {
-        Some(LayoutSource::Dwarf) => "the binary's DWARF",
-        Some(LayoutSource::Table) => "the shipped table",
-        None => "none",
-    };
-    out.push_str(&format!("layout:    {source}\n"));
-    let arguments = match &r.arguments_source {
-        Some(ArgumentsSource::Dwarf) => "the binary's DWARF".to_string(),
-        Some(ArgumentsSource::Table { build }) => format!("the shipped table ({build} build)"),
-        None => "none".to_string(),
-    };
-    out.push_str(&format!("registers: {arguments}\n"));
+    let or_none = |v: Option<String>| v.unwrap_or_else(|| "none".into());
+    out.push_str(&format!(
+        "layout:    {}\n",
+        or_none(r.layout_source.map(|s| s.to_string()))
+    ));
+    out.push_str(&format!(
+        "registers: {}\n",
+        or_none(r.arguments_source.as_ref().map(ToString::to_string))
+    ));
     if !r.probes.is_empty() {
         out.push_str("probes:\n");
     }

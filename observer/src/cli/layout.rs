@@ -8,6 +8,7 @@ use clap::Args;
 use crate::{
     arguments::{self, BuildArguments},
     layout::{TargetLayout, dwarf::DwarfSections},
+    probes,
     symbols::SymbolIndex,
     versions,
 };
@@ -37,7 +38,7 @@ pub fn run(args: &LayoutArgs) -> anyhow::Result<()> {
     let mut layout = TargetLayout::from_dwarf(&types, &sdk_core, &rustc)?;
     if let Some(build) = &args.build {
         let symbols = SymbolIndex::from_elf(&image)?;
-        let functions = arguments::read(&symbols, &types)?;
+        let functions = arguments::read(&symbols, &types, probes::probe_functions())?;
         anyhow::ensure!(
             !functions.is_empty(),
             "the DWARF describes none of the probe functions"

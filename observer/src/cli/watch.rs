@@ -19,11 +19,9 @@ use tokio::{io::unix::AsyncFd, sync::watch, task::JoinHandle};
 
 use super::attach::{Session, SessionArgs, log_plan, observe, stop_requested};
 use crate::{
-    privileges,
-    probes::PlanError,
-    probes::{self, ProcessWatch},
+    kernel::{self, ProcessWatch},
+    plan, privileges,
     processes::{self, ExeFilter, FileIdentity},
-    resolve::{self, ResolveError},
     target::Target,
 };
 
@@ -96,7 +94,7 @@ async fn watch_host(args: &WatchArgs) -> anyhow::Result<()> {
     privileges::check_watch()?;
     let filter = ExeFilter::new(&args.exe_glob, &args.exclude_glob)
         .context("an --exe-glob or --exclude-glob pattern is malformed")?;
-    probes::ensure_tracefs()?;
+    kernel::ensure_tracefs()?;
     let mut news = ProcessWatch::attach().context("attaching the exec and exit tracepoints")?;
     let ring = news.take_ring_buffer()?;
     // SAFETY: the ring buffer owns its map fd, which stays open until `ring` is dropped below.
@@ -244,7 +242,7 @@ impl Watcher {
         // Reading and parsing an executable takes milliseconds: off the async threads.
         let opened = tokio::task::spawn_blocking(move || {
             let target = Target::open(pid)?;
-            let resolved = resolve::resolve(&target.image);
+            let resolved = plan::resolve(&target.image);
             anyhow::Ok((target, resolved))
         })
         .await;
@@ -261,7 +259,7 @@ impl Watcher {
         };
         let resolved = match resolved {
             Ok(resolved) => resolved,
-            Err(ResolveError::NotAWorker | ResolveError::Plan(PlanError::NotAWorker { .. })) => {
+            Err(e) if e.is_not_a_worker() => {
                 self.passed_over.insert(identity);
                 return;
             }

@@ -1,0 +1,367 @@
+//! Everything that talks to the kernel: loading the eBPF object, attaching a plan's probes to one
+//! process, the ring buffers and counters, and for `watch` the process tracepoints and tracefs.
+//! The only module that calls aya.
+
+use std::{num::NonZeroU32, path::Path};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    programs::{
+        ProgramError, TracePoint, UProbe, uprobe::UProbeAttachLocation, uprobe::UProbeAttachPoint,
+        uprobe::UProbeScope,
+    },
+};
+use observer_common::{Cookie, Layout, counter, map, program};
+use serde::Serialize;
+
+use crate::{plan::PlannedProbe, probes::Hook};
+
+/// The eBPF object built by `build.rs`.
+static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/observer.bpf.o"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    #[error(
+        "this binary was built without its eBPF programs (OBSERVER_EBPF_STUB=1); rebuild with the \
+         BPF toolchain (`cargo xtask setup`)"
+    )]
+    NoEbpfObject,
+    #[error("loading the eBPF object failed: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error(
+        "the kernel verifier rejected program `{program}`: {io_error}\nverifier log (last lines):\n{log_tail}"
+    )]
+    Verifier {
+        program: &'static str,
+        io_error: std::io::Error,
+        log_tail: String,
+    },
+    #[error("program `{program}`: {source}")]
+    Program {
+        program: &'static str,
+        #[source]
+        source: Box<ProgramError>,
+    },
+    #[error("attaching probe `{probe}` to {function} at file offset {offset:#x}: {source}")]
+    Attach {
+        probe: &'static str,
+        function: String,
+        offset: u64,
+        #[source]
+        source: Box<ProgramError>,
+    },
+    #[error("eBPF map `{0}` is missing from the object")]
+    MissingMap(&'static str),
+    #[error("eBPF program `{0}` is missing from the object")]
+    MissingProgram(&'static str),
+    #[error("eBPF map `{name}`: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("PID 0 cannot be observed")]
+    BadPid,
+}
+
+/// Settings of the kernel side.
+#[derive(Clone, Copy, Debug)]
+pub struct KernelSettings {
+    /// Ring buffer size in bytes (a power of two, a multiple of the page size).
+    pub ring_buffer_bytes: u32,
+    /// Wake user space once this many bytes wait; otherwise it drains on a timer.
+    pub wakeup_bytes: u64,
+}
+
+/// Loaded programs with their probes attached. Dropping it detaches everything.
+#[derive(Debug)]
+pub struct Attachment {
+    ebpf: Ebpf,
+    pub attached: usize,
+}
+
+impl Attachment {
+    /// Loads the programs and attaches every planned probe to one process.
+    pub fn attach(
+        exe: &Path,
+        pid: u32,
+        planned: &[PlannedProbe],
+        layout: &Layout,
+        settings: KernelSettings,
+    ) -> Result<Self, AttachError> {
+        if EBPF_OBJECT.is_empty() {
+            return Err(AttachError::NoEbpfObject);
+        }
+        let scope = UProbeScope::OneProcess(NonZeroU32::new(pid).ok_or(AttachError::BadPid)?);
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(map::EVENTS, settings.ring_buffer_bytes)
+            .override_global(map::WAKEUP_BYTES, &settings.wakeup_bytes, true)
+            .load(EBPF_OBJECT)?;
+        {
+            let map = ebpf
+                .map_mut(map::LAYOUTS)
+                .ok_or(AttachError::MissingMap(map::LAYOUTS))?;
+            let mut layouts: BpfHashMap<_, u32, Layout> =
+                BpfHashMap::try_from(map).map_err(|source| AttachError::Map {
+                    name: map::LAYOUTS,
+                    source,
+                })?;
+            layouts
+                .insert(pid, layout, 0)
+                .map_err(|source| AttachError::Map {
+                    name: map::LAYOUTS,
+                    source,
+                })?;
+        }
+        let mut attached = 0;
+        for probe in planned {
+            let cookie = Cookie {
+                probe_id: probe.spec.id,
+                arg_a: probe.registers[0],
+                arg_b: probe.registers[1],
+            };
+            let programs: &[&'static str] = match &probe.point.hook {
+                Hook::Entry { program } => &[program],
+                Hook::EntryAndReturn { entry, exit } => &[entry, exit],
+            };
+            for &name in programs {
+                let program = load_program(&mut ebpf, name)?;
+                for function in &probe.functions {
+                    let point = UProbeAttachPoint {
+                        location: UProbeAttachLocation::AbsoluteOffset(function.file_offset),
+                        cookie: Some(cookie.encode()),
+                    };
+                    program
+                        .attach(point, exe, scope)
+                        .map_err(|source| AttachError::Attach {
+                            probe: probe.spec.name,
+                            function: function.path.clone(),
+                            offset: function.file_offset,
+                            source: Box::new(source),
+                        })?;
+                    attached += 1;
+                }
+            }
+        }
+        Ok(Self { ebpf, attached })
+    }
+
+    /// Takes the ring buffer to read events from.
+    pub fn take_ring_buffer(&mut self) -> Result<RingBuf<MapData>, AttachError> {
+        let map = self
+            .ebpf
+            .take_map(map::EVENTS)
+            .ok_or(AttachError::MissingMap(map::EVENTS))?;
+        RingBuf::try_from(map).map_err(|source| AttachError::Map {
+            name: map::EVENTS,
+            source,
+        })
+    }
+
+    /// Kernel-side counters, summed over CPUs: (events lost, read faults).
+    pub fn counters(&self) -> Result<KernelCounters, AttachError> {
+        read_counters(&self.ebpf)
+    }
+}
+
+/// The `COUNTERS` map of one loaded object, summed over CPUs.
+fn read_counters(ebpf: &Ebpf) -> Result<KernelCounters, AttachError> {
+    let map = ebpf
+        .map(map::COUNTERS)
+        .ok_or(AttachError::MissingMap(map::COUNTERS))?;
+    let counters: PerCpuArray<_, u64> =
+        PerCpuArray::try_from(map).map_err(|source| AttachError::Map {
+            name: map::COUNTERS,
+            source,
+        })?;
+    let sum = |index: u32| -> Result<u64, AttachError> {
+        let values = counters.get(&index, 0).map_err(|source| AttachError::Map {
+            name: map::COUNTERS,
+            source,
+        })?;
+        Ok(values.iter().sum())
+    };
+    Ok(KernelCounters {
+        events_lost: sum(counter::EVENTS_LOST)?,
+        read_faults: sum(counter::READ_FAULTS)?,
+    })
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct KernelCounters {
+    pub events_lost: u64,
+    pub read_faults: u64,
+}
+
+/// The kernel's news of processes for `watch`: every exec and every exit on the host, from the
+/// `sched` tracepoints, in their own ring buffer.
+#[derive(Debug)]
+pub struct ProcessWatch {
+    ebpf: Ebpf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TracefsError {
+    #[error(
+        "tracefs is not mounted (no /sys/kernel/tracing/events) and mounting it failed: {0}. \
+         Mount it with `mount -t tracefs nodev /sys/kernel/tracing` as root, or, in Kubernetes, \
+         mount the host's /sys/kernel/tracing into the pod (see deploy/kubernetes/daemonset.yaml)"
+    )]
+    Mount(std::io::Error),
+}
+
+/// Tracepoints are found through tracefs. Mounted on most hosts; where it is not (a fresh VM,
+/// a container), mount it, which needs CAP_SYS_ADMIN.
+pub fn ensure_tracefs() -> Result<(), TracefsError> {
+    let mounted = |root: &str| Path::new(root).join("events/sched").is_dir();
+    if mounted("/sys/kernel/tracing") || mounted("/sys/kernel/debug/tracing") {
+        return Ok(());
+    }
+    log::info!("tracefs is not mounted; mounting it at /sys/kernel/tracing");
+    // SAFETY: all pointers are valid NUL-terminated strings for the duration of the call.
+    let rc = unsafe {
+        libc::mount(
+            c"nodev".as_ptr(),
+            c"/sys/kernel/tracing".as_ptr(),
+            c"tracefs".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(TracefsError::Mount(std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+impl ProcessWatch {
+    pub fn attach() -> Result<Self, AttachError> {
+        if EBPF_OBJECT.is_empty() {
+            return Err(AttachError::NoEbpfObject);
+        }
+        // The per-worker ring buffer is unused here: keep it at one page.
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(map::EVENTS, 4096)
+            .load(EBPF_OBJECT)?;
+        for (name, event) in [
+            (program::PROCESS_EXEC, "sched_process_exec"),
+            (program::PROCESS_EXIT, "sched_process_exit"),
+        ] {
+            let program: &mut TracePoint = program_of(&mut ebpf, name)?;
+            program.load().map_err(|e| load_error(name, e))?;
+            program
+                .attach("sched", event)
+                .map_err(|source| AttachError::Attach {
+                    probe: name,
+                    function: format!("tracepoint sched/{event}"),
+                    offset: 0,
+                    source: Box::new(source),
+                })?;
+        }
+        Ok(Self { ebpf })
+    }
+
+    /// Process records the kernel could not queue (the ring buffer was full).
+    pub fn lost(&self) -> Result<u64, AttachError> {
+        Ok(read_counters(&self.ebpf)?.events_lost)
+    }
+
+    pub fn take_ring_buffer(&mut self) -> Result<RingBuf<MapData>, AttachError> {
+        let map = self
+            .ebpf
+            .take_map(map::PROCESS_EVENTS)
+            .ok_or(AttachError::MissingMap(map::PROCESS_EVENTS))?;
+        RingBuf::try_from(map).map_err(|source| AttachError::Map {
+            name: map::PROCESS_EVENTS,
+            source,
+        })
+    }
+}
+
+/// The program of this name, loaded into the kernel (once).
+fn load_program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut UProbe, AttachError> {
+    let program: &mut UProbe = program_of(ebpf, name)?;
+    if program.fd().is_err() {
+        program.load().map_err(|e| load_error(name, e))?;
+    }
+    Ok(program)
+}
+
+/// The program of this name, as its kind.
+fn program_of<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P, AttachError>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or(AttachError::MissingProgram(name))?
+        .try_into()
+        .map_err(|source| AttachError::Program {
+            program: name,
+            source: Box::new(source),
+        })
+}
+
+/// A failed load, with the verifier's last lines when it was the verifier that refused.
+fn load_error(name: &'static str, error: ProgramError) -> AttachError {
+    match error {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => AttachError::Verifier {
+            program: name,
+            io_error,
+            log_tail: tail(&verifier_log.to_string(), 20),
+        },
+        source => AttachError::Program {
+            program: name,
+            source: Box::new(source),
+        },
+    }
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_embedded_object_has_every_program_and_map_user_space_names() {
+        assert!(
+            !EBPF_OBJECT.is_empty(),
+            "this build embeds no eBPF object (OBSERVER_EBPF_STUB=1); build with the BPF \
+             toolchain (`cargo xtask setup`)"
+        );
+        let object = aya_obj::Object::parse(EBPF_OBJECT).expect("the embedded object parses");
+        for name in program::ALL {
+            assert!(object.programs.contains_key(name), "no program `{name}`");
+        }
+        for name in map::ALL {
+            assert!(object.maps.contains_key(name), "no map `{name}`");
+        }
+        for point in crate::probes::PROBES.iter().flat_map(|p| p.points) {
+            let names: &[&str] = match &point.hook {
+                Hook::Entry { program } => &[program],
+                Hook::EntryAndReturn { entry, exit } => &[entry, exit],
+            };
+            for name in names {
+                assert!(
+                    program::ALL.contains(name),
+                    "{} runs unknown `{name}`",
+                    point.function
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn verifier_tail_keeps_the_last_lines() {
+        assert_eq!(tail("a\nb\nc\nd", 2), "c\nd");
+        assert_eq!(tail("a", 5), "a");
+    }
+}

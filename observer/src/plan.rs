@@ -1,0 +1,409 @@
+//! The plan for one binary: its versions, the point each probe uses in it, the registers that
+//! point's inputs are in, and the layout of sdk-core's data. Pure: it works on the executable's
+//! bytes, the probe table and the shipped layout table.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::{
+    arguments::{self, ArgumentsError, Params},
+    layout::{
+        self, LayoutError, TargetLayout,
+        dwarf::{DwarfSections, DwarfTypes},
+    },
+    probes::{self, Input, PROBES, ProbePoint, ProbeSpec},
+    symbols::{FunctionSymbol, SymbolError, SymbolIndex},
+    versions::{self, BinaryVersions},
+};
+
+/// Where a layout came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LayoutSource {
+    /// The target's own DWARF.
+    Dwarf,
+    /// The table shipped with the observer.
+    Table,
+}
+
+impl std::fmt::Display for LayoutSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Dwarf => "the binary's DWARF",
+            Self::Table => "the shipped table",
+        })
+    }
+}
+
+/// Where the argument registers came from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ArgumentsSource {
+    /// The target's own DWARF.
+    Dwarf,
+    /// The shipped table's entry for this build profile.
+    Table { build: String },
+}
+
+/// A probe, the point chosen for this binary, every function it attaches to there, and the
+/// argument registers of its inputs.
+#[derive(Clone, Debug, Serialize)]
+pub struct PlannedProbe {
+    pub spec: ProbeSpec,
+    pub point: ProbePoint,
+    pub functions: Vec<FunctionSymbol>,
+    /// Argument register (0 = rdi) of each input.
+    pub registers: [u8; 2],
+}
+
+/// Everything needed to observe one binary.
+impl std::fmt::Display for ArgumentsSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Dwarf => f.write_str("the binary's DWARF"),
+            Self::Table { build } => write!(f, "the shipped table ({build} build)"),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Plan {
+    pub versions: BinaryVersions,
+    /// The probes to attach, each at the point chosen for this binary.
+    pub probes: Vec<PlannedProbe>,
+    pub layout: TargetLayout,
+    pub layout_source: LayoutSource,
+    pub arguments_source: ArgumentsSource,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error(transparent)]
+    Symbols(#[from] SymbolError),
+    #[error(
+        "this is not a Temporal Rust worker: no sdk-core function is in its symbol table \
+         ({symbols} symbols read)"
+    )]
+    NotAWorker { symbols: usize },
+    #[error(
+        "this is not a Temporal Rust worker: it has no symbol table and nothing of sdk-core in it"
+    )]
+    NotAWorkerWithoutSymbols,
+    #[error(
+        "the binary has no symbol table (it was stripped), but it links sdk-core{0}: build the worker \
+         without `strip = \"symbols\"` (use `strip = \"debuginfo\"` or `strip = false`)"
+    )]
+    StrippedWorker(String),
+    #[error(
+        "this binary links sdk-core{version} but lacks functions the observer needs: {missing}. \
+         This sdk-core version or build is not supported yet"
+    )]
+    MissingRequired { version: String, missing: String },
+    #[error(
+        "cannot tell where `{function}` takes its {input}: {why}. Build the worker with debug \
+         info for sdk-core (see README, \"Builds\"), or add this build to the layout table"
+    )]
+    Registers {
+        function: &'static str,
+        input: String,
+        why: String,
+    },
+    #[error(transparent)]
+    Layout(#[from] LayoutError),
+    #[error(transparent)]
+    Arguments(#[from] ArgumentsError),
+}
+
+impl PlanError {
+    /// The binary is no Temporal worker at all (as opposed to one that cannot be observed).
+    pub fn is_not_a_worker(&self) -> bool {
+        matches!(
+            self,
+            Self::NotAWorker { .. } | Self::NotAWorkerWithoutSymbols
+        )
+    }
+}
+
+/// Resolves a binary against the probe table and the shipped layout table.
+pub fn resolve(image: &[u8]) -> Result<Plan, PlanError> {
+    resolve_with_table(image, layout::SHIPPED_TABLE)
+}
+
+pub fn resolve_with_table(image: &[u8], table: &str) -> Result<Plan, PlanError> {
+    let versions = versions::detect(image);
+    let symbols = symbols(image, &versions)?;
+    let choices = choose(&symbols, versions.sdk_core.as_deref())?;
+    let sections = DwarfSections::load(image).ok();
+    let types = sections.as_ref().and_then(|s| s.types().ok());
+    let (layout, layout_source) = layout_for(types.as_ref(), &versions, table)?;
+    let (params, arguments_source) = arguments_for(&symbols, types.as_ref(), &layout, &choices)?;
+    let no_params = Params::new();
+    let plan = choices
+        .into_iter()
+        .map(|choice| {
+            let registers = registers(
+                &choice.point,
+                params.get(choice.point.function).unwrap_or(&no_params),
+            )?;
+            Ok(PlannedProbe {
+                spec: choice.spec,
+                point: choice.point,
+                functions: choice.functions,
+                registers,
+            })
+        })
+        .collect::<Result<Vec<_>, PlanError>>()?;
+    Ok(Plan {
+        versions,
+        probes: plan,
+        layout,
+        layout_source,
+        arguments_source,
+    })
+}
+
+impl Plan {
+    /// Lifecycle facts this binary's plan cannot see, or sees only in part, and why.
+    pub fn not_covered(&self) -> Vec<String> {
+        not_covered(&self.probes)
+    }
+}
+
+/// What a plan misses: probes without any point in the binary, and the caveats of second-choice
+/// points.
+pub fn not_covered(plan: &[PlannedProbe]) -> Vec<String> {
+    let mut out = Vec::new();
+    for spec in PROBES {
+        match plan.iter().find(|p| p.spec.id == spec.id) {
+            None => out.push(format!(
+                "{}: not seen ({} is not in this binary)",
+                spec.yields,
+                spec.points
+                    .iter()
+                    .map(|p| p.function)
+                    .collect::<Vec<_>>()
+                    .join(" or ")
+            )),
+            Some(planned) => {
+                if let Some(caveat) = planned.point.caveat {
+                    out.push(format!("{}: {caveat}", spec.name));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The chosen functions' entry parameters: from the binary's DWARF when it describes all of
+/// them, else from the table's build with the same set of probe functions.
+pub fn arguments_for(
+    symbols: &SymbolIndex,
+    types: Option<&DwarfTypes<'_>>,
+    layout: &TargetLayout,
+    choices: &[Choice],
+) -> Result<(BTreeMap<String, Params>, ArgumentsSource), ArgumentsError> {
+    if let Some(types) = types {
+        let read = arguments::read(symbols, types, probes::probe_functions())?;
+        if choices.iter().all(|c| read.contains_key(c.point.function)) {
+            return Ok((read, ArgumentsSource::Dwarf));
+        }
+    }
+    let present = arguments::present(symbols, probes::probe_functions());
+    let build = arguments::select(&layout.arguments, &present)?;
+    Ok((
+        build.functions.clone(),
+        ArgumentsSource::Table {
+            build: build.build.clone(),
+        },
+    ))
+}
+
+/// The binary's function symbols; without a symbol table, the refusal says whether it is a
+/// stripped worker (sdk-core's version survives `strip`) or no worker at all.
+pub fn symbols(image: &[u8], versions: &BinaryVersions) -> Result<SymbolIndex, PlanError> {
+    SymbolIndex::from_elf(image).map_err(|e| match (e, &versions.sdk_core) {
+        (SymbolError::Stripped, Some(v)) => PlanError::StrippedWorker(format!(" {v}")),
+        (SymbolError::Stripped, None) => PlanError::NotAWorkerWithoutSymbols,
+        (e, _) => e.into(),
+    })
+}
+
+/// The target's DWARF when it describes sdk-core's types, else the table entry for its versions.
+pub fn layout_for(
+    types: Option<&DwarfTypes<'_>>,
+    versions: &BinaryVersions,
+    table: &str,
+) -> Result<(TargetLayout, LayoutSource), LayoutError> {
+    let sdk_core = versions.sdk_core.as_deref().unwrap_or("unknown");
+    let rustc = versions.rustc.as_deref().unwrap_or("unknown");
+    if let Some(types) = types {
+        match TargetLayout::from_dwarf(types, sdk_core, rustc) {
+            Ok(mut layout) => {
+                // The table's per-build registers still serve a binary whose DWARF lacks them.
+                if let (Some(sdk_core), Some(rustc)) = (&versions.sdk_core, &versions.rustc)
+                    && let Ok(entry) = layout::from_table(table, sdk_core, rustc)
+                {
+                    layout.arguments = entry.arguments;
+                }
+                return Ok((layout, LayoutSource::Dwarf));
+            }
+            Err(e) => log::debug!("DWARF present but not usable for layouts: {e}"),
+        }
+    }
+    let sdk_core = versions
+        .sdk_core
+        .as_deref()
+        .ok_or(LayoutError::UnknownVersion { what: "sdk-core" })?;
+    let rustc = versions
+        .rustc
+        .as_deref()
+        .ok_or(LayoutError::UnknownVersion { what: "rustc" })?;
+    Ok((
+        layout::from_table(table, sdk_core, rustc)?,
+        LayoutSource::Table,
+    ))
+}
+/// A probe point chosen for this binary, before its registers are known.
+#[derive(Clone, Debug)]
+pub struct Choice {
+    pub spec: ProbeSpec,
+    pub point: ProbePoint,
+    pub functions: Vec<FunctionSymbol>,
+}
+
+/// Picks, for each probe, the first point this binary has. Optional probes without any point
+/// are left out; a required one refuses the binary.
+pub fn choose(
+    symbols: &SymbolIndex,
+    sdk_core_version: Option<&str>,
+) -> Result<Vec<Choice>, PlanError> {
+    if symbols.count_with_prefix("temporalio_sdk_core::") == 0 {
+        return Err(PlanError::NotAWorker {
+            symbols: symbols.len(),
+        });
+    }
+    let mut chosen = Vec::new();
+    let mut missing = Vec::new();
+    for spec in PROBES {
+        let found = spec.points.iter().find_map(|point| {
+            let functions = symbols.find(point.function);
+            (!functions.is_empty()).then(|| Choice {
+                spec: *spec,
+                point: *point,
+                functions: functions.to_vec(),
+            })
+        });
+        match found {
+            Some(choice) => chosen.push(choice),
+            None if spec.required => missing.push(
+                spec.points
+                    .iter()
+                    .map(|p| p.function)
+                    .collect::<Vec<_>>()
+                    .join(" or "),
+            ),
+            None => {}
+        }
+    }
+    if !missing.is_empty() {
+        return Err(PlanError::MissingRequired {
+            version: sdk_core_version
+                .map(|v| format!(" {v}"))
+                .unwrap_or_default(),
+            missing: missing.join("; "),
+        });
+    }
+    Ok(chosen)
+}
+
+/// The argument register of each input of a point, from its parameters' entry locations.
+pub fn registers(point: &ProbePoint, params: &Params) -> Result<[u8; 2], PlanError> {
+    let one = |input: Input| -> Result<u8, PlanError> {
+        let fail = |why: String| PlanError::Registers {
+            function: point.function,
+            input: match input {
+                Input::ReturnSlot => "return slot".to_string(),
+                Input::Address(name) | Input::Value(name) => format!("parameter `{name}`"),
+                Input::None => String::new(),
+            },
+            why,
+        };
+        match input {
+            Input::None => Ok(0),
+            Input::Address(name) => params
+                .get(name)
+                .map(|at| at.register)
+                .ok_or_else(|| fail("it is not in a register at entry".into())),
+            Input::Value(name) => match params.get(name) {
+                Some(at) if !at.indirect => Ok(at.register),
+                Some(_) => Err(fail("it is passed by reference".into())),
+                None => Err(fail("it is not in a register at entry".into())),
+            },
+            // rustc passes a large return value's slot as a hidden first argument.
+            Input::ReturnSlot => match params.values().find(|at| at.register == 0) {
+                None => Ok(0),
+                Some(_) => Err(fail("a parameter takes the first register".into())),
+            },
+        }
+    };
+    Ok([one(point.inputs[0])?, one(point.inputs[1])?])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arguments::ParamAt;
+
+    #[test]
+    fn a_binary_without_sdk_core_is_not_a_worker() {
+        let err = choose(&SymbolIndex::default(), None).expect_err("empty");
+        assert!(matches!(err, PlanError::NotAWorker { .. }));
+    }
+
+    fn at(register: u8, indirect: bool) -> ParamAt {
+        ParamAt { register, indirect }
+    }
+
+    fn point(inputs: [Input; 2]) -> ProbePoint {
+        ProbePoint {
+            function: "f",
+            hook: probes::Hook::Entry {
+                program: observer_common::program::COMPLETION,
+            },
+            inputs,
+            caveat: None,
+            count_existing_workers: false,
+        }
+    }
+
+    #[test]
+    fn registers_come_from_the_named_parameters() {
+        let params: Params = [
+            ("run_id".to_string(), at(1, true)),
+            ("reason".to_string(), at(3, false)),
+        ]
+        .into();
+        let p = point([Input::Address("run_id"), Input::Value("reason")]);
+        assert_eq!(registers(&p, &params).expect("both found"), [1, 3]);
+    }
+
+    #[test]
+    fn a_value_passed_by_reference_or_a_missing_parameter_is_refused() {
+        let params: Params = [("reason".to_string(), at(3, true))].into();
+        let value = point([Input::Value("reason"), Input::None]);
+        assert!(registers(&value, &params).is_err());
+        let missing = point([Input::Address("completion"), Input::None]);
+        let err = registers(&missing, &params).expect_err("missing");
+        assert!(err.to_string().contains("parameter `completion`"), "{err}");
+    }
+
+    #[test]
+    fn the_return_slot_is_the_first_register_unless_a_parameter_is_there() {
+        let slot = point([Input::ReturnSlot, Input::None]);
+        let self_in_rsi: Params = [("self".to_string(), at(1, false))].into();
+        assert_eq!(registers(&slot, &self_in_rsi).expect("rdi free"), [0, 0]);
+        let self_in_rdi: Params = [("self".to_string(), at(0, false))].into();
+        assert!(registers(&slot, &self_in_rdi).is_err());
+    }
+}
