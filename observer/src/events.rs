@@ -83,6 +83,20 @@ pub enum EventBody {
     },
 }
 
+impl EventBody {
+    /// The name of the probe that reports this kind of event.
+    pub fn probe_name(&self) -> &'static str {
+        match self {
+            Self::Activation { .. } => "activation",
+            Self::Completion { .. } => "completion",
+            Self::Eviction { .. } => "eviction",
+            Self::WorkerShutdown { .. } => "worker_shutdown",
+            Self::WorkerStart { .. } => "worker_start",
+            Self::Task { .. } => "task",
+        }
+    }
+}
+
 /// What a run's `InitializeWorkflow` job says about it.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct RunInit {
@@ -135,6 +149,10 @@ impl Clock {
         Self {
             realtime_minus_monotonic,
         }
+    }
+
+    pub fn realtime_minus_monotonic(&self) -> Nanos {
+        self.realtime_minus_monotonic
     }
 
     pub fn wall(&self, ktime_ns: u64) -> Nanos {
@@ -291,7 +309,13 @@ pub fn decode(bytes: &[u8], layout: &TargetLayout, clock: &Clock) -> Result<Even
 }
 
 /// One human-readable line: time, pid, tid, probe, fields.
-pub fn format_text(event: &Event) -> String {
+impl std::fmt::Display for Event {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&format_text(self))
+    }
+}
+
+fn format_text(event: &Event) -> String {
     let secs = event.time_unix_nanos.div_euclid(1_000_000_000);
     let millis = event.time_unix_nanos.rem_euclid(1_000_000_000) / 1_000_000;
     let (h, m, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
@@ -378,85 +402,12 @@ pub fn format_text(event: &Event) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use observer_common::{OPTION_TIME_WINDOW, RUN_ID_CAP};
 
     use super::*;
-    use crate::layout::{EnumTags, OptionAt, OptionTime, Tag};
 
     fn layout() -> TargetLayout {
-        let tags = |pairs: &[(&str, Tag)]| EnumTags {
-            offset: 0,
-            variants: pairs
-                .iter()
-                .map(|(n, t)| (n.to_string(), *t))
-                .collect::<BTreeMap<_, _>>(),
-        };
-        let time = OptionTime {
-            tag_offset: 0,
-            some: Tag::Exact(1),
-            seconds: 8,
-            nanos: 16,
-        };
-        TargetLayout {
-            sdk_core: "0.0.0".into(),
-            rustc: "0.0.0".into(),
-            string_ptr: 8,
-            string_len: 16,
-            vec_ptr: 8,
-            vec_len: 16,
-            activation_run_id: 0,
-            activation_jobs: 0,
-            activation_history_length: 0,
-            activation_is_replaying: 0,
-            job_size: 0,
-            job: tags(&[
-                ("InitializeWorkflow", Tag::Outside { lo: 2, hi: 17 }),
-                ("FireTimer", Tag::Exact(2)),
-                ("RemoveFromCache", Tag::Exact(16)),
-            ]),
-            init_workflow_type: 0,
-            init_execution_timeout: 0,
-            init_run_timeout: 0,
-            init_execution_expiration: 0,
-            init_start_time: 0,
-            duration: time.clone(),
-            timestamp: time,
-            completion_run_id: 0,
-            completion_status: tags(&[
-                ("Successful", Tag::Exact(0x8000_0000_0000_0001)),
-                (
-                    "Failed",
-                    Tag::Outside {
-                        lo: 0x8000_0000_0000_0001,
-                        hi: 0x8000_0000_0000_0002,
-                    },
-                ),
-                ("None", Tag::Exact(0x8000_0000_0000_0002)),
-            ]),
-            completion_commands: 0,
-            command_size: 0,
-            command: tags(&[
-                ("StartTimer", Tag::Exact(2)),
-                ("CompleteWorkflowExecution", Tag::Exact(7)),
-            ]),
-            fail_failure: OptionAt {
-                tag_offset: 8,
-                some: Tag::Outside {
-                    lo: 1 << 63,
-                    hi: 1 << 63,
-                },
-                payload_offset: 8,
-            },
-            failure_cause: 0,
-            failure_info: tags(&[("TimeoutFailureInfo", Tag::Exact(1))]),
-            worker_task_queue: 0,
-            config_task_queue: 0,
-            task_run_id: 0,
-            task_workflow_type: 0,
-            arguments: Vec::new(),
-        }
+        crate::layout::sample_layout()
     }
 
     fn bytes_of<T>(record: &T) -> Vec<u8> {

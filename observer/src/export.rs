@@ -76,32 +76,55 @@ const END_INSTRUMENTS: [(EndState, &str, &str); 5] = [
 ];
 
 /// The OTLP transport.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Transport {
-    #[value(name = "grpc")]
     Grpc,
-    #[value(name = "http/protobuf")]
     HttpProtobuf,
 }
 
+impl Transport {
+    /// The names OTEL_EXPORTER_OTLP_PROTOCOL and `--otlp-protocol` accept.
+    pub const NAMES: [&'static str; 2] = ["grpc", "http/protobuf"];
+}
+
+impl std::str::FromStr for Transport {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "grpc" => Ok(Self::Grpc),
+            "http/protobuf" => Ok(Self::HttpProtobuf),
+            other => Err(format!(
+                "{other:?} is not a supported OTLP protocol; use `grpc` or `http/protobuf`"
+            )),
+        }
+    }
+}
+
+/// Where and how the values go, as the operator set it.
 #[derive(Clone, Debug, Default)]
-pub struct ExportConfig {
+pub struct ExportSettings {
     /// Overrides `OTEL_EXPORTER_OTLP_[METRICS_]ENDPOINT`.
     pub endpoint: Option<String>,
     /// Overrides `OTEL_EXPORTER_OTLP_[METRICS_]PROTOCOL`.
     pub transport: Option<Transport>,
     /// Overrides `OTEL_METRIC_EXPORT_INTERVAL`.
     pub interval: Option<Duration>,
-    /// Resource attributes of the observed process; `service.name` defaults to its executable.
-    pub pid: u32,
-    pub executable: String,
     /// Push over OTLP (otherwise only the other outputs see the values).
     pub otlp: bool,
     /// Serve `GET /metrics` in the Prometheus text format on this address.
     pub prometheus: Option<std::net::SocketAddr>,
-    /// More resource attributes of this process (container, Kubernetes pod); they win over
+}
+
+/// What the resource attributes say about the observed process.
+#[derive(Clone, Copy, Debug)]
+struct Process<'a> {
+    pid: u32,
+    /// `service.name` defaults to it.
+    executable: &'a str,
+    /// More attributes of this process (container, Kubernetes pod); they win over
     /// `OTEL_RESOURCE_ATTRIBUTES`, which describes the observer's own environment.
-    pub resource: Vec<(String, String)>,
+    resource: &'a [(String, String)],
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -121,17 +144,18 @@ pub enum ExportError {
 }
 
 /// The transport the environment asks for, validated (the exporter would silently fall back).
-fn transport_from_env() -> Result<Option<Transport>, ExportError> {
-    for var in [
+fn transport_from_env(
+    var: impl Fn(&str) -> Option<String>,
+) -> Result<Option<Transport>, ExportError> {
+    for name in [
         "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL",
         "OTEL_EXPORTER_OTLP_PROTOCOL",
     ] {
-        if let Ok(value) = std::env::var(var) {
-            return match value.trim() {
-                "grpc" => Ok(Some(Transport::Grpc)),
-                "http/protobuf" => Ok(Some(Transport::HttpProtobuf)),
-                _ => Err(ExportError::Protocol { var, value }),
-            };
+        if let Some(value) = var(name) {
+            return value
+                .parse()
+                .map(Some)
+                .map_err(|_| ExportError::Protocol { var: name, value });
         }
     }
     Ok(None)
@@ -146,6 +170,16 @@ pub struct Snapshot {
     pub durations: BTreeMap<String, (u64, f64)>,
     pub workers_running: i64,
     pub workers_configured: i64,
+}
+
+/// The in-memory copy of the values, shared with the instruments that write it.
+#[derive(Clone, Debug, Default)]
+pub struct Mirror(Arc<Mutex<Snapshot>>);
+
+impl Mirror {
+    pub fn snapshot(&self) -> Snapshot {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
 }
 
 /// The instruments, and the mirror of their values.
@@ -174,8 +208,18 @@ pub struct Metrics {
 impl Metrics {
     /// Sets up the pipelines the configuration asks for: OTLP push, Prometheus pull, or neither
     /// (the in-memory mirror always). Must run inside a multi-threaded tokio runtime (gRPC).
-    pub fn new(config: &ExportConfig) -> Result<Self, ExportError> {
-        let mut builder = SdkMeterProvider::builder().with_resource(resource(config));
+    pub fn new(
+        config: &ExportSettings,
+        pid: u32,
+        executable: &str,
+        resource_attributes: &[(String, String)],
+    ) -> Result<Self, ExportError> {
+        let process = Process {
+            pid,
+            executable,
+            resource: resource_attributes,
+        };
+        let mut builder = SdkMeterProvider::builder().with_resource(resource(process));
         if config.otlp {
             builder = builder.with_reader(otlp_reader(config)?);
         }
@@ -341,10 +385,13 @@ impl Metrics {
     }
 
     pub fn snapshot(&self) -> Snapshot {
-        self.snapshot
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.mirror().snapshot()
+    }
+
+    /// A handle on the in-memory copy of the values, which stays valid however the instruments
+    /// are moved.
+    pub fn mirror(&self) -> Mirror {
+        Mirror(Arc::clone(&self.snapshot))
     }
 
     /// Exports what is left and stops the pipeline. Blocking: call it off the async threads.
@@ -358,11 +405,11 @@ impl Metrics {
 
 /// The periodic OTLP reader, with the transport and endpoint resolved from flags and OTEL_*.
 fn otlp_reader(
-    config: &ExportConfig,
+    config: &ExportSettings,
 ) -> Result<PeriodicReader<Logged<MetricExporter>>, ExportError> {
     let transport = match config.transport {
         Some(t) => Some(t),
-        None => transport_from_env()?,
+        None => transport_from_env(|name| std::env::var(name).ok())?,
     };
     let exporter = match transport.unwrap_or(Transport::HttpProtobuf) {
         Transport::Grpc => {
@@ -513,15 +560,15 @@ pub fn http_metrics_url(endpoint: &str) -> String {
 }
 
 /// Resource attributes: where the numbers come from, never metric attributes.
-fn resource(config: &ExportConfig) -> Resource {
+fn resource(config: Process<'_>) -> Resource {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     let host = host.trim();
     let defaults = [
-        KeyValue::new("service.name", config.executable.clone()),
+        KeyValue::new("service.name", config.executable.to_string()),
         // One instance per observed process: two workers' counts never share a series.
         KeyValue::new("service.instance.id", format!("{host}/{}", config.pid)),
         KeyValue::new("process.pid", i64::from(config.pid)),
-        KeyValue::new("process.executable.name", config.executable.clone()),
+        KeyValue::new("process.executable.name", config.executable.to_string()),
         KeyValue::new("host.name", host.to_string()),
     ];
     // Later sources win: OTEL_RESOURCE_ATTRIBUTES over the defaults, the process's own
@@ -638,14 +685,35 @@ mod tests {
     }
 
     #[test]
-    fn a_bad_protocol_variable_is_refused_with_its_name() {
-        let err = ExportError::Protocol {
-            var: "OTEL_EXPORTER_OTLP_PROTOCOL",
-            value: "http/json".into(),
+    fn the_protocol_comes_from_the_environment_and_a_bad_one_is_refused_with_its_name() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| v.to_string())
+            }
         };
-        assert!(
-            err.to_string()
-                .contains("OTEL_EXPORTER_OTLP_PROTOCOL=\"http/json\"")
+        assert_eq!(transport_from_env(env(&[])).expect("unset"), None);
+        assert_eq!(
+            transport_from_env(env(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")])).expect("grpc"),
+            Some(Transport::Grpc)
+        );
+        // The metrics-specific variable wins over the general one.
+        assert_eq!(
+            transport_from_env(env(&[
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+                ("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "http/protobuf"),
+            ]))
+            .expect("http"),
+            Some(Transport::HttpProtobuf)
+        );
+        let err = transport_from_env(env(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")]))
+            .expect_err("refused");
+        assert_eq!(
+            err.to_string(),
+            "OTEL_EXPORTER_OTLP_PROTOCOL=\"http/json\" is not a supported OTLP protocol; use \
+             `grpc` or `http/protobuf`"
         );
     }
 }

@@ -4,7 +4,8 @@
 //! [`symbols`] (pure ELF reading) → [`probes`] (the probe table, data) → [`layout`] and
 //! [`arguments`] (pure DWARF / shipped table) → [`plan`] (what to attach where in one binary,
 //! pure) → [`kernel`] (the only module that talks to the kernel) → [`events`] (pure decoding of
-//! ring-buffer records) → [`lifecycle`] (pure) → [`export`] → [`cli`]. [`processes`] and
+//! ring-buffer records) → [`lifecycle`] (pure) → [`session`] (one observed process: the loop
+//! that drives them) → [`export`] → [`cli`]. [`processes`] and
 //! [`privileges`] read `/proc` for `watch` and the privilege check.
 
 pub mod arguments;
@@ -18,6 +19,7 @@ pub mod plan;
 pub mod privileges;
 pub mod probes;
 pub mod processes;
+pub mod session;
 pub mod symbols;
 pub mod target;
 pub mod versions;

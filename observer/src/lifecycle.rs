@@ -52,6 +52,45 @@ pub enum Update {
     },
 }
 
+impl std::fmt::Display for EndState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Completed => "completed",
+            Self::Failed => "failed",
+            Self::Canceled => "canceled",
+            Self::TimedOut => "timed_out",
+            Self::ContinuedAsNew => "continued_as_new",
+        })
+    }
+}
+
+/// One line per update, as `--print-updates` shows it.
+impl std::fmt::Display for Update {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Update::RunStarted { workflow_type } => {
+                write!(f, "run_started workflow_type={workflow_type}")
+            }
+            Update::RunEnded {
+                run_id,
+                workflow_type,
+                end,
+                duration_seconds,
+            } => {
+                write!(
+                    f,
+                    "run_ended run_id={run_id} workflow_type={workflow_type} end={end} duration_s="
+                )?;
+                match duration_seconds {
+                    Some(d) => write!(f, "{d:.3}"),
+                    None => f.write_str("unknown"),
+                }
+            }
+            Update::WorkersRunning { delta } => write!(f, "workers_running delta={delta:+}"),
+        }
+    }
+}
+
 /// Limits of the engine.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {

@@ -1,9 +1,10 @@
 //! `temporal-observer watch`: find and follow every Rust Temporal worker on the host.
 //!
 //! A scan of `/proc` at start, then the kernel's `sched_process_exec`/`sched_process_exit`
-//! tracepoints (no polling) say which processes to look at. Each executable is resolved once
-//! (by file identity, so the same image in many containers costs one read); workers are observed
-//! with the same session `attach` runs, each with its own OTLP resource.
+//! tracepoints (no polling) say which processes to look at. An executable found not to be a
+//! worker, or to be one that cannot be observed, is passed over by file identity, so the same
+//! image in many containers is refused once; workers are observed with the same session `attach`
+//! runs, each with its own OTLP resource.
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
@@ -17,11 +18,12 @@ use log::{debug, info, warn};
 use observer_common::{EventHeader, kind};
 use tokio::{io::unix::AsyncFd, sync::watch, task::JoinHandle};
 
-use super::attach::{Session, SessionArgs, log_plan, observe, stop_requested};
+use super::attach::SessionArgs;
 use crate::{
     kernel::{self, ProcessWatch},
     plan, privileges,
     processes::{self, ExeFilter, FileIdentity},
+    session::{self, SessionConfig, StopReason},
     target::Target,
 };
 
@@ -67,7 +69,7 @@ pub fn run(args: &WatchArgs) -> anyhow::Result<()> {
 }
 
 struct Observed {
-    stop: watch::Sender<Option<&'static str>>,
+    stop: watch::Sender<Option<StopReason>>,
     task: JoinHandle<()>,
     exe: PathBuf,
 }
@@ -76,7 +78,7 @@ struct Watcher {
     me: u32,
     filter: ExeFilter,
     min_age: Duration,
-    session: Session,
+    session: SessionConfig,
     /// Executables found not to be workers, or workers this observer cannot observe (said once
     /// per file): never read again.
     passed_over: HashSet<FileIdentity>,
@@ -106,7 +108,7 @@ async fn watch_host(args: &WatchArgs) -> anyhow::Result<()> {
         me: std::process::id(),
         filter,
         min_age: Duration::from_millis(args.min_age_ms),
-        session: Session::new(&args.session),
+        session: args.session.config(),
         passed_over: HashSet::new(),
         observed: HashMap::new(),
         deferred: VecDeque::new(),
@@ -119,7 +121,8 @@ async fn watch_host(args: &WatchArgs) -> anyhow::Result<()> {
         watcher.observed.len()
     );
 
-    let stop = stop_requested(args.duration_secs)?;
+    let stop = session::stop_requested(args.duration_secs.map(Duration::from_secs))
+        .context("installing the signal handlers")?;
     tokio::pin!(stop);
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     let mut lost = 0;
@@ -181,7 +184,7 @@ impl Watcher {
                 "PID {pid} exec'd a new program (was {}); re-resolving it",
                 previous.exe.display()
             );
-            let _ = previous.stop.send(Some("the process exec'd a new program"));
+            let _ = previous.stop.send(Some(StopReason::Execd));
             let _ = previous.task.await;
         }
         self.consider(pid, Some(exec_ktime_ns)).await;
@@ -272,7 +275,7 @@ impl Watcher {
                 return;
             }
         };
-        log_plan(&target, &resolved);
+        session::log_plan(&target, &resolved);
         let mut session = self.session.clone();
         session.exec_monotonic_ns = exec_ktime_ns;
         if let Some(id) = processes::container_id(pid) {
@@ -283,7 +286,7 @@ impl Watcher {
             .extend(processes::kubernetes_attributes(pid));
         let (stop, stop_rx) = watch::channel(None);
         let task = tokio::spawn(async move {
-            if let Err(e) = observe(target, resolved, &session, stop_rx).await {
+            if let Err(e) = session::observe(target, resolved, &session, stop_rx).await {
                 warn!("PID {pid}: observing it failed: {e:#}");
             }
         });

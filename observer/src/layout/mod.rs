@@ -388,6 +388,82 @@ pub fn from_table(table: &str, sdk_core: &str, rustc: &str) -> Result<TargetLayo
         })
 }
 
+/// A layout with every field set, for tests of code that only needs some.
+#[cfg(test)]
+pub(crate) fn sample_layout() -> TargetLayout {
+    let tags = |pairs: &[(&str, Tag)]| EnumTags {
+        offset: 0,
+        variants: pairs
+            .iter()
+            .map(|(n, t)| (n.to_string(), *t))
+            .collect::<BTreeMap<_, _>>(),
+    };
+    let time = OptionTime {
+        tag_offset: 0,
+        some: Tag::Exact(1),
+        seconds: 8,
+        nanos: 16,
+    };
+    TargetLayout {
+        sdk_core: "0.0.0".into(),
+        rustc: "0.0.0".into(),
+        string_ptr: 8,
+        string_len: 16,
+        vec_ptr: 8,
+        vec_len: 16,
+        activation_run_id: 0,
+        activation_jobs: 0,
+        activation_history_length: 0,
+        activation_is_replaying: 0,
+        job_size: 0,
+        job: tags(&[
+            ("InitializeWorkflow", Tag::Outside { lo: 2, hi: 17 }),
+            ("FireTimer", Tag::Exact(2)),
+            ("RemoveFromCache", Tag::Exact(16)),
+        ]),
+        init_workflow_type: 0,
+        init_execution_timeout: 0,
+        init_run_timeout: 0,
+        init_execution_expiration: 0,
+        init_start_time: 0,
+        duration: time.clone(),
+        timestamp: time,
+        completion_run_id: 0,
+        completion_status: tags(&[
+            ("Successful", Tag::Exact(0x8000_0000_0000_0001)),
+            (
+                "Failed",
+                Tag::Outside {
+                    lo: 0x8000_0000_0000_0001,
+                    hi: 0x8000_0000_0000_0002,
+                },
+            ),
+            ("None", Tag::Exact(0x8000_0000_0000_0002)),
+        ]),
+        completion_commands: 0,
+        command_size: 0,
+        command: tags(&[
+            ("StartTimer", Tag::Exact(2)),
+            ("CompleteWorkflowExecution", Tag::Exact(7)),
+        ]),
+        fail_failure: OptionAt {
+            tag_offset: 8,
+            some: Tag::Outside {
+                lo: 1 << 63,
+                hi: 1 << 63,
+            },
+            payload_offset: 8,
+        },
+        failure_cause: 0,
+        failure_info: tags(&[("TimeoutFailureInfo", Tag::Exact(1))]),
+        worker_task_queue: 0,
+        config_task_queue: 0,
+        task_run_id: 0,
+        task_workflow_type: 0,
+        arguments: Vec::new(),
+    }
+}
+
 /// The tag values a niche-encoded enum's dataful variant owns, given the values of all the
 /// others. Those sit next to the valid values of the dataful payload's niche field: a run just
 /// above them (with at most one hole, the dataful variant's own index, never stored), and since

@@ -1,0 +1,379 @@
+//! Observing one process, from attaching its plan to detaching: the ring buffer drained into the
+//! [`Pipeline`] (pure, in `pipeline`), on timers and when the kernel wakes us, until the process
+//! exits or a [`StopReason`] arrives; then the last values are exported. `attach` runs one
+//! session, `watch` one per worker.
+
+mod output;
+mod pipeline;
+pub mod recording;
+
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use log::{info, warn};
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{SignalKind, signal},
+};
+
+pub use output::{Format, Printer, print_table};
+pub use pipeline::{NullSink, Pipeline, Sink};
+
+use crate::{
+    events::{self, Clock},
+    export::{ExportSettings, Health, Metrics},
+    kernel::{Attachment, KernelCounters, KernelSettings},
+    lifecycle::{Limits, Update},
+    plan::Plan,
+    target::{Target, WORKER_THREAD},
+};
+
+/// How one process is observed: what `attach` and `watch` set from their flags, and what is
+/// known about the process.
+#[derive(Clone, Debug)]
+pub struct SessionConfig {
+    pub print_events: bool,
+    pub print_updates: bool,
+    /// Print the table of values this often, and at exit.
+    pub print_metrics: Option<Duration>,
+    pub format: Format,
+    pub export: ExportSettings,
+    /// Workers configured for this process, if the operator says.
+    pub configured_workers: Option<i64>,
+    pub limits: Limits,
+    pub kernel: KernelSettings,
+    /// How often the ring buffer is drained when the kernel has not woken us.
+    pub drain_interval: Duration,
+    /// Where to record the session's inputs, if anywhere.
+    pub record_to: Option<PathBuf>,
+    /// Resource attributes that tell this process's metrics apart (container, pod).
+    pub resource: Vec<(String, String)>,
+    /// When the process exec'd (CLOCK_MONOTONIC), to report how long attaching took.
+    pub exec_monotonic_ns: Option<u64>,
+}
+
+/// Why a session ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    /// SIGINT (Ctrl-C).
+    Interrupted,
+    /// SIGTERM.
+    Terminated,
+    /// `--duration-secs` passed.
+    DurationPassed,
+    /// The observed process exited.
+    TargetExited,
+    /// The observed process exec'd another program: the probes sit on the old file.
+    Execd,
+    /// Whoever could stop the session is gone.
+    Abandoned,
+}
+
+impl std::fmt::Display for StopReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Interrupted => "interrupted",
+            Self::Terminated => "terminated",
+            Self::DurationPassed => "the requested duration passed",
+            Self::TargetExited => "the worker exited",
+            Self::Execd => "the process exec'd a new program",
+            Self::Abandoned => "stopped",
+        })
+    }
+}
+
+/// Installs the SIGINT and SIGTERM handlers now; the future resolves with why to stop: one of
+/// them arrived, or `duration` passed.
+pub fn stop_requested(
+    duration: Option<Duration>,
+) -> std::io::Result<impl Future<Output = StopReason>> {
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    Ok(async move {
+        let deadline = async {
+            match duration {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = sigint.recv() => StopReason::Interrupted,
+            _ = sigterm.recv() => StopReason::Terminated,
+            () = deadline => StopReason::DurationPassed,
+        }
+    })
+}
+
+/// What is logged about a plan before attaching it.
+pub fn log_plan(target: &Target, plan: &Plan) {
+    info!(
+        "PID {} ({}): sdk-core {}, rustc {}, layout from {}, argument registers from {}",
+        target.pid,
+        target.exe_name,
+        plan.versions.sdk_core.as_deref().unwrap_or("?"),
+        plan.versions.rustc.as_deref().unwrap_or("?"),
+        plan.layout_source,
+        plan.arguments_source,
+    );
+    for planned in &plan.probes {
+        info!(
+            "PID {}: probe {}: {} ({} location(s))",
+            target.pid,
+            planned.spec.name,
+            planned.point.function,
+            planned.functions.len()
+        );
+    }
+    for fact in plan.not_covered() {
+        warn!("PID {}: not covered: {fact}", target.pid);
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error(transparent)]
+    Export(#[from] crate::export::ExportError),
+    #[error(transparent)]
+    Layout(#[from] crate::layout::LayoutError),
+    #[error(transparent)]
+    Attach(#[from] crate::kernel::AttachError),
+    #[error("PID {pid} ({exe}) exited while the observer was attaching to it")]
+    ExitedDuringAttach { pid: u32, exe: String },
+    #[error("polling the ring buffer: {0}")]
+    Poll(std::io::Error),
+    #[error(transparent)]
+    Recording(#[from] recording::RecordingError),
+}
+
+/// The metric instruments as a sink of the pipeline.
+impl Sink for Metrics {
+    fn update(&mut self, update: &Update) {
+        self.record(update);
+    }
+
+    fn workers_configured(&mut self, workers: i64) {
+        self.set_workers_configured(workers);
+    }
+
+    fn health(&mut self, health: &Health) {
+        self.record_health(health);
+    }
+}
+
+/// Records what the pipeline is fed, beside it.
+struct Recording(recording::Recorder);
+
+impl Recording {
+    fn write(&mut self, input: &recording::Input) {
+        if let Err(e) = self.0.write(input) {
+            warn!("recording the session failed: {e}");
+        }
+    }
+}
+
+/// Observes one resolved worker process until it exits or `stop` says why to stop, then
+/// detaches and exports its last values.
+pub async fn observe(
+    mut target: Target,
+    plan: Plan,
+    config: &SessionConfig,
+    mut stop: tokio::sync::watch::Receiver<Option<StopReason>>,
+) -> Result<(), SessionError> {
+    // The executable's bytes (tens of MB) and its symbol table were only needed to resolve it;
+    // give the freed heap back to the system rather than keep it as resident memory.
+    target.image = Vec::new();
+    // SAFETY: malloc_trim only releases free heap memory; no pointer is invalidated.
+    unsafe { libc::malloc_trim(0) };
+    let metrics = Metrics::new(
+        &config.export,
+        target.pid,
+        &target.exe_name,
+        &config.resource,
+    )?;
+    let kernel_layout = plan.layout.kernel_layout()?;
+    let mut attachment = match Attachment::attach(
+        &target.exe_link,
+        target.pid,
+        &plan.probes,
+        &kernel_layout,
+        config.kernel,
+    ) {
+        Ok(attachment) => attachment,
+        // The uprobe error (ESRCH, ENOENT) would not say why.
+        Err(_) if !target.is_alive() => {
+            return Err(SessionError::ExitedDuringAttach {
+                pid: target.pid,
+                exe: target.exe_name.clone(),
+            });
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let latency = config
+        .exec_monotonic_ns
+        .map(|exec| {
+            let ms = (events::monotonic_now_ns().saturating_sub(exec)) as f64 / 1e6;
+            format!(" ({ms:.1} ms after its exec)")
+        })
+        .unwrap_or_default();
+    info!(
+        "attached {} probes to PID {}{latency}; Ctrl-C detaches",
+        attachment.attached, target.pid
+    );
+
+    let ring = attachment.take_ring_buffer()?;
+    // SAFETY: the ring buffer owns its map fd, which stays open and unchanged until `ring`
+    // (and with it the `RingBuf`) is dropped below.
+    let mut ring =
+        unsafe { AsyncFd::register(ring) }.map_err(|e| SessionError::Poll(e.into_parts().1))?;
+    let clock = Clock::now();
+    let mut recording = match &config.record_to {
+        Some(path) => Some(Recording(recording::Recorder::create(
+            path,
+            &recording::Header {
+                pid: target.pid,
+                executable: target.exe_name.clone(),
+                realtime_minus_monotonic: clock.realtime_minus_monotonic(),
+                probes_attached: attachment.attached as i64,
+                layout: plan.layout.clone(),
+            },
+        )?)),
+        None => None,
+    };
+    let mirror = metrics.mirror();
+    let printer = Printer::new(config.print_events, config.print_updates, config.format);
+    let mut pipeline = Pipeline::new(
+        plan.layout.clone(),
+        clock,
+        config.limits,
+        config.configured_workers,
+        attachment.attached as i64,
+        (metrics, printer),
+    );
+    // A start probe that only sees creations misses the workers already running: count them.
+    if plan.probes.iter().any(|p| p.point.count_existing_workers) {
+        let running = target.threads_named(WORKER_THREAD);
+        info!("{running} worker(s) already running (counted from their {WORKER_THREAD} threads)");
+        pipeline.existing_workers(running);
+    }
+    let drain = |pipeline: &mut Pipeline<_>,
+                 ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
+                 recording: &mut Option<Recording>| {
+        while let Some(item) = ring.next() {
+            if let Some(r) = recording {
+                r.write(&recording::Input::Record(item.to_vec()));
+            }
+            pipeline.record(&item);
+        }
+        pipeline.flush();
+    };
+    let mut tick = tokio::time::interval(config.drain_interval.max(Duration::from_millis(1)));
+    let mut status_at = Instant::now() + Duration::from_secs(10);
+    let mut health_at = Instant::now();
+    let mut table_at = config.print_metrics.map(|every| Instant::now() + every);
+    let redraw = !config.print_events && !config.print_updates;
+    let tick_now = |pipeline: &mut Pipeline<_>,
+                    recording: &mut Option<Recording>,
+                    counters: Option<KernelCounters>,
+                    targets: i64| {
+        let now = wall_now();
+        if let Some(r) = recording {
+            r.write(&recording::Input::Tick {
+                now_unix_nanos: now,
+                counters: counters.unwrap_or_default(),
+                targets,
+            });
+        }
+        pipeline.tick(now, counters, targets);
+    };
+    let reason = loop {
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard.map_err(SessionError::Poll)?;
+                drain(&mut pipeline, guard.get_inner_mut(), &mut recording);
+                guard.clear_ready();
+            }
+            _ = tick.tick() => {
+                drain(&mut pipeline, ring.get_mut(), &mut recording);
+                if !target.is_alive() {
+                    break StopReason::TargetExited;
+                }
+                // Once a second: server-enforced timeouts (a scan of the open runs) and health.
+                if Instant::now() >= health_at {
+                    health_at = Instant::now() + Duration::from_secs(1);
+                    tick_now(&mut pipeline, &mut recording, attachment.counters().ok(), 1);
+                }
+                if let (Some(at), Some(every)) = (table_at, config.print_metrics)
+                    && Instant::now() >= at
+                {
+                    table_at = Some(at + every.max(Duration::from_secs(1)));
+                    print_table(&mirror.snapshot(), redraw);
+                }
+                if !config.print_events && Instant::now() >= status_at {
+                    status_at = Instant::now() + Duration::from_secs(10);
+                    info!("PID {}: {}", target.pid, pipeline.summary(attachment.counters().ok()));
+                }
+            }
+            changed = stop.changed() => {
+                // A dropped sender means whoever could stop us is gone: stop too.
+                let reason = match changed {
+                    Ok(()) => *stop.borrow(),
+                    Err(_) => Some(StopReason::Abandoned),
+                };
+                if let Some(reason) = reason {
+                    break reason;
+                }
+            }
+        }
+    };
+    drain(&mut pipeline, ring.get_mut(), &mut recording);
+    let counters = attachment.counters().ok();
+    let exited = reason == StopReason::TargetExited;
+    if exited {
+        pipeline.process_exit();
+    }
+    tick_now(
+        &mut pipeline,
+        &mut recording,
+        counters,
+        if exited { 0 } else { 1 },
+    );
+    info!(
+        "PID {}: {reason}; {}",
+        target.pid,
+        pipeline.summary(counters)
+    );
+    if let Some(lost) = counters.map(|c| c.events_lost).filter(|lost| *lost > 0) {
+        warn!(
+            "{lost} events were lost because the ring buffer was full; raise --ring-buffer-bytes"
+        );
+    }
+    if let Some(mut r) = recording
+        && let Err(e) = r.0.flush()
+    {
+        warn!("recording the session failed: {e}");
+    }
+    drop(ring);
+    drop(attachment);
+    info!("detached from PID {}", target.pid);
+    let (mut metrics, _) = pipeline.into_sink();
+    if config.print_metrics.is_some() {
+        print_table(&mirror.snapshot(), redraw);
+    }
+    // The last values are exported before exit; the exporter blocks, so off the async threads.
+    let flushed = tokio::task::spawn_blocking(move || metrics.shutdown()).await;
+    match flushed {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => warn!("the final metric export failed: {e}"),
+        Err(e) => warn!("the final metric export did not finish: {e}"),
+    }
+    Ok(())
+}
+
+fn wall_now() -> i128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i128)
+        .unwrap_or(0)
+}

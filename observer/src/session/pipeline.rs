@@ -1,0 +1,224 @@
+//! The pure core of a session: ring-buffer records in, decoded events and lifecycle updates out
+//! to the sinks. No I/O and no clock of its own: the caller says what time it is and what the
+//! kernel counted, so recorded records replay to exactly the same values.
+
+use std::collections::BTreeMap;
+
+use crate::{
+    events::{self, Clock, Event},
+    export::Health,
+    kernel::KernelCounters,
+    layout::TargetLayout,
+    lifecycle::{Engine, Limits, Update},
+};
+
+/// Where a session's results go: the metric instruments, printers, a test's collector. Every
+/// method has a default that ignores what it is given.
+pub trait Sink {
+    /// A decoded probe event.
+    fn event(&mut self, _event: &Event) {}
+    /// A lifecycle update.
+    fn update(&mut self, _update: &Update) {}
+    /// Workers configured for this process: the operator's number, else the distinct workers
+    /// seen so far (sent when it changes).
+    fn workers_configured(&mut self, _workers: i64) {}
+    /// The observer's own health, cumulative.
+    fn health(&mut self, _health: &Health) {}
+    /// The end of a batch (a drain, a tick): a good moment to write out.
+    fn flush(&mut self) {}
+}
+
+/// A sink that drops everything.
+#[derive(Debug, Default)]
+pub struct NullSink;
+
+impl Sink for NullSink {}
+
+/// Two sinks, each given everything.
+impl<A: Sink, B: Sink> Sink for (A, B) {
+    fn event(&mut self, event: &Event) {
+        self.0.event(event);
+        self.1.event(event);
+    }
+
+    fn update(&mut self, update: &Update) {
+        self.0.update(update);
+        self.1.update(update);
+    }
+
+    fn workers_configured(&mut self, workers: i64) {
+        self.0.workers_configured(workers);
+        self.1.workers_configured(workers);
+    }
+
+    fn health(&mut self, health: &Health) {
+        self.0.health(health);
+        self.1.health(health);
+    }
+
+    fn flush(&mut self) {
+        self.0.flush();
+        self.1.flush();
+    }
+}
+
+/// Decoded events flow through here, to the lifecycle engine and the sinks.
+pub struct Pipeline<S> {
+    layout: TargetLayout,
+    clock: Clock,
+    engine: Engine,
+    sink: S,
+    configured_workers: Option<i64>,
+    /// Records per probe name.
+    per_probe: BTreeMap<&'static str, u64>,
+    undecodable: u64,
+    workers_seen: usize,
+    probes_attached: i64,
+    /// Kernel-side lost records seen so far; an increase marks the open runs.
+    lost_seen: u64,
+}
+
+impl<S> std::fmt::Debug for Pipeline<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipeline")
+            .field("per_probe", &self.per_probe)
+            .field("undecodable", &self.undecodable)
+            .field("open_runs", &self.engine.open_runs())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: Sink> Pipeline<S> {
+    pub fn new(
+        layout: TargetLayout,
+        clock: Clock,
+        limits: Limits,
+        configured_workers: Option<i64>,
+        probes_attached: i64,
+        sink: S,
+    ) -> Self {
+        let mut pipeline = Self {
+            layout,
+            clock,
+            engine: Engine::new(limits),
+            sink,
+            configured_workers,
+            per_probe: BTreeMap::new(),
+            undecodable: 0,
+            workers_seen: 0,
+            probes_attached,
+            lost_seen: 0,
+        };
+        if let Some(n) = configured_workers {
+            pipeline.sink.workers_configured(n);
+        }
+        pipeline
+    }
+
+    /// The sink, once the session is over.
+    pub fn into_sink(self) -> S {
+        self.sink
+    }
+
+    /// One record from the ring buffer.
+    pub fn record(&mut self, bytes: &[u8]) {
+        match events::decode(bytes, &self.layout, &self.clock) {
+            Ok(event) => {
+                *self.per_probe.entry(event.body.probe_name()).or_default() += 1;
+                self.sink.event(&event);
+                let mut updates = Vec::new();
+                self.engine.on_event(&event, &mut updates);
+                self.apply(&updates);
+            }
+            Err(e) => {
+                self.undecodable += 1;
+                log::warn!("dropping an undecodable record: {e}");
+            }
+        }
+    }
+
+    /// The end of a batch of records.
+    pub fn flush(&mut self) {
+        self.sink.flush();
+    }
+
+    /// Once a second and at the end: marks the open runs if records were lost since the last
+    /// tick (a lost end must not become an inferred timeout), infers server-enforced timeouts,
+    /// and reports health.
+    pub fn tick(&mut self, now_unix_nanos: i128, counters: Option<KernelCounters>, targets: i64) {
+        if let Some(lost) = counters
+            .map(|c| c.events_lost)
+            .filter(|lost| *lost > self.lost_seen)
+        {
+            self.lost_seen = lost;
+            self.engine.on_loss();
+        }
+        let mut updates = Vec::new();
+        self.engine.on_tick(now_unix_nanos, &mut updates);
+        self.apply(&updates);
+        let counters = counters.unwrap_or_default();
+        let health = Health {
+            events_lost: counters.events_lost,
+            read_faults: counters.read_faults,
+            runs_dropped: self.engine.dropped_runs(),
+            runs_affected: self.engine.affected_runs(),
+            probes_attached: if targets > 0 { self.probes_attached } else { 0 },
+            targets_observed: targets,
+            runs_tracked: self.engine.open_runs() as i64,
+        };
+        self.sink.health(&health);
+        self.flush();
+    }
+
+    /// `count` workers already ran when the observer attached, and the start probe of this
+    /// build fires only when a worker is created.
+    pub fn existing_workers(&mut self, count: usize) {
+        let mut updates = Vec::new();
+        self.engine.on_existing_workers(count, &mut updates);
+        self.apply(&updates);
+    }
+
+    /// The process exited: its workers stopped.
+    pub fn process_exit(&mut self) {
+        let mut updates = Vec::new();
+        self.engine.on_process_exit(&mut updates);
+        self.apply(&updates);
+    }
+
+    fn apply(&mut self, updates: &[Update]) {
+        for update in updates {
+            self.sink.update(update);
+        }
+        let seen = self.engine.workers_seen();
+        if self.configured_workers.is_none() && seen != self.workers_seen {
+            self.workers_seen = seen;
+            self.sink.workers_configured(seen as i64);
+        }
+    }
+
+    pub fn open_runs(&self) -> usize {
+        self.engine.open_runs()
+    }
+
+    /// One line: records per probe, kernel counters, open runs.
+    pub fn summary(&self, counters: Option<KernelCounters>) -> String {
+        let seen: Vec<String> = self
+            .per_probe
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let kernel = counters
+            .map(|c| format!("lost={} read_faults={}", c.events_lost, c.read_faults))
+            .unwrap_or_else(|| "kernel counters unavailable".into());
+        format!(
+            "events: {} ({kernel}, undecodable={}); runs open: {}",
+            if seen.is_empty() {
+                "none".to_string()
+            } else {
+                seen.join(" ")
+            },
+            self.undecodable,
+            self.engine.open_runs(),
+        )
+    }
+}

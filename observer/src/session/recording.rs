@@ -1,0 +1,232 @@
+//! A session's inputs, recorded as they arrive (`attach --record-to FILE`), and read back: the
+//! raw ring-buffer records and each tick's time and kernel counters, with the layout and clock
+//! needed to decode them. Replaying a recording through [`super::Pipeline`] gives exactly the
+//! values the live session exported, without a kernel; the tests and the benchmark use it.
+//!
+//! Format: a first line `temporal-observer-recording 1`, a second line of JSON ([`Header`]),
+//! then frames `kind: u8, length: u32 LE, payload`.
+
+use std::{
+    fs::File,
+    io::{BufRead, BufReader, BufWriter, Read, Write},
+    path::Path,
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{kernel::KernelCounters, layout::TargetLayout};
+
+const MAGIC: &str = "temporal-observer-recording 1";
+const RECORD: u8 = 1;
+const TICK: u8 = 2;
+
+/// What decoding the records needs.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Header {
+    pub pid: u32,
+    pub executable: String,
+    /// Wall-clock minus monotonic time when the session started (see [`crate::events::Clock`]).
+    pub realtime_minus_monotonic: i128,
+    pub probes_attached: i64,
+    pub layout: TargetLayout,
+}
+
+/// One input of a session.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Input {
+    /// A ring-buffer record, as the kernel wrote it.
+    Record(Vec<u8>),
+    /// A tick: the time, what the kernel had counted, and the targets observed.
+    Tick {
+        now_unix_nanos: i128,
+        counters: KernelCounters,
+        targets: i64,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecordingError {
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is not a temporal-observer recording")]
+    NotARecording { path: String },
+    #[error("{path}: its header is malformed: {source}")]
+    Header {
+        path: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{path}: frame {index} is malformed")]
+    Frame { path: String, index: usize },
+}
+
+/// Writes a recording as the session goes.
+#[derive(Debug)]
+pub struct Recorder {
+    out: BufWriter<File>,
+    path: String,
+}
+
+impl Recorder {
+    pub fn create(path: &Path, header: &Header) -> Result<Self, RecordingError> {
+        let name = path.display().to_string();
+        let io = |source| RecordingError::Io {
+            path: name.clone(),
+            source,
+        };
+        let mut out = BufWriter::new(File::create(path).map_err(io)?);
+        let header = serde_json::to_string(header).map_err(|source| RecordingError::Header {
+            path: name.clone(),
+            source,
+        })?;
+        writeln!(out, "{MAGIC}\n{header}").map_err(io)?;
+        Ok(Self { out, path: name })
+    }
+
+    pub fn write(&mut self, input: &Input) -> Result<(), RecordingError> {
+        let (kind, payload) = match input {
+            Input::Record(bytes) => (RECORD, bytes.clone()),
+            Input::Tick {
+                now_unix_nanos,
+                counters,
+                targets,
+            } => {
+                let mut p = Vec::with_capacity(40);
+                p.extend_from_slice(&now_unix_nanos.to_le_bytes());
+                p.extend_from_slice(&counters.events_lost.to_le_bytes());
+                p.extend_from_slice(&counters.read_faults.to_le_bytes());
+                p.extend_from_slice(&targets.to_le_bytes());
+                (TICK, p)
+            }
+        };
+        let length = u32::try_from(payload.len()).unwrap_or(u32::MAX);
+        let io = |source| RecordingError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        self.out.write_all(&[kind]).map_err(io)?;
+        self.out.write_all(&length.to_le_bytes()).map_err(io)?;
+        self.out.write_all(&payload).map_err(io)
+    }
+
+    pub fn flush(&mut self) -> Result<(), RecordingError> {
+        self.out.flush().map_err(|source| RecordingError::Io {
+            path: self.path.clone(),
+            source,
+        })
+    }
+}
+
+/// Reads a whole recording.
+pub fn read(path: &Path) -> Result<(Header, Vec<Input>), RecordingError> {
+    let name = path.display().to_string();
+    let io = |source| RecordingError::Io {
+        path: name.clone(),
+        source,
+    };
+    let mut reader = BufReader::new(File::open(path).map_err(io)?);
+    let mut line = String::new();
+    reader.read_line(&mut line).map_err(io)?;
+    if line.trim_end() != MAGIC {
+        return Err(RecordingError::NotARecording { path: name });
+    }
+    line.clear();
+    reader.read_line(&mut line).map_err(io)?;
+    let header: Header = serde_json::from_str(&line).map_err(|source| RecordingError::Header {
+        path: name.clone(),
+        source,
+    })?;
+    let mut rest = Vec::new();
+    reader.read_to_end(&mut rest).map_err(io)?;
+    let inputs = parse_frames(&rest).map_err(|index| RecordingError::Frame {
+        path: name.clone(),
+        index,
+    })?;
+    Ok((header, inputs))
+}
+
+/// The frames of a recording's body; `Err(index)` names the first malformed one.
+fn parse_frames(mut body: &[u8]) -> Result<Vec<Input>, usize> {
+    let mut inputs = Vec::new();
+    while !body.is_empty() {
+        let index = inputs.len();
+        let (&kind, rest) = body.split_first().ok_or(index)?;
+        let length = rest
+            .get(..4)
+            .and_then(|b| b.try_into().ok())
+            .map(u32::from_le_bytes)
+            .ok_or(index)? as usize;
+        let payload = rest.get(4..4 + length).ok_or(index)?;
+        body = &rest[4 + length..];
+        let number = |range: std::ops::Range<usize>| payload.get(range).ok_or(index);
+        inputs.push(match kind {
+            RECORD => Input::Record(payload.to_vec()),
+            TICK if length == 40 => Input::Tick {
+                now_unix_nanos: i128::from_le_bytes(number(0..16)?.try_into().map_err(|_| index)?),
+                counters: KernelCounters {
+                    events_lost: u64::from_le_bytes(number(16..24)?.try_into().map_err(|_| index)?),
+                    read_faults: u64::from_le_bytes(number(24..32)?.try_into().map_err(|_| index)?),
+                },
+                targets: i64::from_le_bytes(number(32..40)?.try_into().map_err(|_| index)?),
+            },
+            _ => return Err(index),
+        });
+    }
+    Ok(inputs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip_and_a_cut_frame_is_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("r");
+        let header = Header {
+            pid: 7,
+            executable: "w".into(),
+            realtime_minus_monotonic: -5,
+            probes_attached: 3,
+            layout: crate::layout::sample_layout(),
+        };
+        let inputs = vec![
+            Input::Record(vec![1, 2, 3]),
+            Input::Tick {
+                now_unix_nanos: 1_800_000_000_000_000_000,
+                counters: KernelCounters {
+                    events_lost: 2,
+                    read_faults: 1,
+                },
+                targets: 1,
+            },
+            Input::Record(Vec::new()),
+        ];
+        let mut recorder = Recorder::create(&path, &header).expect("create");
+        for input in &inputs {
+            recorder.write(input).expect("write");
+        }
+        recorder.flush().expect("flush");
+        let (read_header, read_inputs) = read(&path).expect("read");
+        assert_eq!(read_header.pid, 7);
+        assert_eq!(read_header.layout, header.layout);
+        assert_eq!(read_inputs, inputs);
+
+        let bytes = std::fs::read(&path).expect("bytes");
+        std::fs::write(&path, &bytes[..bytes.len() - 10]).expect("cut");
+        let err = read(&path).expect_err("cut");
+        assert!(
+            matches!(err, RecordingError::Frame { index: 1, .. }),
+            "{err}"
+        );
+        std::fs::write(&path, b"something else\n").expect("write");
+        assert!(matches!(
+            read(&path),
+            Err(RecordingError::NotARecording { .. })
+        ));
+    }
+}
