@@ -8,7 +8,7 @@
 #![no_std]
 
 /// Bumped whenever a record or the layout changes shape.
-pub const ABI_VERSION: u32 = 4;
+pub const ABI_VERSION: u32 = 5;
 
 /// Bytes of a run id kept (Temporal run ids are 36-byte UUIDs).
 pub const RUN_ID_CAP: usize = 64;
@@ -178,69 +178,127 @@ impl TagMatch {
     }
 }
 
-/// Offsets the eBPF programs need to read sdk-core's data, filled by user space from DWARF or
-/// from the shipped layout table. All offsets are in bytes.
+/// Declares the kernel layout from one list of offsets and one of tag matchers: the
+/// `#[repr(C)]` structs the programs read with, and, generic over the offsets' type, the same
+/// offsets for user space (which derives them as `u64` and converts them field by field, by
+/// name, without listing them again).
+macro_rules! kernel_layout {
+    (
+        offsets { $( $(#[$offset_meta:meta])* $offset:ident, )* }
+        tags { $( $(#[$tag_meta:meta])* $tag:ident, )* }
+    ) => {
+        /// Where each field the programs read is, in bytes from the start of the struct that
+        /// holds it (see each field).
+        #[repr(C)]
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+        #[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
+        pub struct Offsets<T> {
+            $( $(#[$offset_meta])* pub $offset: T, )*
+        }
+
+        impl<T> Offsets<T> {
+            /// The names of the offsets, in order.
+            pub const NAMES: &'static [&'static str] = &[$( stringify!($offset), )*];
+
+            /// Converts every offset; `f` gets each one's name and value.
+            pub fn try_map<U, E>(
+                self,
+                mut f: impl FnMut(&'static str, T) -> Result<U, E>,
+            ) -> Result<Offsets<U>, E> {
+                Ok(Offsets {
+                    $( $offset: f(stringify!($offset), self.$offset)?, )*
+                })
+            }
+        }
+
+        /// Which raw tag values mean a variant the programs look for.
+        #[repr(C)]
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+        pub struct Tags {
+            $( $(#[$tag_meta])* pub $tag: TagMatch, )*
+        }
+    };
+}
+
+kernel_layout! {
+    offsets {
+        /// `String`: its data pointer, from the `String`'s start.
+        string_ptr,
+        /// `String`: its length.
+        string_len,
+        /// `Vec<T>`: its data pointer.
+        vec_ptr,
+        /// `Vec<T>`: its length.
+        vec_len,
+        /// `WorkflowActivation.run_id`.
+        activation_run_id,
+        /// `WorkflowActivation.jobs`.
+        activation_jobs,
+        /// `WorkflowActivation.history_length` (a `u32`).
+        activation_history_length,
+        /// `WorkflowActivation.is_replaying` (a `bool`).
+        activation_is_replaying,
+        /// The size of one `WorkflowActivationJob`.
+        job_size,
+        /// A job's variant tag, from the job's start.
+        job_tag,
+        /// `InitializeWorkflow` fields, from the start of the job that holds it.
+        init_workflow_type,
+        init_execution_timeout,
+        init_run_timeout,
+        init_execution_expiration,
+        init_start_time,
+        /// `WorkflowActivationCompletion.run_id`.
+        completion_run_id,
+        /// The tag of `WorkflowActivationCompletion.status`.
+        completion_status_tag,
+        /// `Success.commands`, from the completion's start.
+        completion_commands,
+        /// The size of one `WorkflowCommand`.
+        command_size,
+        /// A command's variant tag, from the command's start.
+        command_tag,
+        /// The tag of `FailWorkflowExecution.failure` (an `Option<Failure>`), from the
+        /// command's start.
+        fail_failure_tag,
+        /// The `Failure` inside it, from the command's start.
+        fail_failure,
+        /// `Failure.cause`: an `Option<Box<Failure>>`, a nullable pointer.
+        failure_cause,
+        /// The tag of `Failure.failure_info`.
+        failure_info_tag,
+        /// `Worker.config.task_queue`, from the `Worker`'s start.
+        worker_task_queue,
+        /// `PermittedWFT`: the run id of a workflow task.
+        task_run_id,
+        /// `PermittedWFT`: its workflow type.
+        task_workflow_type,
+        /// `WorkerConfig.task_queue`, for probes that see the config, not the worker.
+        config_task_queue,
+    }
+    tags {
+        /// Job tag values that mean `InitializeWorkflow`.
+        init_tag,
+        /// Completion status tag values that mean `Successful`.
+        status_successful,
+        /// Command tag values that mean `FailWorkflowExecution`.
+        command_fail,
+        /// `Option<Failure>` tag values that mean `Some`.
+        failure_some,
+        /// `failure_info` tag values that mean `TimeoutFailureInfo`.
+        failure_timeout,
+    }
+}
+
+/// What the eBPF programs read target memory with, per process; user space fills it from DWARF
+/// or from the shipped layout table.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Layout {
     pub abi_version: u32,
-    /// `String`: where its data pointer and its length are.
-    pub string_ptr: u32,
-    pub string_len: u32,
-    /// `Vec<T>`: where its data pointer and its length are.
-    pub vec_ptr: u32,
-    pub vec_len: u32,
-
-    /// `WorkflowActivation`
-    pub activation_run_id: u32,
-    pub activation_jobs: u32,
-    pub activation_history_length: u32,
-    pub activation_is_replaying: u32,
-    /// `WorkflowActivationJob`: size of one element of `jobs`, and where its variant tag is.
-    pub job_size: u32,
-    pub job_tag: u32,
-    /// `InitializeWorkflow` inside a job (offsets from the job's start).
-    pub init_workflow_type: u32,
-    pub init_execution_timeout: u32,
-    pub init_run_timeout: u32,
-    pub init_execution_expiration: u32,
-    pub init_start_time: u32,
-    /// Which job tag values mean `InitializeWorkflow`.
-    pub init_tag: TagMatch,
-
-    /// `WorkflowActivationCompletion`
-    pub completion_run_id: u32,
-    pub completion_status_tag: u32,
-    /// Offset of `Success.commands` from the completion's start.
-    pub completion_commands: u32,
-    /// `WorkflowCommand`: size of one, and where its variant tag is.
-    pub command_size: u32,
-    pub command_tag: u32,
-    /// Offset, from a command's start, of the tag of `FailWorkflowExecution.failure`
-    /// (an `Option<Failure>`), and of the `Failure` inside it.
-    pub fail_failure_tag: u32,
-    /// Which status tag values mean `Successful`.
-    pub status_successful: TagMatch,
-    /// Which command tag values mean `FailWorkflowExecution`.
-    pub command_fail: TagMatch,
-    /// Which `Option<Failure>` tag values mean `Some`.
-    pub failure_some: TagMatch,
-    pub fail_failure: u32,
-    /// `Failure`: where its `cause` (`Option<Box<Failure>>`, a nullable pointer) is, and the tag
-    /// of its `failure_info`.
-    pub failure_cause: u32,
-    pub failure_info_tag: u32,
-    /// `Worker`: where its task queue `String` is (`config.task_queue`).
-    pub worker_task_queue: u32,
-    /// Which `failure_info` tag values mean `TimeoutFailureInfo`.
-    pub failure_timeout: TagMatch,
-    /// `PermittedWFT`: where the run id and workflow type `String`s of a workflow task are.
-    pub task_run_id: u32,
-    pub task_workflow_type: u32,
-    /// `WorkerConfig`: where its task queue `String` is (for probes that see the config, not the
-    /// worker).
-    pub config_task_queue: u32,
     pub _pad: u32,
+    pub offsets: Offsets<u32>,
+    pub tags: Tags,
 }
 
 /// A string copied out of the target: `len` is its length there, `bytes` holds the first
@@ -346,7 +404,16 @@ pub mod counter {
 
 const _: () = {
     assert!(core::mem::size_of::<TagMatch>() == 24);
-    assert!(core::mem::size_of::<Layout>() == 4 * 16 + 24 + 4 * 6 + 24 * 3 + 4 * 4 + 24 + 4 * 4);
+    // No implicit padding: the tags (8-byte aligned) follow the offsets directly.
+    assert!(
+        core::mem::size_of::<Offsets<u32>>().is_multiple_of(8),
+        "add or remove one offset, or a padding offset: the tags must stay 8-byte aligned"
+    );
+    assert!(
+        core::mem::size_of::<Layout>()
+            == 8 + core::mem::size_of::<Offsets<u32>>() + core::mem::size_of::<Tags>()
+    );
+    assert!(core::mem::size_of::<Tags>() == 24 * 5);
     assert!(core::mem::size_of::<TaskEvent>() == 24 + 8 + RUN_ID_CAP + 8 + NAME_CAP);
     assert!(core::mem::size_of::<EventHeader>() == 24);
     assert!(core::mem::size_of::<Str<RUN_ID_CAP>>() == 8 + RUN_ID_CAP);

@@ -194,8 +194,8 @@ fn read_u8(addr: u64) -> Result<u8, ()> {
 /// Copies the Rust `String` at `addr` into `dst`, keeping at most `N - 1` bytes.
 #[inline(always)]
 fn read_string<const N: usize>(dst: &mut Str<N>, addr: u64, layout: &Layout) -> Result<(), ()> {
-    let ptr = read_u64(addr + layout.string_ptr as u64)?;
-    let len = read_u64(addr + layout.string_len as u64)?;
+    let ptr = read_u64(addr + layout.offsets.string_ptr as u64)?;
+    let len = read_u64(addr + layout.offsets.string_len as u64)?;
     dst.len = len;
     // The mask keeps the verifier's bound below N; names longer than that are flagged by `len`.
     let n = (if len < N as u64 { len } else { N as u64 - 1 }) & (N as u64 - 1);
@@ -271,8 +271,8 @@ fn try_activation_return(ctx: &RetProbeContext) -> Result<(), ()> {
 #[inline(always)]
 fn emit_activation(p: &Probe, activation: u64) -> Result<(), ()> {
     let layout = layout_for(p.pid)?;
-    let jobs = activation + layout.activation_jobs as u64;
-    let job_count = read_u64(jobs + layout.vec_len as u64)?;
+    let jobs = activation + layout.offsets.activation_jobs as u64;
+    let job_count = read_u64(jobs + layout.offsets.vec_len as u64)?;
     if job_count == 0 {
         return Ok(());
     }
@@ -282,23 +282,24 @@ fn emit_activation(p: &Probe, activation: u64) -> Result<(), ()> {
     e.header = header(p, kind::ACTIVATION);
     let _ = read_string(
         &mut e.run_id,
-        activation + layout.activation_run_id as u64,
+        activation + layout.offsets.activation_run_id as u64,
         layout,
     );
-    e.history_length = read_u32(activation + layout.activation_history_length as u64).unwrap_or(0);
+    e.history_length =
+        read_u32(activation + layout.offsets.activation_history_length as u64).unwrap_or(0);
     e.is_replaying =
-        read_u8(activation + layout.activation_is_replaying as u64).unwrap_or(0) as u32;
-    let jobs_ptr = read_u64(jobs + layout.vec_ptr as u64).unwrap_or(0);
+        read_u8(activation + layout.offsets.activation_is_replaying as u64).unwrap_or(0) as u32;
+    let jobs_ptr = read_u64(jobs + layout.offsets.vec_ptr as u64).unwrap_or(0);
     e.job_count = job_count;
-    let job_size = layout.job_size as u64;
+    let job_size = layout.offsets.job_size as u64;
     // Core sorts jobs only when it ships an activation; where it is built, `InitializeWorkflow`
     // may follow another job (a cancel that arrived with the first task).
     let mut init = 0u64;
     for i in 0..MAX_JOBS {
         if (i as u64) < e.job_count {
             let job = jobs_ptr + i as u64 * job_size;
-            e.job_tags[i] = read_u64(job + layout.job_tag as u64).unwrap_or(u64::MAX);
-            if init == 0 && layout.init_tag.matches(e.job_tags[i]) {
+            e.job_tags[i] = read_u64(job + layout.offsets.job_tag as u64).unwrap_or(u64::MAX);
+            if init == 0 && layout.tags.init_tag.matches(e.job_tags[i]) {
                 init = job;
             }
         }
@@ -307,19 +308,25 @@ fn emit_activation(p: &Probe, activation: u64) -> Result<(), ()> {
         e.has_init = 1;
         let _ = read_string(
             &mut e.workflow_type,
-            init + layout.init_workflow_type as u64,
+            init + layout.offsets.init_workflow_type as u64,
             layout,
         );
         read_window(
             &mut e.init_times[0],
-            init + layout.init_execution_timeout as u64,
+            init + layout.offsets.init_execution_timeout as u64,
         );
-        read_window(&mut e.init_times[1], init + layout.init_run_timeout as u64);
+        read_window(
+            &mut e.init_times[1],
+            init + layout.offsets.init_run_timeout as u64,
+        );
         read_window(
             &mut e.init_times[2],
-            init + layout.init_execution_expiration as u64,
+            init + layout.offsets.init_execution_expiration as u64,
         );
-        read_window(&mut e.init_times[3], init + layout.init_start_time as u64);
+        read_window(
+            &mut e.init_times[3],
+            init + layout.offsets.init_start_time as u64,
+        );
     }
     entry.submit(submit_flags());
     Ok(())
@@ -335,20 +342,22 @@ fn try_completion(ctx: &ProbeContext) -> Result<(), ()> {
     e.header = header(&p, kind::COMPLETION);
     let _ = read_string(
         &mut e.run_id,
-        completion + layout.completion_run_id as u64,
+        completion + layout.offsets.completion_run_id as u64,
         layout,
     );
-    e.status_tag = read_u64(completion + layout.completion_status_tag as u64).unwrap_or(u64::MAX);
-    if layout.status_successful.matches(e.status_tag) {
+    e.status_tag =
+        read_u64(completion + layout.offsets.completion_status_tag as u64).unwrap_or(u64::MAX);
+    if layout.tags.status_successful.matches(e.status_tag) {
         e.successful = 1;
-        let commands = completion + layout.completion_commands as u64;
-        let ptr = read_u64(commands + layout.vec_ptr as u64).unwrap_or(0);
-        e.command_count = read_u64(commands + layout.vec_len as u64).unwrap_or(0);
+        let commands = completion + layout.offsets.completion_commands as u64;
+        let ptr = read_u64(commands + layout.offsets.vec_ptr as u64).unwrap_or(0);
+        e.command_count = read_u64(commands + layout.offsets.vec_len as u64).unwrap_or(0);
         e.last_command_tag = u64::MAX;
         if e.command_count > 0 {
-            let last = ptr + (e.command_count - 1) * layout.command_size as u64;
-            e.last_command_tag = read_u64(last + layout.command_tag as u64).unwrap_or(u64::MAX);
-            if layout.command_fail.matches(e.last_command_tag) {
+            let last = ptr + (e.command_count - 1) * layout.offsets.command_size as u64;
+            e.last_command_tag =
+                read_u64(last + layout.offsets.command_tag as u64).unwrap_or(u64::MAX);
+            if layout.tags.command_fail.matches(e.last_command_tag) {
                 e.timeout_failure = failure_has_timeout(last, layout) as u32;
             }
         }
@@ -376,17 +385,17 @@ fn try_eviction(ctx: &ProbeContext) -> Result<(), ()> {
 /// its `cause` chain, is a timeout.
 #[inline(always)]
 fn failure_has_timeout(command: u64, layout: &Layout) -> bool {
-    let tag = read_u64(command + layout.fail_failure_tag as u64).unwrap_or(u64::MAX);
-    if !layout.failure_some.matches(tag) {
+    let tag = read_u64(command + layout.offsets.fail_failure_tag as u64).unwrap_or(u64::MAX);
+    if !layout.tags.failure_some.matches(tag) {
         return false;
     }
-    let mut failure = command + layout.fail_failure as u64;
+    let mut failure = command + layout.offsets.fail_failure as u64;
     for _ in 0..MAX_FAILURE_DEPTH {
-        let info = read_u64(failure + layout.failure_info_tag as u64).unwrap_or(u64::MAX);
-        if layout.failure_timeout.matches(info) {
+        let info = read_u64(failure + layout.offsets.failure_info_tag as u64).unwrap_or(u64::MAX);
+        if layout.tags.failure_timeout.matches(info) {
             return true;
         }
-        match read_u64(failure + layout.failure_cause as u64) {
+        match read_u64(failure + layout.offsets.failure_cause as u64) {
             Ok(cause) if cause != 0 => failure = cause,
             _ => return false,
         }
@@ -402,10 +411,14 @@ fn try_task(ctx: &ProbeContext) -> Result<(), ()> {
     // SAFETY: `entry` is a reserved, zeroed, properly aligned record.
     let e = unsafe { &mut *entry.as_mut_ptr() };
     e.header = header(&p, kind::TASK);
-    let _ = read_string(&mut e.run_id, task + layout.task_run_id as u64, layout);
+    let _ = read_string(
+        &mut e.run_id,
+        task + layout.offsets.task_run_id as u64,
+        layout,
+    );
     let _ = read_string(
         &mut e.workflow_type,
-        task + layout.task_workflow_type as u64,
+        task + layout.offsets.task_workflow_type as u64,
         layout,
     );
     entry.submit(submit_flags());
@@ -432,7 +445,7 @@ fn try_worker(ctx: &ProbeContext, event_kind: u32) -> Result<(), ()> {
     e.worker = worker;
     let _ = read_string(
         &mut e.task_queue,
-        worker + layout.worker_task_queue as u64,
+        worker + layout.offsets.worker_task_queue as u64,
         layout,
     );
     entry.submit(submit_flags());
@@ -452,7 +465,7 @@ fn try_worker_created(ctx: &ProbeContext) -> Result<(), ()> {
     e.worker = config;
     let _ = read_string(
         &mut e.task_queue,
-        config + layout.config_task_queue as u64,
+        config + layout.offsets.config_task_queue as u64,
         layout,
     );
     entry.submit(submit_flags());

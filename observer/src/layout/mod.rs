@@ -10,7 +10,7 @@ pub mod dwarf;
 
 use std::collections::BTreeMap;
 
-use observer_common::{Layout, OPTION_TIME_WINDOW, TagMatch};
+use observer_common::{Layout, OPTION_TIME_WINDOW, Offsets, TagMatch, Tags};
 use serde::{Deserialize, Serialize};
 
 use dwarf::{DwarfError, DwarfTypes, TypeInfo, TypeRef};
@@ -46,10 +46,9 @@ impl Tag {
     }
 }
 
-/// An enum's tag: where it is, and which value means which variant.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// Which tag values mean which variant of an enum (where the tag is, is among the offsets).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EnumTags {
-    pub offset: u64,
     pub variants: BTreeMap<String, Tag>,
 }
 
@@ -107,44 +106,20 @@ impl OptionTime {
 pub struct TargetLayout {
     pub sdk_core: String,
     pub rustc: String,
-    pub string_ptr: u64,
-    pub string_len: u64,
-    pub vec_ptr: u64,
-    pub vec_len: u64,
-    pub activation_run_id: u64,
-    pub activation_jobs: u64,
-    pub activation_history_length: u64,
-    pub activation_is_replaying: u64,
-    pub job_size: u64,
-    /// Tag of a job's `variant` (`Option<workflow_activation_job::Variant>`), both levels merged.
+    /// Where every field the programs read is: the kernel layout's offsets, by their names.
+    pub offsets: Offsets<u64>,
+    /// Tags of a job's `variant` (`Option<workflow_activation_job::Variant>`), both levels merged.
     pub job: EnumTags,
-    pub init_workflow_type: u64,
-    pub init_execution_timeout: u64,
-    pub init_run_timeout: u64,
-    pub init_execution_expiration: u64,
-    pub init_start_time: u64,
+    /// Tags of `Option<workflow_activation_completion::Status>`, both levels merged.
+    pub completion_status: EnumTags,
+    /// Tags of a command's `variant`, both levels merged.
+    pub command: EnumTags,
+    /// Tags of `Failure.failure_info`, both levels merged.
+    pub failure_info: EnumTags,
+    /// Which tag values of `FailWorkflowExecution.failure` (an `Option<Failure>`) mean `Some`.
+    pub failure_some: Tag,
     pub duration: OptionTime,
     pub timestamp: OptionTime,
-    pub completion_run_id: u64,
-    /// Tag of `Option<workflow_activation_completion::Status>`, both levels merged.
-    pub completion_status: EnumTags,
-    pub completion_commands: u64,
-    pub command_size: u64,
-    /// Tag of a command's `variant`, both levels merged.
-    pub command: EnumTags,
-    /// `FailWorkflowExecution.failure` (an `Option<Failure>`), from the command's start.
-    pub fail_failure: OptionAt,
-    /// `Failure.cause`: a nullable pointer to the next failure.
-    pub failure_cause: u64,
-    /// Tag of `Failure.failure_info`, both levels merged.
-    pub failure_info: EnumTags,
-    /// `Worker.config.task_queue`.
-    pub worker_task_queue: u64,
-    /// `WorkerConfig.task_queue`.
-    pub config_task_queue: u64,
-    /// `PermittedWFT.work.execution.run_id` and `PermittedWFT.work.workflow_type`.
-    pub task_run_id: u64,
-    pub task_workflow_type: u64,
     /// Where the probe functions take their inputs, per build profile (table entries only; a
     /// binary with DWARF is read directly).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -152,8 +127,8 @@ pub struct TargetLayout {
 }
 
 /// Where an `Option<T>` keeps its tag and its payload, from some base.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OptionAt {
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct OptionAt {
     pub tag_offset: u64,
     pub some: Tag,
     pub payload_offset: u64,
@@ -210,7 +185,8 @@ impl TargetLayout {
         let job = types.info(types.find(&format!(
             "{PROTOS}::workflow_activation::WorkflowActivationJob"
         ))?)?;
-        let (job_tags, job_payloads) = merged_tags(types, &job, "variant")?;
+        let job_tags = merged_tags(types, &job, "variant")?;
+        let job_payloads = &job_tags.payloads;
         let init_offset = *job_payloads
             .get("InitializeWorkflow")
             .ok_or_else(|| shape("no InitializeWorkflow job variant"))?;
@@ -227,7 +203,8 @@ impl TargetLayout {
         let completion = types.info(types.find(&format!(
             "{PROTOS}::workflow_completion::WorkflowActivationCompletion"
         ))?)?;
-        let (status_tags, status_payloads) = merged_tags(types, &completion, "status")?;
+        let status_tags = merged_tags(types, &completion, "status")?;
+        let status_payloads = &status_tags.payloads;
         let success_offset = *status_payloads
             .get("Successful")
             .ok_or_else(|| shape("no Successful status"))?;
@@ -235,7 +212,8 @@ impl TargetLayout {
             types.info(types.find(&format!("{PROTOS}::workflow_completion::Success"))?)?;
         let command =
             types.info(types.find(&format!("{PROTOS}::workflow_commands::WorkflowCommand"))?)?;
-        let (command_tags, command_payloads) = merged_tags(types, &command, "variant")?;
+        let command_tags = merged_tags(types, &command, "variant")?;
+        let command_payloads = &command_tags.payloads;
         let fail_offset = *command_payloads
             .get("FailWorkflowExecution")
             .ok_or_else(|| shape("no FailWorkflowExecution command"))?;
@@ -251,7 +229,7 @@ impl TargetLayout {
         {
             return Err(shape("Failure.cause is not a nullable pointer"));
         }
-        let (failure_info, _) = merged_tags(types, &failure, "failure_info")?;
+        let failure_info = merged_tags(types, &failure, "failure_info")?;
 
         let worker = types.info(types.find("temporalio_sdk_core::worker::Worker")?)?;
         let config = follow(types, &worker, "config")?;
@@ -267,9 +245,7 @@ impl TargetLayout {
             work_at + work.member("execution")?.offset + execution.member("run_id")?.offset;
         let task_workflow_type = work_at + work.member("workflow_type")?.offset;
 
-        Ok(Self {
-            sdk_core: sdk_core.to_string(),
-            rustc: rustc.to_string(),
+        let offsets = Offsets {
             string_ptr: string_vec_offset + string_ptr,
             string_len: string_vec_offset + string_len,
             vec_ptr,
@@ -279,86 +255,65 @@ impl TargetLayout {
             activation_history_length: activation.member("history_length")?.offset,
             activation_is_replaying: activation.member("is_replaying")?.offset,
             job_size: job.size,
-            job: job_tags,
+            job_tag: job_tags.offset,
             init_workflow_type: init_at("workflow_type")?,
             init_execution_timeout: init_at("workflow_execution_timeout")?,
             init_run_timeout: init_at("workflow_run_timeout")?,
             init_execution_expiration: init_at("workflow_execution_expiration_time")?,
             init_start_time: init_at("start_time")?,
-            duration,
-            timestamp,
             completion_run_id: completion.member("run_id")?.offset,
-            completion_status: status_tags,
+            completion_status_tag: status_tags.offset,
             completion_commands: success_offset + success.member("commands")?.offset,
             command_size: command.size,
-            command: command_tags,
-            fail_failure,
+            command_tag: command_tags.offset,
+            fail_failure_tag: fail_failure.tag_offset,
+            fail_failure: fail_failure.payload_offset,
             failure_cause: cause.payload_offset,
-            failure_info,
+            failure_info_tag: failure_info.offset,
             worker_task_queue,
-            config_task_queue,
             task_run_id,
             task_workflow_type,
+            config_task_queue,
+        };
+        Ok(Self {
+            sdk_core: sdk_core.to_string(),
+            rustc: rustc.to_string(),
+            offsets,
+            job: job_tags.tags,
+            completion_status: status_tags.tags,
+            command: command_tags.tags,
+            failure_info: failure_info.tags,
+            failure_some: fail_failure.some,
+            duration,
+            timestamp,
             arguments: Vec::new(),
         })
     }
 
     /// The struct the eBPF programs read with.
     pub fn kernel_layout(&self) -> Result<Layout, LayoutError> {
-        fn fit(field: &'static str, value: u64) -> Result<u32, LayoutError> {
-            u32::try_from(value).map_err(|_| LayoutError::TooLarge { field, value })
-        }
         Ok(Layout {
             abi_version: observer_common::ABI_VERSION,
-            string_ptr: fit("string_ptr", self.string_ptr)?,
-            string_len: fit("string_len", self.string_len)?,
-            vec_ptr: fit("vec_ptr", self.vec_ptr)?,
-            vec_len: fit("vec_len", self.vec_len)?,
-            activation_run_id: fit("activation_run_id", self.activation_run_id)?,
-            activation_jobs: fit("activation_jobs", self.activation_jobs)?,
-            activation_history_length: fit(
-                "activation_history_length",
-                self.activation_history_length,
-            )?,
-            activation_is_replaying: fit("activation_is_replaying", self.activation_is_replaying)?,
-            job_size: fit("job_size", self.job_size)?,
-            job_tag: fit("job_tag", self.job.offset)?,
-            init_workflow_type: fit("init_workflow_type", self.init_workflow_type)?,
-            init_execution_timeout: fit("init_execution_timeout", self.init_execution_timeout)?,
-            init_run_timeout: fit("init_run_timeout", self.init_run_timeout)?,
-            init_execution_expiration: fit(
-                "init_execution_expiration",
-                self.init_execution_expiration,
-            )?,
-            init_start_time: fit("init_start_time", self.init_start_time)?,
-            init_tag: self.job.tag("InitializeWorkflow", "job")?.to_match(),
-            completion_run_id: fit("completion_run_id", self.completion_run_id)?,
-            completion_status_tag: fit("completion_status_tag", self.completion_status.offset)?,
-            completion_commands: fit("completion_commands", self.completion_commands)?,
-            command_size: fit("command_size", self.command_size)?,
-            command_tag: fit("command_tag", self.command.offset)?,
-            fail_failure_tag: fit("fail_failure_tag", self.fail_failure.tag_offset)?,
-            status_successful: self
-                .completion_status
-                .tag("Successful", "completion status")?
-                .to_match(),
-            command_fail: self
-                .command
-                .tag("FailWorkflowExecution", "command")?
-                .to_match(),
-            failure_some: self.fail_failure.some.to_match(),
-            fail_failure: fit("fail_failure", self.fail_failure.payload_offset)?,
-            failure_cause: fit("failure_cause", self.failure_cause)?,
-            failure_info_tag: fit("failure_info_tag", self.failure_info.offset)?,
-            worker_task_queue: fit("worker_task_queue", self.worker_task_queue)?,
-            config_task_queue: fit("config_task_queue", self.config_task_queue)?,
-            task_run_id: fit("task_run_id", self.task_run_id)?,
-            task_workflow_type: fit("task_workflow_type", self.task_workflow_type)?,
             _pad: 0,
-            failure_timeout: self
-                .failure_info
-                .tag("TimeoutFailureInfo", "failure info")?
-                .to_match(),
+            offsets: self.offsets.try_map(|field, value| {
+                u32::try_from(value).map_err(|_| LayoutError::TooLarge { field, value })
+            })?,
+            tags: Tags {
+                init_tag: self.job.tag("InitializeWorkflow", "job")?.to_match(),
+                status_successful: self
+                    .completion_status
+                    .tag("Successful", "completion status")?
+                    .to_match(),
+                command_fail: self
+                    .command
+                    .tag("FailWorkflowExecution", "command")?
+                    .to_match(),
+                failure_some: self.failure_some.to_match(),
+                failure_timeout: self
+                    .failure_info
+                    .tag("TimeoutFailureInfo", "failure info")?
+                    .to_match(),
+            },
         })
     }
 }
@@ -392,7 +347,6 @@ pub fn from_table(table: &str, sdk_core: &str, rustc: &str) -> Result<TargetLayo
 #[cfg(test)]
 pub(crate) fn sample_layout() -> TargetLayout {
     let tags = |pairs: &[(&str, Tag)]| EnumTags {
-        offset: 0,
         variants: pairs
             .iter()
             .map(|(n, t)| (n.to_string(), *t))
@@ -407,28 +361,20 @@ pub(crate) fn sample_layout() -> TargetLayout {
     TargetLayout {
         sdk_core: "0.0.0".into(),
         rustc: "0.0.0".into(),
-        string_ptr: 8,
-        string_len: 16,
-        vec_ptr: 8,
-        vec_len: 16,
-        activation_run_id: 0,
-        activation_jobs: 0,
-        activation_history_length: 0,
-        activation_is_replaying: 0,
-        job_size: 0,
+        offsets: Offsets {
+            string_ptr: 8,
+            string_len: 16,
+            vec_ptr: 8,
+            vec_len: 16,
+            fail_failure_tag: 8,
+            fail_failure: 8,
+            ..Offsets::default()
+        },
         job: tags(&[
             ("InitializeWorkflow", Tag::Outside { lo: 2, hi: 17 }),
             ("FireTimer", Tag::Exact(2)),
             ("RemoveFromCache", Tag::Exact(16)),
         ]),
-        init_workflow_type: 0,
-        init_execution_timeout: 0,
-        init_run_timeout: 0,
-        init_execution_expiration: 0,
-        init_start_time: 0,
-        duration: time.clone(),
-        timestamp: time,
-        completion_run_id: 0,
         completion_status: tags(&[
             ("Successful", Tag::Exact(0x8000_0000_0000_0001)),
             (
@@ -440,26 +386,18 @@ pub(crate) fn sample_layout() -> TargetLayout {
             ),
             ("None", Tag::Exact(0x8000_0000_0000_0002)),
         ]),
-        completion_commands: 0,
-        command_size: 0,
         command: tags(&[
             ("StartTimer", Tag::Exact(2)),
             ("CompleteWorkflowExecution", Tag::Exact(7)),
+            ("FailWorkflowExecution", Tag::Exact(8)),
         ]),
-        fail_failure: OptionAt {
-            tag_offset: 8,
-            some: Tag::Outside {
-                lo: 1 << 63,
-                hi: 1 << 63,
-            },
-            payload_offset: 8,
-        },
-        failure_cause: 0,
         failure_info: tags(&[("TimeoutFailureInfo", Tag::Exact(1))]),
-        worker_task_queue: 0,
-        config_task_queue: 0,
-        task_run_id: 0,
-        task_workflow_type: 0,
+        failure_some: Tag::Outside {
+            lo: 1 << 63,
+            hi: 1 << 63,
+        },
+        duration: time.clone(),
+        timestamp: time,
         arguments: Vec::new(),
     }
 }
@@ -521,13 +459,12 @@ fn vec_fields(types: &DwarfTypes<'_>, vec: &TypeInfo) -> Result<(u64, u64), Layo
 }
 
 /// The tag of an `Option<Enum>` member, with the option's `None` and the enum's variants merged
-/// into one map (rustc stores both in the same niche). Also returns each variant's payload offset
-/// from the owner's start.
+/// into one map (rustc stores both in the same niche), with each variant's payload offset.
 fn merged_tags(
     types: &DwarfTypes<'_>,
     owner: &TypeInfo,
     member: &str,
-) -> Result<(EnumTags, BTreeMap<String, u64>), LayoutError> {
+) -> Result<MergedTags, LayoutError> {
     let base = owner.member(member)?.offset;
     let option = follow(types, owner, member)?;
     let option_part = option
@@ -606,13 +543,19 @@ fn merged_tags(
         variants.insert(name.clone(), tag);
         payloads.insert(name, payload_offset);
     }
-    Ok((
-        EnumTags {
-            offset: base + option_part.discr_offset,
-            variants,
-        },
+    Ok(MergedTags {
+        offset: base + option_part.discr_offset,
+        tags: EnumTags { variants },
         payloads,
-    ))
+    })
+}
+
+/// An `Option<Enum>` member's tag: where it is from the owner's start, its values, and each
+/// variant's payload offset from the owner's start.
+struct MergedTags {
+    offset: u64,
+    tags: EnumTags,
+    payloads: BTreeMap<String, u64>,
 }
 
 /// Where `owner.member` (an `Option<T>`) keeps its tag and payload, from `base` (the owner's
@@ -709,7 +652,6 @@ mod tests {
     #[test]
     fn tags_decode_niche_and_exact_variants() {
         let tags = EnumTags {
-            offset: 0,
             variants: BTreeMap::from([
                 (
                     "InitializeWorkflow".to_string(),
