@@ -1,13 +1,12 @@
-//! Records from the ring buffer, decoded with the target's layout into events a person (and the
-//! lifecycle engine) can read. Pure: bytes in, events out.
+//! What the probes report, as events a person (and the lifecycle engine) can read, and the
+//! decoding of ring-buffer records into them: the header says which probe sent a record, and
+//! that probe's decoder (in its table, [`crate::probes`]) reads the rest. Pure: bytes in, events
+//! out.
 
-use observer_common::{
-    ActivationEvent, CompletionEvent, EventHeader, EvictionEvent, MAX_JOBS, Str, TaskEvent,
-    WorkerEvent, kind,
-};
+use observer_common::{EventHeader, Str, kind};
 use serde::Serialize;
 
-use crate::layout::TargetLayout;
+use crate::{layout::TargetLayout, probes};
 
 /// How a completion ends its run, when it carries a terminal command.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -123,6 +122,10 @@ pub enum DecodeError {
     Short { kind: u32, len: usize },
     #[error("record of unknown kind {0}")]
     UnknownKind(u32),
+    #[error("record from an unknown probe {probe}")]
+    UnknownProbe { probe: u32 },
+    #[error("probe {probe} sent a record of kind {kind}, which is not its kind")]
+    WrongKind { probe: &'static str, kind: u32 },
 }
 
 /// Maps kernel monotonic time to wall-clock time.
@@ -171,7 +174,7 @@ fn clock_nanos(clock: libc::clockid_t) -> Nanos {
 }
 
 /// Copies a `#[repr(C)]` record out of ring-buffer bytes.
-fn read_record<T: Copy>(bytes: &[u8], kind: u32) -> Result<T, DecodeError> {
+pub(crate) fn read_record<T: Copy>(bytes: &[u8], kind: u32) -> Result<T, DecodeError> {
     if bytes.len() < size_of::<T>() {
         return Err(DecodeError::Short {
             kind,
@@ -183,7 +186,7 @@ fn read_record<T: Copy>(bytes: &[u8], kind: u32) -> Result<T, DecodeError> {
     Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
 }
 
-fn text<const N: usize>(s: &Str<N>) -> String {
+pub(crate) fn text<const N: usize>(s: &Str<N>) -> String {
     let copied = (s.len as usize).min(N - 1);
     String::from_utf8_lossy(&s.bytes[..copied]).into_owned()
 }
@@ -206,107 +209,42 @@ pub fn eviction_reason_name(reason: u32) -> &'static str {
     }
 }
 
-fn duration_nanos((seconds, nanos): (i64, i32)) -> Nanos {
+pub(crate) fn duration_nanos((seconds, nanos): (i64, i32)) -> Nanos {
     Nanos::from(seconds) * 1_000_000_000 + Nanos::from(nanos)
 }
 
-/// Decodes one ring-buffer record.
+/// Decodes one ring-buffer record, with the decoder of the probe that sent it.
 pub fn decode(bytes: &[u8], layout: &TargetLayout, clock: &Clock) -> Result<Event, DecodeError> {
     let header: EventHeader = read_record(bytes, 0)?;
-    let body = match header.kind {
-        kind::ACTIVATION => {
-            let e: ActivationEvent = read_record(bytes, header.kind)?;
-            let shown = (e.job_count as usize).min(MAX_JOBS);
-            let jobs = e.job_tags[..shown]
-                .iter()
-                .map(|tag| {
-                    layout
-                        .job
-                        .name_of(*tag)
-                        .map(str::to_string)
-                        .unwrap_or_else(|| format!("tag:{tag}"))
-                })
-                .collect();
-            let init = (e.has_init != 0).then(|| RunInit {
-                workflow_type: text(&e.workflow_type),
-                execution_timeout_nanos: layout
-                    .duration
-                    .decode(&e.init_times[0])
-                    .map(duration_nanos),
-                run_timeout_nanos: layout.duration.decode(&e.init_times[1]).map(duration_nanos),
-                execution_expiration_unix_nanos: layout
-                    .timestamp
-                    .decode(&e.init_times[2])
-                    .map(duration_nanos),
-                start_time_unix_nanos: layout
-                    .timestamp
-                    .decode(&e.init_times[3])
-                    .map(duration_nanos),
-            });
-            EventBody::Activation {
-                run_id: text(&e.run_id),
-                replaying: e.is_replaying != 0,
-                history_length: e.history_length,
-                job_count: e.job_count,
-                jobs,
-                init,
-            }
-        }
-        kind::COMPLETION => {
-            let e: CompletionEvent = read_record(bytes, header.kind)?;
-            let status_name = layout
-                .completion_status
-                .name_of(e.status_tag)
-                .unwrap_or("Unknown");
-            let last_command = (e.successful != 0 && e.command_count > 0).then(|| {
-                layout
-                    .command
-                    .name_of(e.last_command_tag)
-                    .unwrap_or("Unknown")
-                    .to_string()
-            });
-            EventBody::Completion {
-                run_id: text(&e.run_id),
-                status: status_name.to_ascii_lowercase(),
-                command_count: e.command_count,
-                terminal: last_command.as_deref().and_then(Terminal::from_command),
-                last_command,
-                timeout_failure: e.timeout_failure != 0,
-            }
-        }
-        kind::EVICTION => {
-            let e: EvictionEvent = read_record(bytes, header.kind)?;
-            EventBody::Eviction {
-                run_id: text(&e.run_id),
-                reason: e.reason,
-                reason_name: eviction_reason_name(e.reason),
-            }
-        }
-        kind::TASK => {
-            let e: TaskEvent = read_record(bytes, header.kind)?;
-            EventBody::Task {
-                run_id: text(&e.run_id),
-                workflow_type: text(&e.workflow_type),
-            }
-        }
-        kind::WORKER_START | kind::WORKER_SHUTDOWN => {
-            let e: WorkerEvent = read_record(bytes, header.kind)?;
-            let (worker, task_queue) = (format!("{:#x}", e.worker), text(&e.task_queue));
-            if header.kind == kind::WORKER_START {
-                EventBody::WorkerStart { worker, task_queue }
-            } else {
-                EventBody::WorkerShutdown { worker, task_queue }
-            }
-        }
-        other => return Err(DecodeError::UnknownKind(other)),
-    };
+    if !KNOWN_KINDS.contains(&header.kind) {
+        return Err(DecodeError::UnknownKind(header.kind));
+    }
+    let spec = probes::spec_by_id(header.probe_id).ok_or(DecodeError::UnknownProbe {
+        probe: header.probe_id,
+    })?;
+    if spec.record != header.kind {
+        return Err(DecodeError::WrongKind {
+            probe: spec.name,
+            kind: header.kind,
+        });
+    }
     Ok(Event {
         time_unix_nanos: clock.wall(header.ktime_ns),
         pid: header.pid,
         tid: header.tid,
-        body,
+        body: (spec.decode)(bytes, layout)?,
     })
 }
+
+/// The kinds of records probes send.
+const KNOWN_KINDS: [u32; 6] = [
+    kind::ACTIVATION,
+    kind::COMPLETION,
+    kind::EVICTION,
+    kind::WORKER_SHUTDOWN,
+    kind::WORKER_START,
+    kind::TASK,
+];
 
 /// One human-readable line: time, pid, tid, probe, fields.
 impl std::fmt::Display for Event {
@@ -402,7 +340,10 @@ fn format_text(event: &Event) -> String {
 
 #[cfg(test)]
 mod tests {
-    use observer_common::{OPTION_TIME_WINDOW, RUN_ID_CAP};
+    use observer_common::{
+        ActivationEvent, CompletionEvent, EvictionEvent, OPTION_TIME_WINDOW, RUN_ID_CAP,
+        WorkerEvent,
+    };
 
     use super::*;
 
@@ -426,10 +367,14 @@ mod tests {
         out
     }
 
+    /// A header as the probe that sends records of `kind` writes it.
     fn header(kind: u32) -> EventHeader {
         EventHeader {
             kind,
-            probe_id: 1,
+            probe_id: probes::PROBES
+                .iter()
+                .find(|p| p.record == kind)
+                .map_or(0, |p| u32::from(p.id)),
             pid: 10,
             tid: 11,
             ktime_ns: 5_000_000_000,

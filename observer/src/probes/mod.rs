@@ -1,9 +1,17 @@
-//! The probe table: for each probe, what it yields and the sdk-core functions it can attach to,
-//! best first, with the inputs it reads there. Data only; [`crate::plan`] picks the points one
-//! binary has and [`crate::kernel`] attaches them.
+//! The probes: for each, what it yields, the sdk-core functions it can attach to (best first)
+//! with the inputs it reads there, the record its program sends and the decoder of that record.
+//! A probe is declared once, in its family's table: [`structs`] reads sdk-core's Rust structs
+//! with a layout. [`crate::plan`] picks the points one binary has, [`crate::kernel`] attaches
+//! them, [`crate::events`] hands each record to its probe's decoder.
 
-use observer_common::program;
+mod structs;
+
 use serde::Serialize;
+
+use crate::{
+    events::{DecodeError, EventBody},
+    layout::TargetLayout,
+};
 
 /// What a probe reads at its point.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -48,8 +56,12 @@ pub struct ProbePoint {
     pub count_existing_workers: bool,
 }
 
-/// One probe: what it yields, and the points it can attach to, best first. Release builds keep
-/// every first choice; LTO inlines some away, and the next point that the binary has is used.
+/// Turns one record of a probe into what it says.
+pub type Decoder = fn(&[u8], &TargetLayout) -> Result<EventBody, DecodeError>;
+
+/// One probe: what it yields, the points it can attach to (best first), and its record. Release
+/// builds keep every first choice; LTO inlines some away, and the next point that the binary has
+/// is used.
 #[derive(Clone, Copy, Debug, Serialize)]
 pub struct ProbeSpec {
     pub id: u16,
@@ -59,112 +71,14 @@ pub struct ProbeSpec {
     /// A missing required probe means this binary cannot be observed correctly.
     pub required: bool,
     pub yields: &'static str,
+    /// The kind of record its programs send (`observer_common::kind`).
+    pub record: u32,
+    /// Decodes that record.
+    #[serde(skip)]
+    pub decode: Decoder,
 }
 
-const fn entry(function: &'static str, program: &'static str, inputs: [Input; 2]) -> ProbePoint {
-    ProbePoint {
-        function,
-        hook: Hook::Entry { program },
-        inputs,
-        caveat: None,
-        count_existing_workers: false,
-    }
-}
-
-/// The probe table for sdk-core 0.10 as linked by the Rust SDK.
-pub const PROBES: &[ProbeSpec] = &[
-    ProbeSpec {
-        id: 1,
-        name: "activation",
-        // `prepare_to_ship_activation` sees the same activations, but it is inlined under LTO
-        // and its DWARF does not say where its argument is at entry (it is spilled at once).
-        // The function that builds every activation survives in every build.
-        points: &[ProbePoint {
-            function: "temporalio_sdk_core::worker::workflow::machines::workflow_machines::WorkflowMachines::get_wf_activation",
-            hook: Hook::EntryAndReturn {
-                entry: program::ACTIVATION_SLOT,
-                exit: program::ACTIVATION_RETURN,
-            },
-            inputs: [Input::ReturnSlot, Input::None],
-            caveat: None,
-            count_existing_workers: false,
-        }],
-        required: true,
-        yields: "each activation: run id, jobs, replay flag, history length; for a run's first \
-                 activation its workflow type, start time and timeouts",
-    },
-    ProbeSpec {
-        id: 2,
-        name: "completion",
-        points: &[entry(
-            "temporalio_sdk_core::worker::workflow::validate_completion",
-            program::COMPLETION,
-            [Input::Address("completion"), Input::None],
-        )],
-        required: true,
-        yields: "each completion: run id, status, its last (terminal) command, and whether a \
-                 failure's cause chain holds a timeout",
-    },
-    ProbeSpec {
-        id: 3,
-        name: "eviction",
-        points: &[entry(
-            "temporalio_protos::protos::coresdk::workflow_activation::sdk_helpers::create_evict_activation",
-            program::EVICTION,
-            [Input::Address("run_id"), Input::Value("reason")],
-        )],
-        required: true,
-        yields: "each eviction from the workflow cache: run id and reason",
-    },
-    ProbeSpec {
-        id: 4,
-        name: "worker_shutdown",
-        points: &[entry(
-            "temporalio_sdk_core::worker::Worker::initiate_shutdown",
-            program::WORKER_SHUTDOWN,
-            [Input::Address("self"), Input::None],
-        )],
-        required: false,
-        yields: "a worker asked to shut down, and its task queue",
-    },
-    ProbeSpec {
-        id: 5,
-        name: "worker_start",
-        points: &[
-            entry(
-                "temporalio_sdk_core::worker::Worker::mark_started",
-                program::WORKER_START,
-                [Input::Address("self"), Input::None],
-            ),
-            // `mark_started` runs on every poll but is inlined under LTO; creation is not.
-            ProbePoint {
-                function: "temporalio_sdk_core::worker::Worker::new_with_pollers",
-                hook: Hook::Entry {
-                    program: program::WORKER_CREATED,
-                },
-                inputs: [Input::Address("config"), Input::None],
-                caveat: Some(
-                    "a worker counts as running from its creation; workers that already run when \
-                     the observer attaches are counted from their workflow-processing threads",
-                ),
-                count_existing_workers: true,
-            },
-        ],
-        required: false,
-        yields: "a worker running (its first poll, or its creation), and its task queue",
-    },
-    ProbeSpec {
-        id: 6,
-        name: "task",
-        points: &[entry(
-            "temporalio_sdk_core::worker::workflow::workflow_stream::WFStream::instantiate_or_update",
-            program::TASK,
-            [Input::Address("pwft"), Input::None],
-        )],
-        required: false,
-        yields: "each workflow task's run id and workflow type: names the runs whose start was not seen",
-    },
-];
+pub use structs::PROBES;
 
 pub fn spec_by_id(id: u32) -> Option<&'static ProbeSpec> {
     PROBES.iter().find(|p| u32::from(p.id) == id)
@@ -180,6 +94,20 @@ pub fn probe_functions() -> impl Iterator<Item = &'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_probe_decodes_a_record_of_its_own_kind() {
+        let layout = crate::layout::sample_layout();
+        let clock = crate::events::Clock::fixed(0);
+        for spec in PROBES {
+            let mut record = vec![0u8; 1024];
+            record[0..4].copy_from_slice(&spec.record.to_le_bytes());
+            record[4..8].copy_from_slice(&u32::from(spec.id).to_le_bytes());
+            let event = crate::events::decode(&record, &layout, &clock)
+                .unwrap_or_else(|e| panic!("probe {}: {e}", spec.name));
+            assert_eq!(event.body.probe_name(), spec.name, "probe {}", spec.name);
+        }
+    }
 
     #[test]
     fn probe_ids_are_unique() {

@@ -1,0 +1,226 @@
+//! The probe family that reads sdk-core's Rust structs in place, with the target's layout: how
+//! the Rust SDK's workers are observed. Each probe's programs copy raw fields (strings, enum
+//! tags, option windows) into its record; its decoder here interprets them with the layout.
+
+use observer_common::{
+    ActivationEvent, CompletionEvent, EvictionEvent, MAX_JOBS, TaskEvent, WorkerEvent, kind,
+    program,
+};
+
+use super::{Hook, Input, ProbePoint, ProbeSpec};
+use crate::{
+    events::{
+        DecodeError, EventBody, RunInit, Terminal, duration_nanos, eviction_reason_name,
+        read_record, text,
+    },
+    layout::TargetLayout,
+};
+
+const fn entry(function: &'static str, program: &'static str, inputs: [Input; 2]) -> ProbePoint {
+    ProbePoint {
+        function,
+        hook: Hook::Entry { program },
+        inputs,
+        caveat: None,
+        count_existing_workers: false,
+    }
+}
+
+/// The probe table for sdk-core 0.10 as linked by the Rust SDK.
+pub const PROBES: &[ProbeSpec] = &[
+    ProbeSpec {
+        id: 1,
+        name: "activation",
+        // `prepare_to_ship_activation` sees the same activations, but it is inlined under LTO
+        // and its DWARF does not say where its argument is at entry (it is spilled at once).
+        // The function that builds every activation survives in every build.
+        points: &[ProbePoint {
+            function: "temporalio_sdk_core::worker::workflow::machines::workflow_machines::WorkflowMachines::get_wf_activation",
+            hook: Hook::EntryAndReturn {
+                entry: program::ACTIVATION_SLOT,
+                exit: program::ACTIVATION_RETURN,
+            },
+            inputs: [Input::ReturnSlot, Input::None],
+            caveat: None,
+            count_existing_workers: false,
+        }],
+        required: true,
+        yields: "each activation: run id, jobs, replay flag, history length; for a run's first \
+                 activation its workflow type, start time and timeouts",
+        record: kind::ACTIVATION,
+        decode: decode_activation,
+    },
+    ProbeSpec {
+        id: 2,
+        name: "completion",
+        points: &[entry(
+            "temporalio_sdk_core::worker::workflow::validate_completion",
+            program::COMPLETION,
+            [Input::Address("completion"), Input::None],
+        )],
+        required: true,
+        yields: "each completion: run id, status, its last (terminal) command, and whether a \
+                 failure's cause chain holds a timeout",
+        record: kind::COMPLETION,
+        decode: decode_completion,
+    },
+    ProbeSpec {
+        id: 3,
+        name: "eviction",
+        points: &[entry(
+            "temporalio_protos::protos::coresdk::workflow_activation::sdk_helpers::create_evict_activation",
+            program::EVICTION,
+            [Input::Address("run_id"), Input::Value("reason")],
+        )],
+        required: true,
+        yields: "each eviction from the workflow cache: run id and reason",
+        record: kind::EVICTION,
+        decode: decode_eviction,
+    },
+    ProbeSpec {
+        id: 4,
+        name: "worker_shutdown",
+        points: &[entry(
+            "temporalio_sdk_core::worker::Worker::initiate_shutdown",
+            program::WORKER_SHUTDOWN,
+            [Input::Address("self"), Input::None],
+        )],
+        required: false,
+        yields: "a worker asked to shut down, and its task queue",
+        record: kind::WORKER_SHUTDOWN,
+        decode: decode_worker_shutdown,
+    },
+    ProbeSpec {
+        id: 5,
+        name: "worker_start",
+        points: &[
+            entry(
+                "temporalio_sdk_core::worker::Worker::mark_started",
+                program::WORKER_START,
+                [Input::Address("self"), Input::None],
+            ),
+            // `mark_started` runs on every poll but is inlined under LTO; creation is not.
+            ProbePoint {
+                function: "temporalio_sdk_core::worker::Worker::new_with_pollers",
+                hook: Hook::Entry {
+                    program: program::WORKER_CREATED,
+                },
+                inputs: [Input::Address("config"), Input::None],
+                caveat: Some(
+                    "a worker counts as running from its creation; workers that already run when \
+                     the observer attaches are counted from their workflow-processing threads",
+                ),
+                count_existing_workers: true,
+            },
+        ],
+        required: false,
+        yields: "a worker running (its first poll, or its creation), and its task queue",
+        record: kind::WORKER_START,
+        decode: decode_worker_start,
+    },
+    ProbeSpec {
+        id: 6,
+        name: "task",
+        points: &[entry(
+            "temporalio_sdk_core::worker::workflow::workflow_stream::WFStream::instantiate_or_update",
+            program::TASK,
+            [Input::Address("pwft"), Input::None],
+        )],
+        required: false,
+        yields: "each workflow task's run id and workflow type: names the runs whose start was not seen",
+        record: kind::TASK,
+        decode: decode_task,
+    },
+];
+
+fn decode_activation(bytes: &[u8], layout: &TargetLayout) -> Result<EventBody, DecodeError> {
+    let e: ActivationEvent = read_record(bytes, kind::ACTIVATION)?;
+    let shown = (e.job_count as usize).min(MAX_JOBS);
+    let jobs = e.job_tags[..shown]
+        .iter()
+        .map(|tag| {
+            layout
+                .job
+                .name_of(*tag)
+                .map(str::to_string)
+                .unwrap_or_else(|| format!("tag:{tag}"))
+        })
+        .collect();
+    let init = (e.has_init != 0).then(|| RunInit {
+        workflow_type: text(&e.workflow_type),
+        execution_timeout_nanos: layout.duration.decode(&e.init_times[0]).map(duration_nanos),
+        run_timeout_nanos: layout.duration.decode(&e.init_times[1]).map(duration_nanos),
+        execution_expiration_unix_nanos: layout
+            .timestamp
+            .decode(&e.init_times[2])
+            .map(duration_nanos),
+        start_time_unix_nanos: layout
+            .timestamp
+            .decode(&e.init_times[3])
+            .map(duration_nanos),
+    });
+    Ok(EventBody::Activation {
+        run_id: text(&e.run_id),
+        replaying: e.is_replaying != 0,
+        history_length: e.history_length,
+        job_count: e.job_count,
+        jobs,
+        init,
+    })
+}
+
+fn decode_completion(bytes: &[u8], layout: &TargetLayout) -> Result<EventBody, DecodeError> {
+    let e: CompletionEvent = read_record(bytes, kind::COMPLETION)?;
+    let status_name = layout
+        .completion_status
+        .name_of(e.status_tag)
+        .unwrap_or("Unknown");
+    let last_command = (e.successful != 0 && e.command_count > 0).then(|| {
+        layout
+            .command
+            .name_of(e.last_command_tag)
+            .unwrap_or("Unknown")
+            .to_string()
+    });
+    Ok(EventBody::Completion {
+        run_id: text(&e.run_id),
+        status: status_name.to_ascii_lowercase(),
+        command_count: e.command_count,
+        terminal: last_command.as_deref().and_then(Terminal::from_command),
+        last_command,
+        timeout_failure: e.timeout_failure != 0,
+    })
+}
+
+fn decode_eviction(bytes: &[u8], _: &TargetLayout) -> Result<EventBody, DecodeError> {
+    let e: EvictionEvent = read_record(bytes, kind::EVICTION)?;
+    Ok(EventBody::Eviction {
+        run_id: text(&e.run_id),
+        reason: e.reason,
+        reason_name: eviction_reason_name(e.reason),
+    })
+}
+
+fn decode_task(bytes: &[u8], _: &TargetLayout) -> Result<EventBody, DecodeError> {
+    let e: TaskEvent = read_record(bytes, kind::TASK)?;
+    Ok(EventBody::Task {
+        run_id: text(&e.run_id),
+        workflow_type: text(&e.workflow_type),
+    })
+}
+
+/// A worker record: its address (its identity within the process) and task queue.
+fn worker(bytes: &[u8], record: u32) -> Result<(String, String), DecodeError> {
+    let e: WorkerEvent = read_record(bytes, record)?;
+    Ok((format!("{:#x}", e.worker), text(&e.task_queue)))
+}
+
+fn decode_worker_start(bytes: &[u8], _: &TargetLayout) -> Result<EventBody, DecodeError> {
+    let (worker, task_queue) = worker(bytes, kind::WORKER_START)?;
+    Ok(EventBody::WorkerStart { worker, task_queue })
+}
+
+fn decode_worker_shutdown(bytes: &[u8], _: &TargetLayout) -> Result<EventBody, DecodeError> {
+    let (worker, task_queue) = worker(bytes, kind::WORKER_SHUTDOWN)?;
+    Ok(EventBody::WorkerShutdown { worker, task_queue })
+}
