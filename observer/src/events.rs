@@ -31,6 +31,209 @@ impl Terminal {
     }
 }
 
+impl std::fmt::Display for Terminal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Complete => "complete",
+            Self::Fail => "fail",
+            Self::Cancel => "cancel",
+            Self::ContinueAsNew => "continue_as_new",
+        })
+    }
+}
+
+/// An activation job, by kind: the kinds the lifecycle tells apart, and the others by name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum JobKind {
+    InitializeWorkflow,
+    QueryWorkflow,
+    RemoveFromCache,
+    /// Any other job, by its `workflow_activation_job::Variant` name (or `tag:N` when the
+    /// layout names no variant for the tag).
+    Other(String),
+}
+
+impl JobKind {
+    /// The job of this `workflow_activation_job::Variant` name.
+    pub fn from_variant(name: &str) -> Self {
+        match name {
+            "InitializeWorkflow" => Self::InitializeWorkflow,
+            "QueryWorkflow" => Self::QueryWorkflow,
+            "RemoveFromCache" => Self::RemoveFromCache,
+            other => Self::Other(other.to_string()),
+        }
+    }
+
+    /// New work for the run: not a query, not its removal from the cache.
+    pub fn is_new_work(&self) -> bool {
+        !matches!(self, Self::QueryWorkflow | Self::RemoveFromCache)
+    }
+}
+
+impl std::fmt::Display for JobKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::InitializeWorkflow => "InitializeWorkflow",
+            Self::QueryWorkflow => "QueryWorkflow",
+            Self::RemoveFromCache => "RemoveFromCache",
+            Self::Other(name) => name,
+        })
+    }
+}
+
+impl Serialize for JobKind {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+/// What a completion says about the workflow task.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CompletionStatus {
+    /// The workflow code ran; the commands are valid.
+    Successful,
+    /// The workflow task failed (it will be retried; not an end).
+    Failed,
+    /// No status.
+    None,
+    /// A tag the layout names no status for.
+    Unknown,
+}
+
+impl CompletionStatus {
+    /// The status of this `workflow_activation_completion::Status` name (`None` is the
+    /// `Option`'s).
+    pub fn from_variant(name: Option<&str>) -> Self {
+        match name {
+            Some("Successful") => Self::Successful,
+            Some("Failed") => Self::Failed,
+            Some("None") => Self::None,
+            _ => Self::Unknown,
+        }
+    }
+}
+
+impl std::fmt::Display for CompletionStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Successful => "successful",
+            Self::Failed => "failed",
+            Self::None => "none",
+            Self::Unknown => "unknown",
+        })
+    }
+}
+
+/// Why core evicts a run from its cache (`EvictionReason` in sdk-core's protos).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EvictionReason {
+    Unspecified,
+    CacheFull,
+    CacheMiss,
+    Nondeterminism,
+    LangFail,
+    LangRequested,
+    TaskNotFound,
+    UnhandledCommand,
+    Fatal,
+    PaginationOrHistoryFetch,
+    /// Core evicts a run after the server accepted its end.
+    WorkflowExecutionEnding,
+    /// A value this observer does not know.
+    Unknown(u32),
+}
+
+impl EvictionReason {
+    const KNOWN: [Self; 11] = [
+        Self::Unspecified,
+        Self::CacheFull,
+        Self::CacheMiss,
+        Self::Nondeterminism,
+        Self::LangFail,
+        Self::LangRequested,
+        Self::TaskNotFound,
+        Self::UnhandledCommand,
+        Self::Fatal,
+        Self::PaginationOrHistoryFetch,
+        Self::WorkflowExecutionEnding,
+    ];
+
+    /// The reason of this protobuf enum value.
+    pub fn from_raw(value: u32) -> Self {
+        Self::KNOWN
+            .get(value as usize)
+            .copied()
+            .unwrap_or(Self::Unknown(value))
+    }
+
+    /// Its protobuf enum value.
+    pub fn raw(self) -> u32 {
+        match self {
+            Self::Unknown(value) => value,
+            known => Self::KNOWN.iter().position(|k| *k == known).unwrap_or(0) as u32,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Unspecified => "Unspecified",
+            Self::CacheFull => "CacheFull",
+            Self::CacheMiss => "CacheMiss",
+            Self::Nondeterminism => "Nondeterminism",
+            Self::LangFail => "LangFail",
+            Self::LangRequested => "LangRequested",
+            Self::TaskNotFound => "TaskNotFound",
+            Self::UnhandledCommand => "UnhandledCommand",
+            Self::Fatal => "Fatal",
+            Self::PaginationOrHistoryFetch => "PaginationOrHistoryFetch",
+            Self::WorkflowExecutionEnding => "WorkflowExecutionEnding",
+            Self::Unknown(_) => "Unknown",
+        }
+    }
+
+    /// Whether this eviction, following a terminal command, means the server took it.
+    ///
+    /// Core evicts an ended run with `WorkflowExecutionEnding`, unless an eviction was already
+    /// pending for it: under cache pressure a run evicted for room (`CacheFull`) right after its
+    /// terminal completion was accepted never gets the ending eviction (seen in the end-to-end
+    /// tests with a cache of one). Reasons that mean the completion failed reject the end.
+    pub fn confirms_end(self) -> bool {
+        match self {
+            Self::Unspecified
+            | Self::CacheFull
+            | Self::CacheMiss
+            | Self::LangRequested
+            | Self::WorkflowExecutionEnding => true,
+            Self::Nondeterminism
+            | Self::LangFail
+            | Self::TaskNotFound
+            | Self::UnhandledCommand
+            | Self::Fatal
+            | Self::PaginationOrHistoryFetch
+            | Self::Unknown(_) => false,
+        }
+    }
+}
+
+/// `10(WorkflowExecutionEnding)`.
+impl std::fmt::Display for EvictionReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}({})", self.raw(), self.name())
+    }
+}
+
+/// As two fields, `reason` (the value) and `reason_name`, where it is flattened into an event.
+impl Serialize for EvictionReason {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct as _;
+        let mut s = serializer.serialize_struct("EvictionReason", 2)?;
+        s.serialize_field("reason", &self.raw())?;
+        s.serialize_field("reason_name", self.name())?;
+        s.end()
+    }
+}
+
 /// A time span or point read from the target, in whole nanoseconds.
 pub type Nanos = i128;
 
@@ -42,16 +245,15 @@ pub enum EventBody {
         replaying: bool,
         history_length: u32,
         job_count: u64,
-        /// Variant names of the first jobs.
-        jobs: Vec<String>,
+        /// The first jobs.
+        jobs: Vec<JobKind>,
         /// Set when the activation starts (or restarts) a run: `InitializeWorkflow` is its first job.
         #[serde(skip_serializing_if = "Option::is_none")]
         init: Option<RunInit>,
     },
     Completion {
         run_id: String,
-        /// `successful`, `failed` (a workflow task failure), or the raw status variant name.
-        status: String,
+        status: CompletionStatus,
         command_count: u64,
         #[serde(skip_serializing_if = "Option::is_none")]
         last_command: Option<String>,
@@ -62,8 +264,8 @@ pub enum EventBody {
     },
     Eviction {
         run_id: String,
-        reason: u32,
-        reason_name: &'static str,
+        #[serde(flatten)]
+        reason: EvictionReason,
     },
     /// A workflow task reached core.
     Task {
@@ -191,24 +393,6 @@ pub(crate) fn text<const N: usize>(s: &Str<N>) -> String {
     String::from_utf8_lossy(&s.bytes[..copied]).into_owned()
 }
 
-/// Eviction reasons (`EvictionReason` in sdk-core's protos).
-pub fn eviction_reason_name(reason: u32) -> &'static str {
-    match reason {
-        0 => "Unspecified",
-        1 => "CacheFull",
-        2 => "CacheMiss",
-        3 => "Nondeterminism",
-        4 => "LangFail",
-        5 => "LangRequested",
-        6 => "TaskNotFound",
-        7 => "UnhandledCommand",
-        8 => "Fatal",
-        9 => "PaginationOrHistoryFetch",
-        10 => "WorkflowExecutionEnding",
-        _ => "Unknown",
-    }
-}
-
 pub(crate) fn duration_nanos((seconds, nanos): (i64, i32)) -> Nanos {
     Nanos::from(seconds) * 1_000_000_000 + Nanos::from(nanos)
 }
@@ -272,7 +456,10 @@ fn format_text(event: &Event) -> String {
         } => {
             let mut line = format!(
                 "activation run_id={run_id} replaying={replaying} history_length={history_length} jobs={job_count}[{}]",
-                jobs.join(",")
+                jobs.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
             );
             if let Some(init) = init {
                 line.push_str(&format!(" workflow_type={}", init.workflow_type));
@@ -302,25 +489,15 @@ fn format_text(event: &Event) -> String {
                 line.push_str(&format!(" last_command={c}"));
             }
             if let Some(t) = terminal {
-                line.push_str(&format!(
-                    " terminal={}",
-                    serde_json::to_value(t)
-                        .unwrap_or_default()
-                        .as_str()
-                        .unwrap_or("")
-                ));
+                line.push_str(&format!(" terminal={t}"));
             }
             if *timeout_failure {
                 line.push_str(" timeout_failure=true");
             }
             line
         }
-        EventBody::Eviction {
-            run_id,
-            reason,
-            reason_name,
-        } => {
-            format!("eviction run_id={run_id} reason={reason}({reason_name})")
+        EventBody::Eviction { run_id, reason } => {
+            format!("eviction run_id={run_id} reason={reason}")
         }
         EventBody::Task {
             run_id,
@@ -423,7 +600,7 @@ mod tests {
         };
         assert_eq!(run_id, "0196-run");
         assert!(!replaying);
-        assert_eq!(jobs, vec!["InitializeWorkflow"]);
+        assert_eq!(jobs, vec![JobKind::InitializeWorkflow]);
         let init = init.expect("init");
         assert_eq!(init.workflow_type, "CompleteWorkflow");
         assert_eq!(init.start_time_unix_nanos, Some(1_800_000_000_000_000_005));
@@ -452,9 +629,54 @@ mod tests {
         else {
             panic!("kind")
         };
-        assert_eq!(status, "successful");
+        assert_eq!(status, CompletionStatus::Successful);
         assert_eq!(terminal, Some(Terminal::Complete));
         assert_eq!(last_command.as_deref(), Some("CompleteWorkflowExecution"));
+    }
+
+    #[test]
+    fn eviction_reasons_round_trip_and_print_as_value_and_name() {
+        for raw in 0..=12 {
+            assert_eq!(EvictionReason::from_raw(raw).raw(), raw);
+        }
+        assert_eq!(EvictionReason::from_raw(1), EvictionReason::CacheFull);
+        assert_eq!(EvictionReason::from_raw(12), EvictionReason::Unknown(12));
+        assert_eq!(
+            EvictionReason::WorkflowExecutionEnding.to_string(),
+            "10(WorkflowExecutionEnding)"
+        );
+        let event = Event {
+            time_unix_nanos: 0,
+            pid: 1,
+            tid: 2,
+            body: EventBody::Eviction {
+                run_id: "r".into(),
+                reason: EvictionReason::CacheFull,
+            },
+        };
+        let json = serde_json::to_value(&event).expect("serializes");
+        assert_eq!(json["probe"], "eviction");
+        assert_eq!(json["reason"], 1);
+        assert_eq!(json["reason_name"], "CacheFull");
+        assert!(
+            event
+                .to_string()
+                .ends_with("eviction run_id=r reason=1(CacheFull)")
+        );
+    }
+
+    #[test]
+    fn jobs_print_by_variant_name() {
+        let jobs = vec![
+            JobKind::from_variant("InitializeWorkflow"),
+            JobKind::from_variant("FireTimer"),
+        ];
+        assert_eq!(jobs[1], JobKind::Other("FireTimer".into()));
+        assert!(!JobKind::QueryWorkflow.is_new_work() && jobs[1].is_new_work());
+        assert_eq!(
+            serde_json::to_value(&jobs).expect("serializes"),
+            serde_json::json!(["InitializeWorkflow", "FireTimer"])
+        );
     }
 
     #[test]

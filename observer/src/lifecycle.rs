@@ -6,7 +6,7 @@
 //!   a replay after an eviction or a restart never starts it again;
 //! - a run ends once: its terminal command is pending until core evicts the run, which it does
 //!   after the server accepted the command (`WorkflowExecutionEnding`, or an eviction for room
-//!   that was already pending, see [`eviction_confirms_end`]); an eviction that means the
+//!   that was already pending, see [`EvictionReason::confirms_end`]); an eviction that means the
 //!   completion failed, or new work for the run, means the server did not take it;
 //! - terminal commands that answer a replaying activation (a query on a closed run replays it
 //!   entirely) are ignored, and so is anything about a run already ended;
@@ -18,7 +18,7 @@ use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 
 use serde::Serialize;
 
-use crate::events::{Event, EventBody, Nanos, RunInit, Terminal};
+use crate::events::{Event, EventBody, EvictionReason, JobKind, Nanos, RunInit, Terminal};
 
 /// How a run ended; the end states are exclusive.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -208,9 +208,7 @@ impl Engine {
                 run.replaying = *replaying;
                 // New work for the run (not a query, not its removal from the cache): a terminal
                 // command still pending was not accepted.
-                let new_work = jobs
-                    .iter()
-                    .any(|job| job != "QueryWorkflow" && job != "RemoveFromCache");
+                let new_work = jobs.iter().any(JobKind::is_new_work);
                 if !*replaying && new_work {
                     run.pending_end = None;
                 }
@@ -251,11 +249,9 @@ impl Engine {
             EventBody::Eviction { run_id, reason, .. } => {
                 let pending = self.runs.get(run_id).and_then(|r| r.pending_end);
                 match pending {
-                    Some((end, at)) if eviction_confirms_end(*reason) => {
-                        self.end(run_id, end, at, out)
-                    }
+                    Some((end, at)) if reason.confirms_end() => self.end(run_id, end, at, out),
                     // Ended without a counted end here (e.g. a replay for a query): forget it.
-                    None if *reason == WORKFLOW_EXECUTION_ENDING => {
+                    None if *reason == EvictionReason::WorkflowExecutionEnding => {
                         self.forget(run_id);
                     }
                     // The completion failed; the run goes on and will come back, replayed.
@@ -388,24 +384,6 @@ impl Engine {
     }
 }
 
-/// `EvictionReason::WorkflowExecutionEnding`: core evicts a run after the server accepted its end.
-pub const WORKFLOW_EXECUTION_ENDING: u32 = 10;
-
-/// Whether an eviction that follows a terminal command means the server took it.
-///
-/// Core evicts an ended run with `WorkflowExecutionEnding`, unless an eviction was already
-/// pending for it: under cache pressure a run evicted for room (`CacheFull`) right after its
-/// terminal completion was accepted never gets the ending eviction (seen in the end-to-end
-/// tests with a cache of one). Reasons that mean the completion failed reject the end.
-pub fn eviction_confirms_end(reason: u32) -> bool {
-    match reason {
-        // Unspecified, CacheFull, CacheMiss, LangRequested, WorkflowExecutionEnding
-        0 | 1 | 2 | 5 | WORKFLOW_EXECUTION_ENDING => true,
-        // Nondeterminism, LangFail, TaskNotFound, UnhandledCommand, Fatal, PaginationOrHistoryFetch
-        _ => false,
-    }
-}
-
 /// The workflow type of a run whose first activation this observer did not see.
 pub const UNKNOWN_TYPE: &str = "unknown";
 
@@ -481,7 +459,7 @@ mod tests {
                 replaying,
                 history_length: 3,
                 job_count: 1,
-                jobs: vec![job.to_string()],
+                jobs: vec![JobKind::from_variant(job)],
                 init,
             },
         )
@@ -497,7 +475,7 @@ mod tests {
             at,
             EventBody::Completion {
                 run_id: run.into(),
-                status: "successful".into(),
+                status: crate::events::CompletionStatus::Successful,
                 command_count: 1,
                 last_command: None,
                 terminal,
@@ -506,13 +484,14 @@ mod tests {
         )
     }
 
+    const WORKFLOW_EXECUTION_ENDING: u32 = 10;
+
     fn eviction(at: Nanos, run: &str, reason: u32) -> Event {
         event(
             at,
             EventBody::Eviction {
                 run_id: run.into(),
-                reason,
-                reason_name: "",
+                reason: EvictionReason::from_raw(reason),
             },
         )
     }

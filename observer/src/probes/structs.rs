@@ -10,8 +10,8 @@ use observer_common::{
 use super::{Hook, Input, ProbePoint, ProbeSpec};
 use crate::{
     events::{
-        DecodeError, EventBody, RunInit, Terminal, duration_nanos, eviction_reason_name,
-        read_record, text,
+        CompletionStatus, DecodeError, EventBody, EvictionReason, JobKind, RunInit, Terminal,
+        duration_nanos, read_record, text,
     },
     layout::TargetLayout,
 };
@@ -138,12 +138,9 @@ fn decode_activation(bytes: &[u8], layout: &TargetLayout) -> Result<EventBody, D
     let shown = (e.job_count as usize).min(MAX_JOBS);
     let jobs = e.job_tags[..shown]
         .iter()
-        .map(|tag| {
-            layout
-                .job
-                .name_of(*tag)
-                .map(str::to_string)
-                .unwrap_or_else(|| format!("tag:{tag}"))
+        .map(|tag| match layout.job.name_of(*tag) {
+            Some(name) => JobKind::from_variant(name),
+            None => JobKind::Other(format!("tag:{tag}")),
         })
         .collect();
     let init = (e.has_init != 0).then(|| RunInit {
@@ -171,10 +168,6 @@ fn decode_activation(bytes: &[u8], layout: &TargetLayout) -> Result<EventBody, D
 
 fn decode_completion(bytes: &[u8], layout: &TargetLayout) -> Result<EventBody, DecodeError> {
     let e: CompletionEvent = read_record(bytes, kind::COMPLETION)?;
-    let status_name = layout
-        .completion_status
-        .name_of(e.status_tag)
-        .unwrap_or("Unknown");
     let last_command = (e.successful != 0 && e.command_count > 0).then(|| {
         layout
             .command
@@ -184,7 +177,7 @@ fn decode_completion(bytes: &[u8], layout: &TargetLayout) -> Result<EventBody, D
     });
     Ok(EventBody::Completion {
         run_id: text(&e.run_id),
-        status: status_name.to_ascii_lowercase(),
+        status: CompletionStatus::from_variant(layout.completion_status.name_of(e.status_tag)),
         command_count: e.command_count,
         terminal: last_command.as_deref().and_then(Terminal::from_command),
         last_command,
@@ -196,8 +189,7 @@ fn decode_eviction(bytes: &[u8], _: &TargetLayout) -> Result<EventBody, DecodeEr
     let e: EvictionEvent = read_record(bytes, kind::EVICTION)?;
     Ok(EventBody::Eviction {
         run_id: text(&e.run_id),
-        reason: e.reason,
-        reason_name: eviction_reason_name(e.reason),
+        reason: EvictionReason::from_raw(e.reason),
     })
 }
 
