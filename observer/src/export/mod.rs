@@ -1,35 +1,25 @@
-//! The metric set, exported over OTLP (gRPC or HTTP/protobuf), and mirrored in memory so that it
-//! can be printed (`--print-metrics`) exactly as exported.
-//!
-//! Configuration follows the OpenTelemetry conventions: `OTEL_EXPORTER_OTLP_[METRICS_]ENDPOINT`,
-//! `OTEL_EXPORTER_OTLP_[METRICS_]PROTOCOL`, `OTEL_EXPORTER_OTLP_HEADERS`,
-//! `OTEL_METRIC_EXPORT_INTERVAL`, `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_SERVICE_NAME`; flags given on
-//! the command line win over the environment.
+//! The metric set: the instruments lifecycle updates are recorded into, one meter provider
+//! feeding [`otlp`] (push) and [`prometheus`] (scrape), and a [`mirror`] of every value in
+//! memory that [`text`] prints (`--print-metrics`) exactly as exported. Resource attributes
+//! (`OTEL_RESOURCE_ATTRIBUTES`, `OTEL_SERVICE_NAME`, and the observed process's own) say where
+//! the numbers come from; `workflow_type` is the only metric attribute.
 
-use std::{
-    collections::BTreeMap,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::Duration,
-};
+mod mirror;
+mod otlp;
+mod prometheus;
+mod text;
+
+pub use mirror::{Mirror, Snapshot};
+pub use otlp::http_metrics_url;
+pub use text::format_snapshot;
+
+use std::time::Duration;
 
 use opentelemetry::{
     KeyValue,
     metrics::{Counter, Gauge, Histogram, Meter, MeterProvider as _, UpDownCounter},
 };
-use opentelemetry_otlp::{MetricExporter, Protocol, WithExportConfig as _};
-use opentelemetry_sdk::{
-    Resource,
-    error::OTelSdkResult,
-    metrics::{
-        PeriodicReader, SdkMeterProvider, Temporality, data::ResourceMetrics,
-        exporter::PushMetricExporter,
-    },
-    resource::EnvResourceDetector,
-};
-use serde::Serialize;
+use opentelemetry_sdk::{Resource, metrics::SdkMeterProvider, resource::EnvResourceDetector};
 
 use crate::lifecycle::{EndState, Update};
 
@@ -143,45 +133,6 @@ pub enum ExportError {
     },
 }
 
-/// The transport the environment asks for, validated (the exporter would silently fall back).
-fn transport_from_env(
-    var: impl Fn(&str) -> Option<String>,
-) -> Result<Option<Transport>, ExportError> {
-    for name in [
-        "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL",
-        "OTEL_EXPORTER_OTLP_PROTOCOL",
-    ] {
-        if let Some(value) = var(name) {
-            return value
-                .parse()
-                .map(Some)
-                .map_err(|_| ExportError::Protocol { var: name, value });
-        }
-    }
-    Ok(None)
-}
-
-/// A point-in-time copy of every value, as exported.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
-pub struct Snapshot {
-    /// instrument name -> workflow type -> value
-    pub counters: BTreeMap<&'static str, BTreeMap<String, u64>>,
-    /// workflow type -> (count, sum of seconds)
-    pub durations: BTreeMap<String, (u64, f64)>,
-    pub workers_running: i64,
-    pub workers_configured: i64,
-}
-
-/// The in-memory copy of the values, shared with the instruments that write it.
-#[derive(Clone, Debug, Default)]
-pub struct Mirror(Arc<Mutex<Snapshot>>);
-
-impl Mirror {
-    pub fn snapshot(&self) -> Snapshot {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-}
-
 /// The instruments, and the mirror of their values.
 #[derive(Debug)]
 pub struct Metrics {
@@ -198,7 +149,7 @@ pub struct Metrics {
     runs_tracked: Gauge<i64>,
     runs_dropped: Counter<u64>,
     runs_affected: Counter<u64>,
-    snapshot: Arc<Mutex<Snapshot>>,
+    mirror: Mirror,
     reported_lost: u64,
     reported_faults: u64,
     reported_dropped: u64,
@@ -221,20 +172,10 @@ impl Metrics {
         };
         let mut builder = SdkMeterProvider::builder().with_resource(resource(process));
         if config.otlp {
-            builder = builder.with_reader(otlp_reader(config)?);
+            builder = otlp::add_reader(builder, config)?;
         }
         if let Some(addr) = config.prometheus {
-            let registry = prometheus::Registry::new();
-            // Names stay exactly as the contract spells them; no scope labels on the series.
-            let exporter = opentelemetry_prometheus::exporter()
-                .with_registry(registry.clone())
-                .without_units()
-                .without_counter_suffixes()
-                .scope_info_enabled(false)
-                .build()
-                .map_err(|e| ExportError::Prometheus(e.to_string()))?;
-            builder = builder.with_reader(exporter);
-            serve_prometheus(addr, registry)?;
+            builder = prometheus::serve(builder, addr)?;
         }
         let provider = builder.build();
         let meter = provider.meter("temporal-observer");
@@ -295,7 +236,7 @@ impl Metrics {
                 name::RUNS_AFFECTED,
                 "Runs open while probe records were lost (no timeout is inferred for them)",
             ),
-            snapshot: Arc::default(),
+            mirror: Mirror::default(),
             reported_affected: 0,
             reported_lost: 0,
             reported_faults: 0,
@@ -306,10 +247,11 @@ impl Metrics {
 
     /// Records one lifecycle update.
     pub fn record(&self, update: &Update) {
-        let mut snapshot = self
-            .snapshot
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        self.mirror
+            .update(|snapshot| self.record_into(update, snapshot));
+    }
+
+    fn record_into(&self, update: &Update, snapshot: &mut Snapshot) {
         match update {
             Update::RunStarted { workflow_type } => {
                 self.started
@@ -355,10 +297,7 @@ impl Metrics {
 
     pub fn set_workers_configured(&self, value: i64) {
         self.workers_configured.record(value, &[]);
-        self.snapshot
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .workers_configured = value;
+        self.mirror.update(|s| s.workers_configured = value);
     }
 
     /// The observer's own health. Kernel counters are cumulative; the deltas are exported.
@@ -385,13 +324,13 @@ impl Metrics {
     }
 
     pub fn snapshot(&self) -> Snapshot {
-        self.mirror().snapshot()
+        self.mirror.snapshot()
     }
 
     /// A handle on the in-memory copy of the values, which stays valid however the instruments
     /// are moved.
     pub fn mirror(&self) -> Mirror {
-        Mirror(Arc::clone(&self.snapshot))
+        self.mirror.clone()
     }
 
     /// Exports what is left and stops the pipeline. Blocking: call it off the async threads.
@@ -400,98 +339,6 @@ impl Metrics {
             Some(provider) => provider.shutdown().map_err(|e| e.to_string()),
             None => Ok(()),
         }
-    }
-}
-
-/// The periodic OTLP reader, with the transport and endpoint resolved from flags and OTEL_*.
-fn otlp_reader(
-    config: &ExportSettings,
-) -> Result<PeriodicReader<Logged<MetricExporter>>, ExportError> {
-    let transport = match config.transport {
-        Some(t) => Some(t),
-        None => transport_from_env(|name| std::env::var(name).ok())?,
-    };
-    let exporter = match transport.unwrap_or(Transport::HttpProtobuf) {
-        Transport::Grpc => {
-            let builder = MetricExporter::builder()
-                .with_tonic()
-                .with_protocol(Protocol::Grpc);
-            match &config.endpoint {
-                Some(endpoint) => builder.with_endpoint(endpoint.clone()).build()?,
-                None => builder.build()?,
-            }
-        }
-        Transport::HttpProtobuf => {
-            let builder = MetricExporter::builder()
-                .with_http()
-                .with_protocol(Protocol::HttpBinary);
-            match &config.endpoint {
-                // The HTTP exporter takes the full URL of the metrics path.
-                Some(endpoint) => builder.with_endpoint(http_metrics_url(endpoint)).build()?,
-                None => builder.build()?,
-            }
-        }
-    };
-    let target = match (
-        &config.endpoint,
-        transport.unwrap_or(Transport::HttpProtobuf),
-    ) {
-        (Some(endpoint), _) => endpoint.clone(),
-        (None, Transport::Grpc) => {
-            "the OTLP/gRPC endpoint from OTEL_* (default localhost:4317)".into()
-        }
-        (None, Transport::HttpProtobuf) => {
-            "the OTLP/HTTP endpoint from OTEL_* (default localhost:4318)".into()
-        }
-    };
-    let mut reader = PeriodicReader::builder(Logged {
-        inner: exporter,
-        target,
-        failing: AtomicBool::new(false),
-    });
-    if let Some(interval) = config.interval {
-        reader = reader.with_interval(interval);
-    }
-    Ok(reader.build())
-}
-
-/// Logs the first failed export of a streak, and the recovery, so that an unreachable collector
-/// is visible without flooding the log (the SDK itself reports nothing with our logger).
-#[derive(Debug)]
-struct Logged<E> {
-    inner: E,
-    target: String,
-    failing: AtomicBool,
-}
-
-impl<E: PushMetricExporter> PushMetricExporter for Logged<E> {
-    async fn export(&self, metrics: &ResourceMetrics) -> OTelSdkResult {
-        let result = self.inner.export(metrics).await;
-        match &result {
-            Err(e) if !self.failing.swap(true, Ordering::Relaxed) => {
-                log::warn!(
-                    "exporting metrics to {} failed: {e}; retrying every interval",
-                    self.target
-                );
-            }
-            Ok(()) if self.failing.swap(false, Ordering::Relaxed) => {
-                log::info!("exporting metrics to {} works again", self.target);
-            }
-            _ => {}
-        }
-        result
-    }
-
-    fn force_flush(&self) -> OTelSdkResult {
-        self.inner.force_flush()
-    }
-
-    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        self.inner.shutdown_with_timeout(timeout)
-    }
-
-    fn temporality(&self) -> Temporality {
-        self.inner.temporality()
     }
 }
 
@@ -505,58 +352,6 @@ pub struct Health {
     pub probes_attached: i64,
     pub targets_observed: i64,
     pub runs_tracked: i64,
-}
-
-/// Answers every HTTP request with the registry in the Prometheus text format, on its own thread.
-fn serve_prometheus(
-    addr: std::net::SocketAddr,
-    registry: prometheus::Registry,
-) -> Result<(), ExportError> {
-    use prometheus::Encoder as _;
-    use std::io::{BufRead, BufReader, Write};
-    let listener =
-        std::net::TcpListener::bind(addr).map_err(|source| ExportError::Listen { addr, source })?;
-    log::info!("serving Prometheus scrapes on http://{addr}/metrics");
-    let spawned = std::thread::Builder::new().name("prometheus".into()).spawn(move || {
-        for stream in listener.incoming().flatten() {
-            let mut reader = BufReader::new(&stream);
-            // Read the request head; the path does not matter.
-            let mut line = String::new();
-            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
-                line.clear();
-            }
-            let mut body = Vec::new();
-            let encoded = prometheus::TextEncoder::new().encode(&registry.gather(), &mut body);
-            let (status, body) = match encoded {
-                Ok(()) => ("200 OK", body),
-                Err(e) => ("500 Internal Server Error", e.to_string().into_bytes()),
-            };
-            let mut stream = &stream;
-            let _ = write!(
-                stream,
-                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                body.len()
-            );
-            let _ = stream.write_all(&body);
-        }
-    });
-    spawned
-        .map(|_| ())
-        .map_err(|source| ExportError::Listen { addr, source })
-}
-
-/// `http://host:4318` -> `http://host:4318/v1/metrics`; a URL with a path is kept as given.
-pub fn http_metrics_url(endpoint: &str) -> String {
-    let trimmed = endpoint.trim_end_matches('/');
-    let after_scheme = trimmed
-        .split_once("://")
-        .map(|(_, rest)| rest)
-        .unwrap_or(trimmed);
-    if after_scheme.contains('/') {
-        trimmed.to_string()
-    } else {
-        format!("{trimmed}/v1/metrics")
-    }
 }
 
 /// Resource attributes: where the numbers come from, never metric attributes.
@@ -590,72 +385,10 @@ fn resource(config: Process<'_>) -> Resource {
     builder.build()
 }
 
-/// Human-readable table of a snapshot, for `--print-metrics`.
-pub fn format_snapshot(snapshot: &Snapshot) -> String {
-    let mut types: Vec<&String> = snapshot.counters.values().flat_map(|m| m.keys()).collect();
-    types.sort();
-    types.dedup();
-    let columns = [
-        ("started", name::STARTED),
-        ("completed", name::COMPLETED),
-        ("failed", name::FAILED),
-        ("canceled", name::CANCELED),
-        ("timed_out", name::TIMED_OUT),
-        ("cont_as_new", name::CONTINUED_AS_NEW),
-    ];
-    let mut out = format!("{:<28}", "workflow_type");
-    for (label, _) in columns {
-        out.push_str(&format!("{label:>12}"));
-    }
-    out.push_str(&format!("{:>14}\n", "mean_dur_s"));
-    for ty in types {
-        out.push_str(&format!("{ty:<28}"));
-        for (_, metric) in columns {
-            let value = snapshot
-                .counters
-                .get(metric)
-                .and_then(|m| m.get(ty))
-                .copied()
-                .unwrap_or(0);
-            out.push_str(&format!("{value:>12}"));
-        }
-        let mean = snapshot
-            .durations
-            .get(ty)
-            .filter(|(n, _)| *n > 0)
-            .map(|(n, sum)| sum / *n as f64);
-        out.push_str(
-            &mean
-                .map(|m| format!("{m:>14.3}\n"))
-                .unwrap_or_else(|| format!("{:>14}\n", "-")),
-        );
-    }
-    out.push_str(&format!(
-        "workers running: {}   workers configured: {}\n",
-        snapshot.workers_running, snapshot.workers_configured
-    ));
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn http_endpoints_get_the_metrics_path() {
-        assert_eq!(
-            http_metrics_url("http://127.0.0.1:4318"),
-            "http://127.0.0.1:4318/v1/metrics"
-        );
-        assert_eq!(
-            http_metrics_url("http://127.0.0.1:4318/"),
-            "http://127.0.0.1:4318/v1/metrics"
-        );
-        assert_eq!(
-            http_metrics_url("http://h:1/custom/path"),
-            "http://h:1/custom/path"
-        );
-    }
+    use crate::lifecycle::EndState;
 
     #[test]
     fn updates_reach_the_mirror_per_workflow_type() {
@@ -682,38 +415,5 @@ mod tests {
         assert_eq!((s.workers_running, s.workers_configured), (1, 3));
         let table = format_snapshot(&s);
         assert!(table.contains("workers running: 1"), "{table}");
-    }
-
-    #[test]
-    fn the_protocol_comes_from_the_environment_and_a_bad_one_is_refused_with_its_name() {
-        let env = |pairs: &'static [(&'static str, &'static str)]| {
-            move |name: &str| {
-                pairs
-                    .iter()
-                    .find(|(k, _)| *k == name)
-                    .map(|(_, v)| v.to_string())
-            }
-        };
-        assert_eq!(transport_from_env(env(&[])).expect("unset"), None);
-        assert_eq!(
-            transport_from_env(env(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")])).expect("grpc"),
-            Some(Transport::Grpc)
-        );
-        // The metrics-specific variable wins over the general one.
-        assert_eq!(
-            transport_from_env(env(&[
-                ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
-                ("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "http/protobuf"),
-            ]))
-            .expect("http"),
-            Some(Transport::HttpProtobuf)
-        );
-        let err = transport_from_env(env(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")]))
-            .expect_err("refused");
-        assert_eq!(
-            err.to_string(),
-            "OTEL_EXPORTER_OTLP_PROTOCOL=\"http/json\" is not a supported OTLP protocol; use \
-             `grpc` or `http/protobuf`"
-        );
     }
 }
