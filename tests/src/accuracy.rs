@@ -63,6 +63,8 @@ pub struct Outcome {
     pub worker_pid: u32,
     /// The observer's log (stderr).
     pub log: String,
+    /// What the observer was fed (`--record-to`), to replay without a kernel.
+    pub recording: std::path::PathBuf,
 }
 
 /// `attach` arguments that export to `receiver` every half second.
@@ -113,6 +115,7 @@ pub fn observe_binary(
     let receiver = Receiver::start(transport)?;
     let task_queue = unique(&env.test);
     let worker = start_worker_binary(env, binary, &server, &task_queue, worker_args)?;
+    let recording = env.logs.join(format!("{task_queue}.rec"));
     let args = with(
         export_to(&receiver),
         &[
@@ -122,6 +125,8 @@ pub fn observe_binary(
             "--print-updates",
             "--format",
             "json",
+            "--record-to",
+            &recording.to_string_lossy(),
         ],
     );
     let observer = Observer::attach(env, worker.pid(), &as_strs(&args))?;
@@ -147,6 +152,7 @@ pub fn observe_binary(
         lines: parse_events(&stdout)?,
         worker_pid: worker.pid(),
         log,
+        recording,
     })
 }
 

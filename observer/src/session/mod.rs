@@ -237,6 +237,9 @@ pub async fn observe(
                 realtime_minus_monotonic: clock.realtime_minus_monotonic(),
                 probes_attached: attachment.attached as i64,
                 layout: plan.layout.clone(),
+                max_open_runs: config.limits.max_open_runs,
+                timeout_grace_nanos: config.limits.timeout_grace_nanos,
+                configured_workers: config.configured_workers,
             },
         )?)),
         None => None,
@@ -255,6 +258,9 @@ pub async fn observe(
     if plan.probes.iter().any(|p| p.point.count_existing_workers) {
         let running = target.threads_named(WORKER_THREAD);
         info!("{running} worker(s) already running (counted from their {WORKER_THREAD} threads)");
+        if let Some(r) = &mut recording {
+            r.write(&recording::Input::ExistingWorkers(running));
+        }
         pipeline.existing_workers(running);
     }
     let drain = |pipeline: &mut Pipeline<_>,
@@ -331,6 +337,9 @@ pub async fn observe(
     let counters = attachment.counters().ok();
     let exited = reason == StopReason::TargetExited;
     if exited {
+        if let Some(r) = &mut recording {
+            r.write(&recording::Input::ProcessExit);
+        }
         pipeline.process_exit();
     }
     tick_now(
@@ -376,4 +385,94 @@ fn wall_now() -> i128 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as i128)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{collections::BTreeMap, path::PathBuf};
+
+    use ground_truth::{GroundTruth, RunStatus};
+
+    use super::{Sink, recording};
+    use crate::{
+        export::{Metrics, name},
+        lifecycle::Update,
+    };
+
+    /// Collects the updates beside the metrics.
+    #[derive(Default)]
+    struct Updates(Vec<Update>);
+
+    impl Sink for Updates {
+        fn update(&mut self, update: &Update) {
+            self.0.push(update.clone());
+        }
+    }
+
+    fn fixture(name: &str) -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fixtures/recordings")
+            .join(name)
+    }
+
+    /// A session recorded from the real sample worker (`attach --record-to`) while the workload
+    /// driver ran every end state against a real dev server, replayed without a kernel: every
+    /// value equals the server's record of those runs.
+    #[test]
+    fn a_recorded_session_replays_to_the_servers_record() {
+        let (header, inputs) =
+            recording::read(&fixture("every-end-state.rec")).expect("the recording reads");
+        let truth: GroundTruth = serde_json::from_str(
+            &std::fs::read_to_string(fixture("every-end-state.truth.json")).expect("truth"),
+        )
+        .expect("truth parses");
+        let (metrics, updates) =
+            recording::replay(&header, &inputs, (Metrics::in_memory(), Updates::default()));
+        let snapshot = metrics.snapshot();
+
+        let mut expected: BTreeMap<&str, BTreeMap<String, u64>> = BTreeMap::new();
+        for run in &truth.runs {
+            let end = match (run.status, run.failure_is_timeout) {
+                (RunStatus::Completed, _) => name::COMPLETED,
+                (RunStatus::Failed, false) => name::FAILED,
+                (RunStatus::Canceled, _) => name::CANCELED,
+                (RunStatus::Failed, true) | (RunStatus::TimedOut, _) => name::TIMED_OUT,
+                (RunStatus::ContinuedAsNew, _) => name::CONTINUED_AS_NEW,
+                (other, _) => panic!("run {} is {other:?} on the server", run.run_id),
+            };
+            for metric in [name::STARTED, end] {
+                *expected
+                    .entry(metric)
+                    .or_default()
+                    .entry(run.workflow_type.clone())
+                    .or_default() += 1;
+            }
+        }
+        assert_eq!(snapshot.counters, expected);
+        assert_eq!(snapshot.workers_running, 1);
+        assert_eq!(snapshot.workers_configured, 1);
+        // Every run's duration is within 50 ms of the server's close - start.
+        let durations: BTreeMap<&str, f64> = updates
+            .0
+            .iter()
+            .filter_map(|u| match u {
+                Update::RunEnded {
+                    run_id,
+                    duration_seconds: Some(d),
+                    ..
+                } => Some((run_id.as_str(), *d)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(durations.len(), truth.runs.len());
+        for run in &truth.runs {
+            let server = (run.close_time_unix_nanos - run.start_time_unix_nanos) as f64 / 1e9;
+            let seen = durations[run.run_id.as_str()];
+            assert!(
+                (seen - server).abs() <= 0.050,
+                "run {}: {seen} s, the server says {server} s",
+                run.run_id
+            );
+        }
+    }
 }

@@ -14,11 +14,14 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::{kernel::KernelCounters, layout::TargetLayout};
+use super::{Pipeline, Sink};
+use crate::{events::Clock, kernel::KernelCounters, layout::TargetLayout, lifecycle::Limits};
 
 const MAGIC: &str = "temporal-observer-recording 1";
 const RECORD: u8 = 1;
 const TICK: u8 = 2;
+const EXISTING_WORKERS: u8 = 3;
+const PROCESS_EXIT: u8 = 4;
 
 /// What decoding the records needs.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -29,6 +32,10 @@ pub struct Header {
     pub realtime_minus_monotonic: i128,
     pub probes_attached: i64,
     pub layout: TargetLayout,
+    /// The session's lifecycle settings and configured workers, which the values depend on.
+    pub max_open_runs: usize,
+    pub timeout_grace_nanos: i128,
+    pub configured_workers: Option<i64>,
 }
 
 /// One input of a session.
@@ -42,6 +49,10 @@ pub enum Input {
         counters: KernelCounters,
         targets: i64,
     },
+    /// Workers found running at attach (counted from their threads).
+    ExistingWorkers(usize),
+    /// The observed process exited.
+    ProcessExit,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +113,10 @@ impl Recorder {
                 p.extend_from_slice(&targets.to_le_bytes());
                 (TICK, p)
             }
+            Input::ExistingWorkers(count) => {
+                (EXISTING_WORKERS, (*count as u64).to_le_bytes().to_vec())
+            }
+            Input::ProcessExit => (PROCESS_EXIT, Vec::new()),
         };
         let length = u32::try_from(payload.len()).unwrap_or(u32::MAX);
         let io = |source| RecordingError::Io {
@@ -119,6 +134,36 @@ impl Recorder {
             source,
         })
     }
+}
+
+/// Feeds a recording's inputs through a pipeline, as the live session did, and returns its sink.
+pub fn replay<S: Sink>(header: &Header, inputs: &[Input], sink: S) -> S {
+    let limits = Limits {
+        max_open_runs: header.max_open_runs,
+        timeout_grace_nanos: header.timeout_grace_nanos,
+        ..Limits::default()
+    };
+    let mut pipeline = Pipeline::new(
+        header.layout.clone(),
+        Clock::fixed(header.realtime_minus_monotonic),
+        limits,
+        header.configured_workers,
+        header.probes_attached,
+        sink,
+    );
+    for input in inputs {
+        match input {
+            Input::Record(bytes) => pipeline.record(bytes),
+            Input::Tick {
+                now_unix_nanos,
+                counters,
+                targets,
+            } => pipeline.tick(*now_unix_nanos, Some(*counters), *targets),
+            Input::ExistingWorkers(count) => pipeline.existing_workers(*count),
+            Input::ProcessExit => pipeline.process_exit(),
+        }
+    }
+    pipeline.into_sink()
 }
 
 /// Reads a whole recording.
@@ -173,6 +218,10 @@ fn parse_frames(mut body: &[u8]) -> Result<Vec<Input>, usize> {
                 },
                 targets: i64::from_le_bytes(number(32..40)?.try_into().map_err(|_| index)?),
             },
+            EXISTING_WORKERS if length == 8 => Input::ExistingWorkers(u64::from_le_bytes(
+                number(0..8)?.try_into().map_err(|_| index)?,
+            ) as usize),
+            PROCESS_EXIT if length == 0 => Input::ProcessExit,
             _ => return Err(index),
         });
     }
@@ -193,6 +242,9 @@ mod tests {
             realtime_minus_monotonic: -5,
             probes_attached: 3,
             layout: crate::layout::sample_layout(),
+            max_open_runs: 10,
+            timeout_grace_nanos: 1_000_000_000,
+            configured_workers: None,
         };
         let inputs = vec![
             Input::Record(vec![1, 2, 3]),
@@ -205,6 +257,8 @@ mod tests {
                 targets: 1,
             },
             Input::Record(Vec::new()),
+            Input::ExistingWorkers(2),
+            Input::ProcessExit,
         ];
         let mut recorder = Recorder::create(&path, &header).expect("create");
         for input in &inputs {
@@ -217,7 +271,7 @@ mod tests {
         assert_eq!(read_inputs, inputs);
 
         let bytes = std::fs::read(&path).expect("bytes");
-        std::fs::write(&path, &bytes[..bytes.len() - 10]).expect("cut");
+        std::fs::write(&path, &bytes[..bytes.len() - 28]).expect("cut");
         let err = read(&path).expect_err("cut");
         assert!(
             matches!(err, RecordingError::Frame { index: 1, .. }),
