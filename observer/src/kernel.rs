@@ -150,14 +150,7 @@ impl Attachment {
 
     /// Takes the ring buffer to read events from.
     pub fn take_ring_buffer(&mut self) -> Result<RingBuf<MapData>, AttachError> {
-        let map = self
-            .ebpf
-            .take_map(map::EVENTS)
-            .ok_or(AttachError::MissingMap(map::EVENTS))?;
-        RingBuf::try_from(map).map_err(|source| AttachError::Map {
-            name: map::EVENTS,
-            source,
-        })
+        take_ring_buffer(&mut self.ebpf, map::EVENTS)
     }
 
     /// Kernel-side counters, summed over CPUs: (events lost, read faults).
@@ -269,15 +262,14 @@ impl ProcessWatch {
     }
 
     pub fn take_ring_buffer(&mut self) -> Result<RingBuf<MapData>, AttachError> {
-        let map = self
-            .ebpf
-            .take_map(map::PROCESS_EVENTS)
-            .ok_or(AttachError::MissingMap(map::PROCESS_EVENTS))?;
-        RingBuf::try_from(map).map_err(|source| AttachError::Map {
-            name: map::PROCESS_EVENTS,
-            source,
-        })
+        take_ring_buffer(&mut self.ebpf, map::PROCESS_EVENTS)
     }
+}
+
+/// The ring buffer map of this name, taken out of the loaded object to be read.
+fn take_ring_buffer(ebpf: &mut Ebpf, name: &'static str) -> Result<RingBuf<MapData>, AttachError> {
+    let map = ebpf.take_map(name).ok_or(AttachError::MissingMap(name))?;
+    RingBuf::try_from(map).map_err(|source| AttachError::Map { name, source })
 }
 
 /// The program of this name, loaded into the kernel (once).
