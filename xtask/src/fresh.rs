@@ -417,10 +417,8 @@ fn demo(root: &Path, within: Duration) -> anyhow::Result<()> {
         if last_report.elapsed() > Duration::from_secs(120) {
             last_report = Instant::now();
             let text = strip_ansi(&logged());
-            eprintln!(
-                "fresh-check: still setting up: {}",
-                text.lines().last().unwrap_or("")
-            );
+            let last = text.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("");
+            eprintln!("fresh-check: still setting up: {}", last.trim_end());
         }
         std::thread::sleep(Duration::from_secs(2));
     }
@@ -537,9 +535,8 @@ fn strip_ansi(text: &str) -> String {
             }
             continue;
         }
-        if c != '\r' {
-            out.push(c);
-        }
+        // A carriage return redraws the line (cargo's progress bar): keep each drawing.
+        out.push(if c == '\r' { '\n' } else { c });
     }
     out
 }
@@ -602,7 +599,8 @@ workers running: 1   workers configured: 1
 
     #[test]
     fn escapes_are_stripped() {
-        assert_eq!(strip_ansi("\x1b[2J\x1b[Hworkers\r\n"), "workers\n");
+        assert_eq!(strip_ansi("\x1b[2J\x1b[Hworkers\n"), "workers\n");
+        assert_eq!(strip_ansi("a 1/3\rb 2/3\n"), "a 1/3\nb 2/3\n");
     }
 
     #[test]
