@@ -18,7 +18,11 @@ use anyhow::{Context as _, bail, ensure};
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 
-use crate::{NIGHTLY, build_worker, cargo, cargo_of, paths, sh};
+use crate::{
+    cargo,
+    fixture::{NIGHTLY, build_worker, cargo_of},
+    paths, sh,
+};
 
 /// The sample worker's builds the layout table is generated from, as (rustup toolchain, fixture
 /// profile, name of the user-facing profile it stands for): each is that profile with DWARF
@@ -43,18 +47,34 @@ pub const INPUTS: &[&str] = &[
     "observer/src/probes",
     "observer/src/symbols.rs",
     "observer/src/versions.rs",
+    "observer-common/src/lib.rs",
+    "xtask/src/fixture.rs",
     "xtask/src/layouts.rs",
 ];
 
+/// The crates the generator's reading and writing depend on: their versions in the workspace's
+/// `Cargo.lock` are an input too (a new gimli could read DWARF differently).
+const GENERATOR_CRATES: &[&str] = &["gimli", "object", "rustc-demangle", "serde", "serde_json"];
+
 const TABLE: &str = "observer/layouts.json";
 const RECORD: &str = "observer/layouts.inputs.json";
+/// The record's entry for the table it was written with: a hand edit of the table is caught.
+const TABLE_KEY: &str = "output: observer/layouts.json";
 
 /// `cargo xtask gen-layouts [--check]`.
 pub fn run(check: bool, force: bool) -> anyhow::Result<()> {
     let root = paths().root;
     let inputs = digests(&root)?;
     let recorded = read_record(&root.join(RECORD));
-    if check && !force && recorded.as_ref() == Some(&inputs) {
+    let table_now = std::fs::read(root.join(TABLE)).unwrap_or_default();
+    let table_recorded = recorded.as_ref().and_then(|r| r.get(TABLE_KEY)).cloned();
+    let recorded = recorded.map(|mut r| {
+        r.remove(TABLE_KEY);
+        r
+    });
+    let table_untouched =
+        table_recorded.as_deref() == Some(hex(&Sha256::digest(&table_now)).as_str());
+    if check && !force && recorded.as_ref() == Some(&inputs) && table_untouched {
         eprintln!(
             "xtask: {TABLE} was generated from exactly these inputs ({} of them, digest {}); \
              not rebuilding it (`cargo xtask gen-layouts --check --force` does)",
@@ -64,10 +84,14 @@ pub fn run(check: bool, force: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     if check && !force {
+        let mut why = changed(recorded.as_ref(), &inputs);
+        if !table_untouched {
+            why.push(format!("{TABLE} itself is not the file that was generated"));
+        }
         eprintln!(
-            "xtask: inputs of {TABLE} changed since it was generated ({}); regenerating it to \
-             compare (three builds of the sample worker)",
-            changed(recorded.as_ref(), &inputs).join(", ")
+            "xtask: {} since {TABLE} was generated; regenerating it to compare (three builds of \
+             the sample worker)",
+            why.join(", ")
         );
     }
     let rendered = generate(&root)?;
@@ -79,14 +103,16 @@ pub fn run(check: bool, force: bool) -> anyhow::Result<()> {
              and commit {TABLE} and {RECORD}"
         );
         ensure!(
-            recorded.as_ref() == Some(&inputs),
+            recorded.as_ref() == Some(&inputs) && table_untouched,
             "{TABLE} matches the generator, but {RECORD} does not record these inputs, so every \
              check would rebuild it; run `cargo xtask gen-layouts` and commit {RECORD}"
         );
         eprintln!("xtask: {TABLE} matches the generator");
     } else {
         std::fs::write(root.join(TABLE), &rendered)?;
-        std::fs::write(root.join(RECORD), render_record(&inputs)?)?;
+        let mut record = inputs.clone();
+        record.insert(TABLE_KEY.into(), hex(&Sha256::digest(rendered.as_bytes())));
+        std::fs::write(root.join(RECORD), render_record(&record)?)?;
         eprintln!("xtask: wrote {TABLE} and {RECORD}");
     }
     Ok(())
@@ -132,8 +158,15 @@ pub fn digests(root: &Path) -> anyhow::Result<BTreeMap<String, String>> {
             "{input}, an input of the layout table, does not exist; update INPUTS in \
              xtask/src/layouts.rs"
         );
-        out.insert(input.to_string(), digest_path(&path)?);
+        out.insert(input.to_string(), digest_files(root, input)?);
     }
+    let lock = std::fs::read_to_string(root.join("Cargo.lock")).context("reading Cargo.lock")?;
+    out.insert(
+        format!("Cargo.lock: {}", GENERATOR_CRATES.join(", ")),
+        hex(&Sha256::digest(
+            locked_versions(&lock, GENERATOR_CRATES).as_bytes(),
+        )),
+    );
     let fixtures = paths().fixtures;
     let toolchains = LAYOUT_BUILDS.iter().map(|(t, _, _)| *t);
     let mut seen = Vec::new();
@@ -164,17 +197,64 @@ pub fn digests(root: &Path) -> anyhow::Result<BTreeMap<String, String>> {
     Ok(out)
 }
 
-/// A file's digest, or a directory's over its files' relative paths and contents, in order.
-fn digest_path(path: &Path) -> anyhow::Result<String> {
-    let mut files = Vec::new();
-    collect_files(path, &mut files)?;
+/// The `[[package]]` entries of `crates` in a lock file, as `name version` lines.
+fn locked_versions(lock: &str, crates: &[&str]) -> String {
+    let mut out = String::new();
+    for package in lock.split("[[package]]") {
+        let field = |key: &str| {
+            package.lines().find_map(|l| {
+                l.strip_prefix(key).map(|v| {
+                    v.trim()
+                        .trim_start_matches("= ")
+                        .trim_matches('"')
+                        .to_string()
+                })
+            })
+        };
+        if let (Some(name), Some(version)) = (field("name "), field("version "))
+            && crates.contains(&name.as_str())
+        {
+            out.push_str(&format!("{name} {version}\n"));
+        }
+    }
+    out
+}
+
+/// The digest of an input: the files git tracks under it (all files when this is no git
+/// checkout), by relative path and content, in order.
+fn digest_files(root: &Path, input: &str) -> anyhow::Result<String> {
+    let tracked = Command::new("git")
+        .current_dir(root)
+        .args(["ls-files", "-z", "--", input])
+        .output()
+        .ok()
+        .filter(|o| o.status.success());
+    let path = root.join(input);
+    let mut files: Vec<PathBuf> = match tracked {
+        Some(output) if !output.stdout.is_empty() => output
+            .stdout
+            .split(|b| *b == 0)
+            .filter(|f| !f.is_empty())
+            .map(|f| root.join(String::from_utf8_lossy(f).as_ref()))
+            .collect(),
+        _ => {
+            let mut files = Vec::new();
+            collect_files(&path, &mut files)?;
+            files
+        }
+    };
     files.sort();
+    digest_of(&path, &files)
+}
+
+/// A digest over files' paths relative to `base` and their contents, in the order given.
+fn digest_of(base: &Path, files: &[PathBuf]) -> anyhow::Result<String> {
     let mut hasher = Sha256::new();
     for file in files {
-        let relative = file.strip_prefix(path).unwrap_or(&file);
+        let relative = file.strip_prefix(base).unwrap_or(file);
         hasher.update(relative.to_string_lossy().as_bytes());
         hasher.update([0]);
-        let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+        let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
         hasher.update((bytes.len() as u64).to_le_bytes());
         hasher.update(&bytes);
     }
@@ -301,16 +381,32 @@ mod tests {
         std::fs::create_dir_all(dir.join("src")).expect("mkdir");
         std::fs::create_dir_all(dir.join("target")).expect("mkdir");
         std::fs::write(dir.join("src/a.rs"), "fn a() {}").expect("write");
-        let first = digest_path(&dir).expect("digest");
+        // Not a git checkout: every file below, but what builds put in `target`.
+        let digest = || digest_files(&dir, "src").expect("digest");
+        let whole = || {
+            let mut files = Vec::new();
+            collect_files(&dir, &mut files).expect("walk");
+            files.sort();
+            digest_of(&dir, &files).expect("digest")
+        };
+        let first = digest();
+        let first_whole = whole();
         std::fs::write(dir.join("target/out"), "built").expect("write");
-        assert_eq!(digest_path(&dir).expect("digest"), first);
+        assert_eq!(whole(), first_whole);
         std::fs::write(dir.join("src/a.rs"), "fn a() { }").expect("write");
-        assert_ne!(digest_path(&dir).expect("digest"), first);
+        assert_ne!(digest(), first);
         std::fs::rename(dir.join("src/a.rs"), dir.join("src/b.rs")).expect("rename");
-        let renamed = digest_path(&dir).expect("digest");
+        let renamed = digest();
         std::fs::write(dir.join("src/b.rs"), "fn a() {}").expect("write");
-        assert_ne!(digest_path(&dir).expect("digest"), renamed);
+        assert_ne!(digest(), renamed);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_generators_crates_are_read_from_the_lock_file() {
+        let lock = "version = 4\n\n[[package]]\nname = \"gimli\"\nversion = \"0.32.3\"\n\n\
+                    [[package]]\nname = \"tokio\"\nversion = \"1.0.0\"\n";
+        assert_eq!(locked_versions(lock, GENERATOR_CRATES), "gimli 0.32.3\n");
     }
 
     #[test]

@@ -5,7 +5,11 @@ use std::{path::PathBuf, process::Command};
 
 use anyhow::{Context as _, ensure};
 
-use crate::{NIGHTLY, build_worker, cargo, paths, sh, worker_binary};
+use crate::{
+    cargo,
+    fixture::{NIGHTLY, build_worker, worker_binary},
+    paths, sh,
+};
 
 /// How a variant's binary is made.
 enum Make {

@@ -143,6 +143,8 @@ pub enum SessionError {
     ExitedDuringAttach { pid: u32, exe: String },
     #[error("polling the ring buffer: {0}")]
     Poll(std::io::Error),
+    #[error("waiting on the ring buffer: {0}")]
+    Wait(std::io::Error),
     #[error(transparent)]
     Recording(#[from] recording::RecordingError),
 }
@@ -162,12 +164,24 @@ impl Sink for Metrics {
     }
 }
 
-/// Records what the pipeline is fed, beside it.
-struct Recording(recording::Recorder);
+/// Records what the pipeline is fed, beside it. The first write error stops the recording (a
+/// half-written frame ends it) and is logged once.
+struct Recording(Option<recording::Recorder>);
 
 impl Recording {
     fn write(&mut self, input: &recording::Input) {
-        if let Err(e) = self.0.write(input) {
+        if let Some(recorder) = &mut self.0
+            && let Err(e) = recorder.write(input)
+        {
+            warn!("recording the session failed, and stops here: {e}");
+            self.0 = None;
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(mut recorder) = self.0.take()
+            && let Err(e) = recorder.flush()
+        {
             warn!("recording the session failed: {e}");
         }
     }
@@ -228,8 +242,8 @@ pub async fn observe(
     let mut ring =
         unsafe { AsyncFd::register(ring) }.map_err(|e| SessionError::Poll(e.into_parts().1))?;
     let clock = Clock::now();
-    let mut recording = match &config.record_to {
-        Some(path) => Some(Recording(recording::Recorder::create(
+    let mut recording = Recording(match &config.record_to {
+        Some(path) => Some(recording::Recorder::create(
             path,
             &recording::Header {
                 pid: target.pid,
@@ -241,9 +255,9 @@ pub async fn observe(
                 timeout_grace_nanos: config.limits.timeout_grace_nanos,
                 configured_workers: config.configured_workers,
             },
-        )?)),
+        )?),
         None => None,
-    };
+    });
     let mirror = metrics.mirror();
     let printer = Printer::new(config.print_events, config.print_updates, config.format);
     let mut pipeline = Pipeline::new(
@@ -258,18 +272,14 @@ pub async fn observe(
     if plan.probes.iter().any(|p| p.point.count_existing_workers) {
         let running = target.threads_named(WORKER_THREAD);
         info!("{running} worker(s) already running (counted from their {WORKER_THREAD} threads)");
-        if let Some(r) = &mut recording {
-            r.write(&recording::Input::ExistingWorkers(running));
-        }
+        recording.write(&recording::Input::ExistingWorkers(running));
         pipeline.existing_workers(running);
     }
     let drain = |pipeline: &mut Pipeline<_>,
                  ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
-                 recording: &mut Option<Recording>| {
+                 recording: &mut Recording| {
         while let Some(item) = ring.next() {
-            if let Some(r) = recording {
-                r.write(&recording::Input::Record(item.to_vec()));
-            }
+            recording.write(&recording::Input::Record(item.to_vec()));
             pipeline.record(&item);
         }
         pipeline.flush();
@@ -280,23 +290,29 @@ pub async fn observe(
     let mut table_at = config.print_metrics.map(|every| Instant::now() + every);
     let redraw = !config.print_events && !config.print_updates;
     let tick_now = |pipeline: &mut Pipeline<_>,
-                    recording: &mut Option<Recording>,
-                    counters: Option<KernelCounters>,
-                    targets: i64| {
+                    recording: &mut Recording,
+                    counters: Option<KernelCounters>| {
         let now = wall_now();
-        if let Some(r) = recording {
-            r.write(&recording::Input::Tick {
-                now_unix_nanos: now,
-                counters: counters.unwrap_or_default(),
-                targets,
-            });
-        }
-        pipeline.tick(now, counters, targets);
+        recording.write(&recording::Input::Tick {
+            now_unix_nanos: now,
+            counters: counters.unwrap_or_default(),
+        });
+        pipeline.tick(now, counters);
+    };
+    let health = |pipeline: &mut Pipeline<_>,
+                  recording: &mut Recording,
+                  counters: Option<KernelCounters>,
+                  targets: i64| {
+        recording.write(&recording::Input::Health {
+            counters: counters.unwrap_or_default(),
+            targets,
+        });
+        pipeline.health(counters, targets);
     };
     let reason = loop {
         tokio::select! {
             guard = ring.readable_mut() => {
-                let mut guard = guard.map_err(SessionError::Poll)?;
+                let mut guard = guard.map_err(SessionError::Wait)?;
                 drain(&mut pipeline, guard.get_inner_mut(), &mut recording);
                 guard.clear_ready();
             }
@@ -308,7 +324,9 @@ pub async fn observe(
                 // Once a second: server-enforced timeouts (a scan of the open runs) and health.
                 if Instant::now() >= health_at {
                     health_at = Instant::now() + Duration::from_secs(1);
-                    tick_now(&mut pipeline, &mut recording, attachment.counters().ok(), 1);
+                    let counters = attachment.counters().ok();
+                    tick_now(&mut pipeline, &mut recording, counters);
+                    health(&mut pipeline, &mut recording, counters, 1);
                 }
                 if let (Some(at), Some(every)) = (table_at, config.print_metrics)
                     && Instant::now() >= at
@@ -335,14 +353,13 @@ pub async fn observe(
     };
     drain(&mut pipeline, ring.get_mut(), &mut recording);
     let counters = attachment.counters().ok();
+    tick_now(&mut pipeline, &mut recording, counters);
     let exited = reason == StopReason::TargetExited;
     if exited {
-        if let Some(r) = &mut recording {
-            r.write(&recording::Input::ProcessExit);
-        }
+        recording.write(&recording::Input::ProcessExit);
         pipeline.process_exit();
     }
-    tick_now(
+    health(
         &mut pipeline,
         &mut recording,
         counters,
@@ -358,11 +375,7 @@ pub async fn observe(
             "{lost} events were lost because the ring buffer was full; raise --ring-buffer-bytes"
         );
     }
-    if let Some(mut r) = recording
-        && let Err(e) = r.0.flush()
-    {
-        warn!("recording the session failed: {e}");
-    }
+    recording.finish();
     drop(ring);
     drop(attachment);
     info!("detached from PID {}", target.pid);

@@ -20,13 +20,14 @@ pub enum Format {
     Json,
 }
 
-/// Prints events and updates, each batch at once.
+/// Prints events and updates, each batch at once: its events, then the updates they caused.
 #[derive(Debug, Default)]
 pub struct Printer {
     pub events: bool,
     pub updates: bool,
     pub format: Format,
-    lines: Vec<String>,
+    event_lines: Vec<String>,
+    update_lines: Vec<String>,
 }
 
 impl Printer {
@@ -35,7 +36,8 @@ impl Printer {
             events,
             updates,
             format,
-            lines: Vec::new(),
+            event_lines: Vec::new(),
+            update_lines: Vec::new(),
         }
     }
 
@@ -51,24 +53,28 @@ impl Sink for Printer {
     fn event(&mut self, event: &Event) {
         if self.events {
             let line = self.render(event);
-            self.lines.push(line);
+            self.event_lines.push(line);
         }
     }
 
     fn update(&mut self, update: &Update) {
         if self.updates {
             let line = self.render(update);
-            self.lines.push(line);
+            self.update_lines.push(line);
         }
     }
 
     fn flush(&mut self) {
-        if self.lines.is_empty() {
+        if self.event_lines.is_empty() && self.update_lines.is_empty() {
             return;
         }
         let stdout = std::io::stdout();
         let mut out = stdout.lock();
-        for line in self.lines.drain(..) {
+        for line in self
+            .event_lines
+            .drain(..)
+            .chain(self.update_lines.drain(..))
+        {
             // A closed stdout (e.g. `| head`) must not kill the observer mid-detach.
             let _ = writeln!(out, "{line}");
         }

@@ -143,9 +143,9 @@ impl<S: Sink> Pipeline<S> {
     }
 
     /// Once a second and at the end: marks the open runs if records were lost since the last
-    /// tick (a lost end must not become an inferred timeout), infers server-enforced timeouts,
-    /// and reports health.
-    pub fn tick(&mut self, now_unix_nanos: i128, counters: Option<KernelCounters>, targets: i64) {
+    /// tick (a lost end must not become an inferred timeout), then infers server-enforced
+    /// timeouts.
+    pub fn tick(&mut self, now_unix_nanos: i128, counters: Option<KernelCounters>) {
         if let Some(lost) = counters
             .map(|c| c.events_lost)
             .filter(|lost| *lost > self.lost_seen)
@@ -156,6 +156,11 @@ impl<S: Sink> Pipeline<S> {
         let mut updates = Vec::new();
         self.engine.on_tick(now_unix_nanos, &mut updates);
         self.apply(&updates);
+    }
+
+    /// Reports the observer's health: `targets` is 1 while the process is observed, 0 once it
+    /// exited (and then no probes are attached).
+    pub fn health(&mut self, counters: Option<KernelCounters>, targets: i64) {
         let counters = counters.unwrap_or_default();
         let health = Health {
             events_lost: counters.events_lost,

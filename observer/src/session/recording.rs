@@ -22,6 +22,7 @@ const RECORD: u8 = 1;
 const TICK: u8 = 2;
 const EXISTING_WORKERS: u8 = 3;
 const PROCESS_EXIT: u8 = 4;
+const HEALTH: u8 = 5;
 
 /// What decoding the records needs.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -43,9 +44,13 @@ pub struct Header {
 pub enum Input {
     /// A ring-buffer record, as the kernel wrote it.
     Record(Vec<u8>),
-    /// A tick: the time, what the kernel had counted, and the targets observed.
+    /// A tick: the time and what the kernel had counted (lost records, timeouts).
     Tick {
         now_unix_nanos: i128,
+        counters: KernelCounters,
+    },
+    /// A health report: what the kernel had counted, and the targets observed.
+    Health {
         counters: KernelCounters,
         targets: i64,
     },
@@ -104,14 +109,19 @@ impl Recorder {
             Input::Tick {
                 now_unix_nanos,
                 counters,
-                targets,
             } => {
-                let mut p = Vec::with_capacity(40);
+                let mut p = Vec::with_capacity(32);
                 p.extend_from_slice(&now_unix_nanos.to_le_bytes());
                 p.extend_from_slice(&counters.events_lost.to_le_bytes());
                 p.extend_from_slice(&counters.read_faults.to_le_bytes());
-                p.extend_from_slice(&targets.to_le_bytes());
                 (TICK, p)
+            }
+            Input::Health { counters, targets } => {
+                let mut p = Vec::with_capacity(24);
+                p.extend_from_slice(&counters.events_lost.to_le_bytes());
+                p.extend_from_slice(&counters.read_faults.to_le_bytes());
+                p.extend_from_slice(&targets.to_le_bytes());
+                (HEALTH, p)
             }
             Input::ExistingWorkers(count) => {
                 (EXISTING_WORKERS, (*count as u64).to_le_bytes().to_vec())
@@ -157,8 +167,8 @@ pub fn replay<S: Sink>(header: &Header, inputs: &[Input], sink: S) -> S {
             Input::Tick {
                 now_unix_nanos,
                 counters,
-                targets,
-            } => pipeline.tick(*now_unix_nanos, Some(*counters), *targets),
+            } => pipeline.tick(*now_unix_nanos, Some(*counters)),
+            Input::Health { counters, targets } => pipeline.health(Some(*counters), *targets),
             Input::ExistingWorkers(count) => pipeline.existing_workers(*count),
             Input::ProcessExit => pipeline.process_exit(),
         }
@@ -194,6 +204,14 @@ pub fn read(path: &Path) -> Result<(Header, Vec<Input>), RecordingError> {
     Ok((header, inputs))
 }
 
+/// Kernel counters from 16 bytes: events lost, read faults.
+fn counters(bytes: &[u8]) -> Option<KernelCounters> {
+    Some(KernelCounters {
+        events_lost: u64::from_le_bytes(bytes.get(0..8)?.try_into().ok()?),
+        read_faults: u64::from_le_bytes(bytes.get(8..16)?.try_into().ok()?),
+    })
+}
+
 /// The frames of a recording's body; `Err(index)` names the first malformed one.
 fn parse_frames(mut body: &[u8]) -> Result<Vec<Input>, usize> {
     let mut inputs = Vec::new();
@@ -210,13 +228,13 @@ fn parse_frames(mut body: &[u8]) -> Result<Vec<Input>, usize> {
         let number = |range: std::ops::Range<usize>| payload.get(range).ok_or(index);
         inputs.push(match kind {
             RECORD => Input::Record(payload.to_vec()),
-            TICK if length == 40 => Input::Tick {
+            TICK if length == 32 => Input::Tick {
                 now_unix_nanos: i128::from_le_bytes(number(0..16)?.try_into().map_err(|_| index)?),
-                counters: KernelCounters {
-                    events_lost: u64::from_le_bytes(number(16..24)?.try_into().map_err(|_| index)?),
-                    read_faults: u64::from_le_bytes(number(24..32)?.try_into().map_err(|_| index)?),
-                },
-                targets: i64::from_le_bytes(number(32..40)?.try_into().map_err(|_| index)?),
+                counters: counters(number(16..32)?).ok_or(index)?,
+            },
+            HEALTH if length == 24 => Input::Health {
+                counters: counters(number(0..16)?).ok_or(index)?,
+                targets: i64::from_le_bytes(number(16..24)?.try_into().map_err(|_| index)?),
             },
             EXISTING_WORKERS if length == 8 => Input::ExistingWorkers(u64::from_le_bytes(
                 number(0..8)?.try_into().map_err(|_| index)?,
@@ -254,11 +272,14 @@ mod tests {
                     events_lost: 2,
                     read_faults: 1,
                 },
-                targets: 1,
             },
             Input::Record(Vec::new()),
             Input::ExistingWorkers(2),
             Input::ProcessExit,
+            Input::Health {
+                counters: KernelCounters::default(),
+                targets: 0,
+            },
         ];
         let mut recorder = Recorder::create(&path, &header).expect("create");
         for input in &inputs {
@@ -271,7 +292,7 @@ mod tests {
         assert_eq!(read_inputs, inputs);
 
         let bytes = std::fs::read(&path).expect("bytes");
-        std::fs::write(&path, &bytes[..bytes.len() - 28]).expect("cut");
+        std::fs::write(&path, &bytes[..bytes.len() - 57]).expect("cut");
         let err = read(&path).expect_err("cut");
         assert!(
             matches!(err, RecordingError::Frame { index: 1, .. }),
