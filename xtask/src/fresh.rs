@@ -71,6 +71,9 @@ const RUSTUP_PROXIES: &[&str] = &[
     "clippy-driver",
 ];
 
+/// Written into every root this check makes: only a directory holding it is ever removed.
+const MARKER: &str = ".temporal-observer-fresh-root";
+
 /// Where the repository is cloned inside the root.
 const CHECKOUT: &str = "/root/temporal-observer";
 const TMUX_SOCKET: &str = "/tmp/fresh-check.tmux";
@@ -113,7 +116,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             || step("README test command (`cargo xtask test`)", &mut || {
                 in_root(root, "cargo xtask test", &root.join("tmp/test.log"))
             }));
-    let leftovers = kill_processes_in(root);
+    let leftovers = stop_processes_in(root);
     eprintln!("\nfresh-check: summary ({})", root.display());
     for s in &steps {
         eprintln!(
@@ -191,14 +194,14 @@ fn apt_sources() -> Vec<PathBuf> {
 
 fn make_root(root: &Path) -> anyhow::Result<()> {
     if root.exists() {
-        let leftovers = kill_processes_in(root);
+        let leftovers = stop_processes_in(root);
         if !leftovers.is_empty() {
             eprintln!(
                 "fresh-check: stopped processes left in the old root: {}",
                 leftovers.join(", ")
             );
         }
-        std::fs::remove_dir_all(root).with_context(|| format!("removing {}", root.display()))?;
+        remove_root(root)?;
     }
     let sources = apt_sources();
     ensure!(!sources.is_empty(), "this machine has no apt sources");
@@ -219,6 +222,7 @@ fn make_root(root: &Path) -> anyhow::Result<()> {
     command.arg("bookworm").arg(root);
     command.args(&sources);
     sh(&mut command)?;
+    std::fs::write(root.join(MARKER), "made by cargo xtask fresh-check\n")?;
     // The CA certificates this machine adds (a TLS-inspecting proxy in front of the registries).
     let extra = Path::new("/usr/local/share/ca-certificates");
     let target = root.join("usr/local/share/ca-certificates");
@@ -252,6 +256,17 @@ fn make_root(root: &Path) -> anyhow::Result<()> {
             .with_context(|| format!("copying rustup as {proxy}"))?;
     }
     Ok(())
+}
+
+/// Removes a root this check made, and nothing else.
+fn remove_root(root: &Path) -> anyhow::Result<()> {
+    ensure!(
+        root.join(MARKER).is_file(),
+        "{} exists but was not made by fresh-check (no {MARKER} in it); remove it yourself or \
+         choose another --root",
+        root.display()
+    );
+    std::fs::remove_dir_all(root).with_context(|| format!("removing {}", root.display()))
 }
 
 fn home() -> PathBuf {
@@ -297,8 +312,8 @@ fn clone_into(root: &Path) -> anyhow::Result<()> {
 /// A shell script that mounts what a booted machine has into the root, then runs `command` in
 /// it, in the checkout, with a user's login environment. Run it in a new mount namespace.
 fn script(root: &Path, command: &str) -> String {
-    let r = root.display();
-    let rustup = rustup_home();
+    let r = shell_quote(&root.to_string_lossy());
+    let rustup = shell_quote(&rustup_home().to_string_lossy());
     let mut env = vec![
         "HOME=/root".to_string(),
         "USER=root".to_string(),
@@ -322,7 +337,6 @@ mount --rbind /dev {r}/dev
 mount --bind {rustup} {r}/root/.rustup
 mount -o remount,bind,ro {r}/root/.rustup
 exec chroot {r} /usr/bin/env -i {env} /bin/bash -c {cmd}",
-        rustup = rustup.display(),
         env = env.join(" "),
         cmd = shell_quote(&format!("cd {CHECKOUT} && {command}")),
     )
@@ -471,7 +485,12 @@ fn demo(root: &Path, within: Duration) -> anyhow::Result<()> {
         tail(&text, 20)
     );
     eprintln!("fresh-check: Ctrl-C stopped the demo, the observer, the worker and the server");
+    // The terminal itself (tmux and its pipe-pane) is the check's, not the demo's.
     let _ = tmux(root).args(["kill-server"]).status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !processes_in(root).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
     Ok(())
 }
 
@@ -559,12 +578,17 @@ fn processes_in(root: &Path) -> Vec<(u32, String)> {
         .collect()
 }
 
-/// Stops everything still running in the root; returns what had to be stopped.
-fn kill_processes_in(root: &Path) -> Vec<String> {
+/// Stops everything still running in the root and waits until it is gone; returns what had to
+/// be stopped.
+fn stop_processes_in(root: &Path) -> Vec<String> {
     let found = processes_in(root);
     for (pid, _) in &found {
         // SAFETY: kill has no memory preconditions.
         unsafe { libc::kill(*pid as libc::pid_t, libc::SIGKILL) };
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !processes_in(root).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
     }
     found
         .into_iter()
