@@ -246,6 +246,7 @@ pub async fn observe(
         Some(path) => Some(recording::Recorder::create(
             path,
             &recording::Header {
+                abi_version: observer_common::ABI_VERSION,
                 pid: target.pid,
                 executable: target.exe_name.clone(),
                 realtime_minus_monotonic: clock.realtime_minus_monotonic(),

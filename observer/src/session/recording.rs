@@ -27,6 +27,8 @@ const HEALTH: u8 = 5;
 /// What decoding the records needs.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Header {
+    /// `observer_common::ABI_VERSION` of the records: another shape cannot be decoded.
+    pub abi_version: u32,
     pub pid: u32,
     pub executable: String,
     /// Wall-clock minus monotonic time when the session started (see [`crate::events::Clock`]).
@@ -78,6 +80,15 @@ pub enum RecordingError {
     },
     #[error("{path}: frame {index} is malformed")]
     Frame { path: String, index: usize },
+    #[error(
+        "{path} holds records of ABI version {found}; this observer reads version {expected}: \
+         record it again"
+    )]
+    Abi {
+        path: String,
+        found: u32,
+        expected: u32,
+    },
 }
 
 /// Writes a recording as the session goes.
@@ -255,6 +266,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("r");
         let header = Header {
+            abi_version: observer_common::ABI_VERSION,
             pid: 7,
             executable: "w".into(),
             realtime_minus_monotonic: -5,
