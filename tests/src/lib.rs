@@ -656,6 +656,8 @@ pub fn run_observer_via(
 pub fn scrape_prometheus(addr: &str) -> anyhow::Result<std::collections::BTreeMap<String, f64>> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(addr)?;
+    // The endpoint closes the connection after its answer; a stalled one fails the test.
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     write!(stream, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\n\r\n")?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;

@@ -47,7 +47,10 @@ pub(super) fn serve(
                     let registry = registry.clone();
                     async move { Ok::<_, Infallible>(scrape(&registry)) }
                 });
+                // One scrape per connection, closed after the answer (as Prometheus's own
+                // exporters do): a client that reads to the end gets the end.
                 if let Err(e) = http1::Builder::new()
+                    .keep_alive(false)
                     .serve_connection(TokioIo::new(stream), service)
                     .await
                 {
