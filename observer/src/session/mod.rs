@@ -170,8 +170,20 @@ struct Recording(Option<recording::Recorder>);
 
 impl Recording {
     fn write(&mut self, input: &recording::Input) {
+        self.with(|r| r.write(input));
+    }
+
+    /// A ring-buffer record; nothing is copied when the session is not recorded.
+    fn record(&mut self, bytes: &[u8]) {
+        self.with(|r| r.write_record(bytes));
+    }
+
+    fn with(
+        &mut self,
+        write: impl FnOnce(&mut recording::Recorder) -> Result<(), recording::RecordingError>,
+    ) {
         if let Some(recorder) = &mut self.0
-            && let Err(e) = recorder.write(input)
+            && let Err(e) = write(recorder)
         {
             warn!("recording the session failed, and stops here: {e}");
             self.0 = None;
@@ -280,7 +292,7 @@ pub async fn observe(
                  ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
                  recording: &mut Recording| {
         while let Some(item) = ring.next() {
-            recording.write(&recording::Input::Record(item.to_vec()));
+            recording.record(&item);
             pipeline.record(&item);
         }
         pipeline.flush();

@@ -80,6 +80,8 @@ pub enum RecordingError {
     },
     #[error("{path}: frame {index} is malformed")]
     Frame { path: String, index: usize },
+    #[error("{path}: a frame of {len} bytes does not fit the format")]
+    TooLong { path: String, len: usize },
     #[error(
         "{path} holds records of ABI version {found}; this observer reads version {expected}: \
          record it again"
@@ -114,9 +116,14 @@ impl Recorder {
         Ok(Self { out, path: name })
     }
 
+    /// Writes a ring-buffer record, as it is (without copying it into an [`Input`] first).
+    pub fn write_record(&mut self, bytes: &[u8]) -> Result<(), RecordingError> {
+        self.frame(RECORD, bytes)
+    }
+
     pub fn write(&mut self, input: &Input) -> Result<(), RecordingError> {
         let (kind, payload) = match input {
-            Input::Record(bytes) => (RECORD, bytes.clone()),
+            Input::Record(bytes) => return self.write_record(bytes),
             Input::Tick {
                 now_unix_nanos,
                 counters,
@@ -139,14 +146,22 @@ impl Recorder {
             }
             Input::ProcessExit => (PROCESS_EXIT, Vec::new()),
         };
-        let length = u32::try_from(payload.len()).unwrap_or(u32::MAX);
+        self.frame(kind, &payload)
+    }
+
+    fn frame(&mut self, kind: u8, payload: &[u8]) -> Result<(), RecordingError> {
+        // Ring-buffer records are far below 4 GiB; a longer payload could not be read back.
+        let length = u32::try_from(payload.len()).map_err(|_| RecordingError::TooLong {
+            path: self.path.clone(),
+            len: payload.len(),
+        })?;
         let io = |source| RecordingError::Io {
             path: self.path.clone(),
             source,
         };
         self.out.write_all(&[kind]).map_err(io)?;
         self.out.write_all(&length.to_le_bytes()).map_err(io)?;
-        self.out.write_all(&payload).map_err(io)
+        self.out.write_all(payload).map_err(io)
     }
 
     pub fn flush(&mut self) -> Result<(), RecordingError> {
