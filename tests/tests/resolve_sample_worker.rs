@@ -1,14 +1,13 @@
-//! Symbol, version and layout resolution on the real sample worker binary (no root needed).
+//! Symbol, version and layout resolution on the real sample worker binaries users ship (default
+//! release and fat LTO; no root needed). The DWARF builds are checked in `layout_builds.rs`.
 
 use std::path::PathBuf;
 
 use anyhow::Context as _;
 use object::{Object as _, ObjectSection as _};
 use temporal_observer::{
-    arguments,
-    layout::{SHIPPED_TABLE, TargetLayout, dwarf::DwarfSections, from_table},
     plan::{ArgumentsSource, LayoutSource, resolve},
-    probes::{self, PROBES},
+    probes::PROBES,
     symbols::SymbolIndex,
 };
 
@@ -107,32 +106,6 @@ fn the_release_worker_resolves_every_probe_once_with_the_shipped_layout() -> any
     Ok(())
 }
 
-#[test]
-fn dwarf_of_the_layout_build_gives_exactly_the_shipped_layout() -> anyhow::Result<()> {
-    let image = fixture("layout-gen")?;
-    let sections = DwarfSections::load(&image)?;
-    let types = sections.types()?;
-    let from_dwarf = TargetLayout::from_dwarf(&types, "0.10.1", "1.95.0")?;
-    let mut shipped = from_table(SHIPPED_TABLE, "0.10.1", "1.95.0")?;
-    let shipped_arguments = std::mem::take(&mut shipped.arguments);
-    assert_eq!(from_dwarf, shipped);
-    // The table's registers for the release build are what this build's DWARF says.
-    let symbols = SymbolIndex::from_elf(&image)?;
-    let release = shipped_arguments
-        .iter()
-        .find(|b| b.build == "release")
-        .context("the table has no release build")?;
-    assert_eq!(
-        arguments::read(&symbols, &types, probes::probe_functions())?,
-        release.functions
-    );
-    // And a worker with that DWARF is resolved from it rather than from the table.
-    let resolved = resolve(&image)?;
-    assert_eq!(resolved.layout_source, LayoutSource::Dwarf);
-    assert_eq!(resolved.arguments_source, ArgumentsSource::Dwarf);
-    Ok(())
-}
-
 /// Fat LTO inlines `mark_started` away and moves code: the plan switches to the surviving
 /// functions, with the registers the LTO build's DWARF gives, and the layout stays the same.
 #[test]
@@ -161,35 +134,6 @@ fn the_lto_worker_resolves_with_the_lto_registers() -> anyhow::Result<()> {
     );
     assert!(resolved.probes.iter().all(|p| p.functions.len() == 1));
 
-    let with_dwarf = fixture("lto-layout-gen")?;
-    let sections = DwarfSections::load(&with_dwarf)?;
-    let types = sections.types()?;
-    let symbols = SymbolIndex::from_elf(&with_dwarf)?;
-    let mut shipped = from_table(SHIPPED_TABLE, "0.10.1", "1.95.0")?;
-    let lto = shipped
-        .arguments
-        .iter()
-        .find(|b| b.build == "lto")
-        .context("the table has no lto build")?;
-    assert_eq!(
-        arguments::read(&symbols, &types, probes::probe_functions())?,
-        lto.functions
-    );
-    shipped.arguments.clear();
-    assert_eq!(
-        TargetLayout::from_dwarf(&types, "0.10.1", "1.95.0")?,
-        shipped
-    );
-    // The same code with and without DWARF: each probed function has the same size in both.
-    for planned in &resolved.probes {
-        let f = &planned.functions[0];
-        assert_eq!(
-            symbols.find(planned.point.function).first().map(|s| s.size),
-            Some(f.size),
-            "{}",
-            f.path
-        );
-    }
     Ok(())
 }
 
@@ -230,11 +174,6 @@ fn inspect_reports_versions_layout_source_and_every_probe() -> anyhow::Result<()
     );
     assert_eq!(report["not_covered"].as_array().map(Vec::len), Some(0));
     assert_eq!(report["arguments_source"]["table"]["build"], "release");
-
-    let (ok, report) = inspect(&fixture_path("layout-gen"))?;
-    assert!(ok, "{report}");
-    assert_eq!(report["layout_source"], "dwarf");
-    assert_eq!(report["arguments_source"], "dwarf");
 
     let (ok, report) = inspect(&fixture_path("lto"))?;
     assert!(ok, "{report}");

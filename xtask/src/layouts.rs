@@ -34,8 +34,10 @@ const LAYOUT_BUILDS: &[(Option<&str>, &str, &str)] = &[
 ];
 
 /// Files and directories (from the repository root) whose content decides the table: what is
-/// built (the fixture and the crate it links from this repository) and the code that reads the
-/// builds (`temporal-observer layout`, and the merge below). A test checks that each exists.
+/// built (the fixture and the crate it links from this repository), the code that reads the
+/// builds (`temporal-observer layout`, and the merge below), and the checks that can only run
+/// on the DWARF builds, with the code they check (the plan picks DWARF over the table). A test
+/// checks that each exists.
 pub const INPUTS: &[&str] = &[
     "tests/fixtures/worker/Cargo.toml",
     "tests/fixtures/worker/Cargo.lock",
@@ -48,6 +50,8 @@ pub const INPUTS: &[&str] = &[
     "observer/src/symbols.rs",
     "observer/src/versions.rs",
     "observer-common/src/lib.rs",
+    "observer/src/plan.rs",
+    "tests/tests/layout_builds.rs",
     "xtask/src/fixture.rs",
     "xtask/src/layouts.rs",
 ];
@@ -102,6 +106,7 @@ pub fn run(check: bool, force: bool) -> anyhow::Result<()> {
             "{TABLE} differs from what the generator produces; run `cargo xtask gen-layouts` \
              and commit {TABLE} and {RECORD}"
         );
+        check_dwarf_builds(&root)?;
         ensure!(
             recorded.as_ref() == Some(&inputs) && table_untouched,
             "{TABLE} matches the generator, but {RECORD} does not record these inputs, so every \
@@ -110,12 +115,30 @@ pub fn run(check: bool, force: bool) -> anyhow::Result<()> {
         eprintln!("xtask: {TABLE} matches the generator");
     } else {
         std::fs::write(root.join(TABLE), &rendered)?;
+        check_dwarf_builds(&root)?;
         let mut record = inputs.clone();
         record.insert(TABLE_KEY.into(), hex(&Sha256::digest(rendered.as_bytes())));
         std::fs::write(root.join(RECORD), render_record(&record)?)?;
         eprintln!("xtask: wrote {TABLE} and {RECORD}");
     }
     Ok(())
+}
+
+/// The checks that need the DWARF builds (`tests/tests/layout_builds.rs`): the table is what
+/// their DWARF says, debug info does not change the code (against the builds users ship, made
+/// here too), and a worker with DWARF is read through it. Run against the table on disk.
+fn check_dwarf_builds(root: &Path) -> anyhow::Result<()> {
+    for profile in ["release", "lto"] {
+        build_worker(None, profile)?;
+    }
+    sh(cargo().current_dir(root).args([
+        "test",
+        "--release",
+        "-p",
+        "e2e",
+        "--test",
+        "layout_builds",
+    ]))
 }
 
 /// Builds the sample worker in each of [`LAYOUT_BUILDS`] and derives the table with

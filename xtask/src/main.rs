@@ -220,6 +220,18 @@ fn test() -> anyhow::Result<()> {
         "-D",
         "warnings",
     ]))?;
+    // Not a default test target (gen-layouts runs it), so --all-targets leaves it out.
+    sh(cargo().current_dir(&p.root).args([
+        "clippy",
+        "--release",
+        "-p",
+        "e2e",
+        "--test",
+        "layout_builds",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
     build()?;
     // The fat-LTO variant, whose probe plan differs most from the default's, is checked end to
     // end on every run (`cargo xtask matrix` checks them all).
