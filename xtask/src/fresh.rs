@@ -330,6 +330,9 @@ fn script(root: &Path, command: &str) -> String {
     let env: Vec<String> = env.iter().map(|e| shell_quote(e)).collect();
     format!(
         "set -eu
+# The root must be a mount point, as / is on a machine: `unshare --mount` in the tests changes
+# the propagation of /, which fails on a plain directory.
+mount --bind {r} {r}
 mount -t proc proc {r}/proc
 mount -t sysfs sysfs {r}/sys
 mount -t bpf bpf {r}/sys/fs/bpf
