@@ -95,9 +95,10 @@ fn main() {
     }
     // The programs read the probed architecture's registers (as aya-build does it).
     let arch = env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_else(|_| "x86_64".into());
+    // BTF, with the function info the verifier requires of a `bpf_loop` callback.
     cmd.env(
         "CARGO_ENCODED_RUSTFLAGS",
-        format!("--cfg=bpf_target_arch=\"{arch}\""),
+        format!("--cfg=bpf_target_arch=\"{arch}\"\x1f-Clink-arg=--btf"),
     );
     cmd.env("RUSTC_BOOTSTRAP", "1").env("PATH", &path);
 

@@ -38,7 +38,14 @@ pub mod kind {
     pub const PROCESS_EXEC: u32 = 7;
     /// A process exited (`watch`; the record is a bare header).
     pub const PROCESS_EXIT: u32 = 8;
+    /// One chunk of an encoded protobuf message a bridge handed over ([`crate::MessageChunk`]).
+    pub const MESSAGE_CHUNK: u32 = 9;
 }
+
+/// Bytes of a message one [`MessageChunk`] carries.
+pub const MESSAGE_CHUNK_BYTES: usize = 4096;
+/// The most chunks one message may take: the ceiling of `--max-message-bytes`.
+pub const MAX_MESSAGE_CHUNKS: u32 = 1024;
 
 /// How deep the kernel follows a failure's `cause` chain looking for a timeout.
 pub const MAX_FAILURE_DEPTH: usize = 8;
@@ -56,12 +63,26 @@ pub mod program {
     pub const ACTIVATION_SLOT: &str = "activation_slot";
     /// Return half: reads the activation from the slot kept at entry (a uretprobe).
     pub const ACTIVATION_RETURN: &str = "activation_return";
+    /// Return half of a function that returns an encoded message as a `Vec<u8>` into the slot
+    /// kept at entry (by `activation_slot`): copies the message's bytes.
+    pub const VEC_MESSAGE_RETURN: &str = "vec_message_return";
+    /// Entry of a CPython fastcall function (`self, args, nargs, kwnames`) whose first argument
+    /// is a `bytes` object: copies its bytes.
+    pub const PYBYTES_ARGUMENT: &str = "pybytes_argument";
+    /// A worker's creation, read-free: for targets whose structs are not read.
+    pub const WORKER_CREATED_BARE: &str = "worker_created_bare";
+    /// A worker asked to shut down, by its address only.
+    pub const WORKER_SHUTDOWN_BARE: &str = "worker_shutdown_bare";
     /// Tracepoint `sched/sched_process_exec`, for `watch`.
     pub const PROCESS_EXEC: &str = "process_exec";
     /// Tracepoint `sched/sched_process_exit`, for `watch`.
     pub const PROCESS_EXIT: &str = "process_exit";
     /// Every program.
-    pub const ALL: [&str; 10] = [
+    pub const ALL: [&str; 14] = [
+        VEC_MESSAGE_RETURN,
+        PYBYTES_ARGUMENT,
+        WORKER_CREATED_BARE,
+        WORKER_SHUTDOWN_BARE,
         COMPLETION,
         EVICTION,
         WORKER_SHUTDOWN,
@@ -92,6 +113,8 @@ pub mod map {
     pub const COUNTERS: &str = "COUNTERS";
     /// The global that sets when a record wakes user space.
     pub const WAKEUP_BYTES: &str = "WAKEUP_BYTES";
+    /// The global that caps the chunks of one message (`--max-message-bytes`).
+    pub const MESSAGE_CHUNKS: &str = "MESSAGE_CHUNKS";
     /// Every map (not the global).
     pub const ALL: [&str; 6] = [
         EVENTS,
@@ -393,6 +416,26 @@ pub struct TaskEvent {
     pub workflow_type: Str<NAME_CAP>,
 }
 
+/// One chunk of an encoded protobuf message (an activation, a completion) that a bridge handed
+/// over. A message of `message_len` bytes comes as consecutive chunks with the same
+/// `message_id`, each `offset`/`len` into it; a message longer than the cap comes as one chunk
+/// with `len == 0` and `truncated == 1`: never as partial bytes that might pass for whole.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct MessageChunk {
+    pub header: EventHeader,
+    /// The message's length in the target.
+    pub message_len: u64,
+    /// The same in every chunk of one message (the probe hit's `ktime_ns`).
+    pub message_id: u64,
+    pub offset: u32,
+    pub len: u32,
+    /// 1 when the message was longer than the cap and none of it is sent.
+    pub truncated: u32,
+    pub _pad: u32,
+    pub bytes: [u8; MESSAGE_CHUNK_BYTES],
+}
+
 /// Counters the kernel side keeps (index into the `COUNTERS` per-CPU array).
 pub mod counter {
     /// Records that did not fit in the ring buffer.
@@ -421,6 +464,8 @@ const _: () = {
     assert!(core::mem::size_of::<CompletionEvent>() == 24 + 72 + 8 + 8 + 8 + 8);
     assert!(core::mem::size_of::<EvictionEvent>() == 24 + 72 + 8);
     assert!(core::mem::size_of::<WorkerEvent>() == 24 + 8 + 8 + NAME_CAP);
+    assert!(core::mem::size_of::<MessageChunk>() == 24 + 8 + 8 + 16 + MESSAGE_CHUNK_BYTES);
+    assert!(MESSAGE_CHUNK_BYTES.is_power_of_two());
 };
 
 #[cfg(feature = "user")]

@@ -13,12 +13,13 @@ compile_error!(
     "observer-ebpf reads x86-64 argument registers; other architectures are not supported yet"
 );
 
+use aya_ebpf::cty::c_void;
 use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user,
-        generated::{bpf_get_attach_cookie, bpf_probe_read_user as raw_probe_read_user},
+        generated::{bpf_get_attach_cookie, bpf_loop, bpf_probe_read_user as raw_probe_read_user},
     },
     macros::{map, tracepoint, uprobe, uretprobe},
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
@@ -26,7 +27,8 @@ use aya_ebpf::{
 };
 use observer_common::{
     ActivationEvent, CompletionEvent, Cookie, EventHeader, EvictionEvent, Layout,
-    MAX_FAILURE_DEPTH, MAX_JOBS, OPTION_TIME_WINDOW, Str, TaskEvent, WorkerEvent, counter, kind,
+    MAX_FAILURE_DEPTH, MAX_JOBS, MAX_MESSAGE_CHUNKS, MESSAGE_CHUNK_BYTES, MessageChunk,
+    OPTION_TIME_WINDOW, Str, TaskEvent, WorkerEvent, counter, kind,
 };
 
 /// The ring buffer; user space sets its real size at load time.
@@ -62,6 +64,16 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT
 #[unsafe(no_mangle)]
 static WAKEUP_BYTES: u64 = 64 * 1024;
 
+/// The most chunks of `MESSAGE_CHUNK_BYTES` one message may take (`--max-message-bytes`); a
+/// longer message is reported as truncated, without its bytes.
+#[unsafe(no_mangle)]
+static MESSAGE_CHUNKS: u32 = 16;
+
+/// CPython's `PyBytesObject` (the stable ABI's `PyVarObject` head, then the hash): the length
+/// is `ob_size`, the bytes follow the hash.
+const PYBYTES_SIZE_OFFSET: u64 = 16;
+const PYBYTES_DATA_OFFSET: u64 = 32;
+
 #[uprobe]
 pub fn activation_slot(ctx: ProbeContext) -> u32 {
     let p = probe(&ctx);
@@ -74,6 +86,32 @@ pub fn activation_slot(ctx: ProbeContext) -> u32 {
 #[uretprobe]
 pub fn activation_return(ctx: RetProbeContext) -> u32 {
     let _ = try_activation_return(&ctx);
+    0
+}
+
+/// The encoded message a function returned as a `Vec<u8>` into the slot kept at entry.
+#[uretprobe]
+pub fn vec_message_return(ctx: RetProbeContext) -> u32 {
+    let _ = try_vec_message_return(&ctx);
+    0
+}
+
+/// The `bytes` object a CPython fastcall function takes as its first argument.
+#[uprobe]
+pub fn pybytes_argument(ctx: ProbeContext) -> u32 {
+    let _ = try_pybytes_argument(&ctx);
+    0
+}
+
+#[uprobe]
+pub fn worker_created_bare(ctx: ProbeContext) -> u32 {
+    let _ = try_worker_bare(&ctx, kind::WORKER_START, false);
+    0
+}
+
+#[uprobe]
+pub fn worker_shutdown_bare(ctx: ProbeContext) -> u32 {
+    let _ = try_worker_bare(&ctx, kind::WORKER_SHUTDOWN, true);
     0
 }
 
@@ -468,6 +506,165 @@ fn try_worker_created(ctx: &ProbeContext) -> Result<(), ()> {
         config + layout.offsets.config_task_queue as u64,
         layout,
     );
+    entry.submit(submit_flags());
+    Ok(())
+}
+
+fn try_vec_message_return(ctx: &RetProbeContext) -> Result<(), ()> {
+    let p = probe(ctx);
+    let key = bpf_get_current_pid_tgid();
+    // SAFETY: a read of this program's own map; the value is copied out before the removal.
+    let slot = unsafe { RETURN_SLOTS.get(&key) }.copied().ok_or(())?;
+    let _ = RETURN_SLOTS.remove(&key);
+    // A `Vec<u8>` is a pointer, a capacity and a length, in an order rustc does not promise.
+    // `encode_to_vec` allocates exactly the encoded length, so two of the words are equal and
+    // the third is the pointer; anything else is not read as a message.
+    let words = [read_u64(slot)?, read_u64(slot + 8)?, read_u64(slot + 16)?];
+    let (ptr, len) = if words[0] == words[1] {
+        (words[2], words[0])
+    } else if words[0] == words[2] {
+        (words[1], words[0])
+    } else if words[1] == words[2] {
+        (words[0], words[1])
+    } else {
+        bump(counter::READ_FAULTS);
+        return Err(());
+    };
+    emit_message(&p, ptr, len);
+    Ok(())
+}
+
+fn try_pybytes_argument(ctx: &ProbeContext) -> Result<(), ()> {
+    let p = probe(ctx);
+    let args = arg(ctx, p.cookie.arg_a)?;
+    let nargs = arg(ctx, p.cookie.arg_b)?;
+    // Positional arguments only (CPython's vectorcall may set the high bit of nargs).
+    if nargs & (u64::MAX >> 1) == 0 {
+        bump(counter::READ_FAULTS);
+        return Err(());
+    }
+    let object = read_u64(args)?;
+    let len = read_u64(object + PYBYTES_SIZE_OFFSET)?;
+    emit_message(&p, object + PYBYTES_DATA_OFFSET, len);
+    Ok(())
+}
+
+/// Sends the `len` bytes at `ptr` as chunks of one message, or, past the cap, one chunk that
+/// says the message was truncated.
+#[inline(always)]
+fn emit_message(p: &Probe, ptr: u64, len: u64) {
+    // SAFETY: a read-only global that user space may set at load time.
+    let cap = unsafe { core::ptr::read_volatile(&MESSAGE_CHUNKS) }.min(MAX_MESSAGE_CHUNKS);
+    let chunks = len.div_ceil(MESSAGE_CHUNK_BYTES as u64);
+    let header = header(p, kind::MESSAGE_CHUNK);
+    if chunks > cap as u64 {
+        if let Ok(mut entry) = reserve_chunk() {
+            // SAFETY: `entry` is a reserved, properly aligned record; the header fields are
+            // written before it is submitted and the bytes are not sent.
+            let e = unsafe { &mut *entry.as_mut_ptr() };
+            e.header = header;
+            e.message_len = len;
+            e.message_id = header.ktime_ns;
+            e.offset = 0;
+            e.len = 0;
+            e.truncated = 1;
+            e._pad = 0;
+            entry.submit(submit_flags());
+        }
+        return;
+    }
+    let mut message = Message { header, ptr, len };
+    // One verified callback per chunk (`bpf_loop`): a plain loop of up to MAX_MESSAGE_CHUNKS
+    // iterations is more than the verifier will walk.
+    // SAFETY: the callback is a BPF subprogram that only reads `message`, which outlives the
+    // call; `chunks <= cap <= MAX_MESSAGE_CHUNKS` bounds the iterations.
+    unsafe {
+        bpf_loop(
+            chunks as u32,
+            send_chunk as *mut c_void,
+            (&raw mut message).cast(),
+            0,
+        )
+    };
+}
+
+/// A message being sent: what `send_chunk` needs.
+#[repr(C)]
+struct Message {
+    header: EventHeader,
+    ptr: u64,
+    len: u64,
+}
+
+/// Sends chunk `index` of the message at `ctx`; stops the loop (1) when the ring buffer is full.
+#[inline(never)]
+extern "C" fn send_chunk(index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `ctx` is the `Message` on the caller's stack that `emit_message` passes.
+    let m = unsafe { &*ctx.cast::<Message>() };
+    let offset = index * MESSAGE_CHUNK_BYTES as u64;
+    if offset >= m.len {
+        return 1;
+    }
+    let left = m.len - offset;
+    let n = if left < MESSAGE_CHUNK_BYTES as u64 {
+        left
+    } else {
+        MESSAGE_CHUNK_BYTES as u64
+    };
+    let Ok(mut entry) = reserve_chunk() else {
+        return 1;
+    };
+    // SAFETY: `entry` is a reserved, properly aligned record.
+    let e = unsafe { &mut *entry.as_mut_ptr() };
+    e.header = m.header;
+    e.message_len = m.len;
+    e.message_id = m.header.ktime_ns;
+    e.offset = offset as u32;
+    e.len = n as u32;
+    e.truncated = 0;
+    e._pad = 0;
+    // The mask keeps the verifier's bound; `n` is at most a chunk.
+    let size = (n as u32) & (2 * MESSAGE_CHUNK_BYTES as u32 - 1);
+    // SAFETY: at most `MESSAGE_CHUNK_BYTES` bytes into the record's buffer of that size; the
+    // source is checked by the helper.
+    let ret = unsafe {
+        raw_probe_read_user(
+            e.bytes.as_mut_ptr().cast(),
+            size.min(MESSAGE_CHUNK_BYTES as u32),
+            (m.ptr + offset) as *const _,
+        )
+    };
+    if ret != 0 {
+        bump(counter::READ_FAULTS);
+        // A chunk that could not be read is sent empty: the message will not be whole.
+        e.len = 0;
+    }
+    entry.submit(submit_flags());
+    0
+}
+
+/// Reserves a chunk record without zeroing its 4 KiB of bytes: only `len` of them are read.
+#[inline(always)]
+fn reserve_chunk() -> Result<aya_ebpf::maps::ring_buf::RingBufEntry<MessageChunk>, ()> {
+    EVENTS
+        .reserve::<MessageChunk>(0)
+        .ok_or_else(|| bump(counter::EVENTS_LOST))
+}
+
+/// A worker created, or asked to shut down, where its structs are not read: the record carries
+/// the worker's address (`self`) for a shutdown and nothing else.
+fn try_worker_bare(ctx: &ProbeContext, event_kind: u32, with_self: bool) -> Result<(), ()> {
+    let p = probe(ctx);
+    let worker = if with_self {
+        arg(ctx, p.cookie.arg_a)?
+    } else {
+        0
+    };
+    let mut entry = reserve::<WorkerEvent>()?;
+    // SAFETY: `entry` is a reserved, zeroed, properly aligned record.
+    let e = unsafe { &mut *entry.as_mut_ptr() };
+    e.header = header(&p, event_kind);
+    e.worker = worker;
     entry.submit(submit_flags());
     Ok(())
 }

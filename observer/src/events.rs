@@ -328,6 +328,11 @@ pub enum DecodeError {
     UnknownProbe { probe: u32 },
     #[error("probe {probe} sent a record of kind {kind}, which is not its kind")]
     WrongKind { probe: &'static str, kind: u32 },
+    #[error("the bytes are not a {message}: {error}")]
+    Protobuf {
+        message: &'static str,
+        error: String,
+    },
 }
 
 /// Maps kernel monotonic time to wall-clock time.
@@ -397,12 +402,33 @@ pub(crate) fn duration_nanos((seconds, nanos): (i64, i32)) -> Nanos {
     Nanos::from(seconds) * 1_000_000_000 + Nanos::from(nanos)
 }
 
-/// Decodes one ring-buffer record, with the decoder of the probe that sent it.
+/// Decodes one ring-buffer record, with the decoder of the probe that sent it. Message chunks
+/// are not records of their own: they go through [`crate::reassembly`] and
+/// [`decode_message`].
 pub fn decode(bytes: &[u8], layout: &TargetLayout, clock: &Clock) -> Result<Event, DecodeError> {
     let header: EventHeader = read_record(bytes, 0)?;
     if !KNOWN_KINDS.contains(&header.kind) {
         return Err(DecodeError::UnknownKind(header.kind));
     }
+    decode_with_spec(header, bytes, layout, clock)
+}
+
+/// Decodes a whole message put together from its chunks, with the decoder of its probe.
+pub fn decode_message(
+    header: EventHeader,
+    message: &[u8],
+    layout: &TargetLayout,
+    clock: &Clock,
+) -> Result<Event, DecodeError> {
+    decode_with_spec(header, message, layout, clock)
+}
+
+fn decode_with_spec(
+    header: EventHeader,
+    bytes: &[u8],
+    layout: &TargetLayout,
+    clock: &Clock,
+) -> Result<Event, DecodeError> {
     let spec = probes::spec_by_id(header.probe_id).ok_or(DecodeError::UnknownProbe {
         probe: header.probe_id,
     })?;

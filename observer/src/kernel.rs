@@ -73,6 +73,8 @@ pub struct KernelSettings {
     pub ring_buffer_bytes: u32,
     /// Wake user space once this many bytes wait; otherwise it drains on a timer.
     pub wakeup_bytes: u64,
+    /// The most chunks one encoded message may take; a longer one is reported truncated.
+    pub message_chunks: u32,
 }
 
 /// Loaded programs with their probes attached. Dropping it detaches everything.
@@ -83,12 +85,14 @@ pub struct Attachment {
 }
 
 impl Attachment {
-    /// Loads the programs and attaches every planned probe to one process.
+    /// Loads the programs and attaches every planned probe to one process, in the file `exe`
+    /// (its executable, or the library its sdk-core is in). `layout` is for the programs that
+    /// read structs; a plan whose probes read messages has none.
     pub fn attach(
         exe: &Path,
         pid: u32,
         planned: &[PlannedProbe],
-        layout: &Layout,
+        layout: Option<&Layout>,
         settings: KernelSettings,
     ) -> Result<Self, AttachError> {
         if EBPF_OBJECT.is_empty() {
@@ -98,8 +102,9 @@ impl Attachment {
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(map::EVENTS, settings.ring_buffer_bytes)
             .override_global(map::WAKEUP_BYTES, &settings.wakeup_bytes, true)
+            .override_global(map::MESSAGE_CHUNKS, &settings.message_chunks, true)
             .load(EBPF_OBJECT)?;
-        {
+        if let Some(layout) = layout {
             let map = ebpf
                 .map_mut(map::LAYOUTS)
                 .ok_or(AttachError::MissingMap(map::LAYOUTS))?;

@@ -9,6 +9,7 @@
 //! [`privileges`] read `/proc` for `watch` and the privilege check.
 
 pub mod arguments;
+pub mod bridge;
 pub mod cli;
 pub mod events;
 pub mod export;
@@ -19,6 +20,7 @@ pub mod plan;
 pub mod privileges;
 pub mod probes;
 pub mod processes;
+pub mod reassembly;
 pub mod session;
 pub mod symbols;
 pub mod target;

@@ -145,6 +145,9 @@ pub struct Engine {
     /// [`Engine::on_existing_workers`]).
     unnamed_running: usize,
     unnamed_seen: usize,
+    /// Addresses of workers without a known task queue already asked to shut down: sdk-core
+    /// asks one worker more than once, and only the first counts.
+    unnamed_shut_down: HashSet<String>,
     dropped_runs: u64,
     affected_runs: u64,
 }
@@ -276,10 +279,20 @@ impl Engine {
             }
             // A worker is known by its task queue: where `mark_started` is inlined (LTO) the
             // start is seen at creation, before the worker has its final address.
+            // Where the probes do not read the task queue (a bridge), each creation is a worker.
+            EventBody::WorkerStart { task_queue, .. } if task_queue.is_empty() => {
+                self.on_existing_workers(1, out);
+            }
             EventBody::WorkerStart { task_queue, .. } => {
                 self.workers_seen.insert(task_queue.clone());
                 if self.workers_running.insert(task_queue.clone()) {
                     out.push(Update::WorkersRunning { delta: 1 });
+                }
+            }
+            EventBody::WorkerShutdown { task_queue, worker } if task_queue.is_empty() => {
+                if self.unnamed_shut_down.insert(worker.clone()) && self.unnamed_running > 0 {
+                    self.unnamed_running -= 1;
+                    out.push(Update::WorkersRunning { delta: -1 });
                 }
             }
             EventBody::WorkerShutdown { task_queue, .. } => {
@@ -919,6 +932,46 @@ mod tests {
         let mut out = Vec::new();
         engine.on_process_exit(&mut out);
         assert_eq!(out, vec![Update::WorkersRunning { delta: -1 }]);
+    }
+
+    #[test]
+    fn workers_without_a_task_queue_count_by_creation_and_first_shutdown() {
+        let mut engine = Engine::new(Limits::default());
+        let mut out = Vec::new();
+        let body = |start: bool, worker: &str| {
+            let (worker, task_queue) = (worker.to_string(), String::new());
+            if start {
+                EventBody::WorkerStart { worker, task_queue }
+            } else {
+                EventBody::WorkerShutdown { worker, task_queue }
+            }
+        };
+        for (start, worker) in [
+            (true, "0x0"),
+            (true, "0x0"),
+            (false, "0x10"),
+            (false, "0x10"),
+            (false, "0x10"),
+        ] {
+            engine.on_event(
+                &Event {
+                    time_unix_nanos: 0,
+                    pid: 1,
+                    tid: 1,
+                    body: body(start, worker),
+                },
+                &mut out,
+            );
+        }
+        let deltas: Vec<i64> = out
+            .iter()
+            .map(|u| match u {
+                Update::WorkersRunning { delta } => *delta,
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        assert_eq!(deltas, vec![1, 1, -1]);
+        assert_eq!((engine.workers_running(), engine.workers_seen()), (1, 2));
     }
 
     #[test]

@@ -1,6 +1,7 @@
-//! The plan for one binary: its versions, the point each probe uses in it, the registers that
-//! point's inputs are in, and the layout of sdk-core's data. Pure: it works on the executable's
-//! bytes, the probe table and the shipped layout table.
+//! The plan for one binary: its versions, the probe family that observes it, the point each
+//! probe uses in it, the registers that point's inputs are in, and the layout of sdk-core's data
+//! where the family reads structs. Pure: it works on the probed file's bytes (and, for a bridge,
+//! what is installed next to it), the probe tables and the shipped layout table.
 
 use std::collections::BTreeMap;
 
@@ -8,12 +9,14 @@ use serde::Serialize;
 
 use crate::{
     arguments::{self, ArgumentsError, Params},
+    bridge::{self, Runtime},
     layout::{
         self, LayoutError, TargetLayout,
         dwarf::{DwarfSections, DwarfTypes},
     },
-    probes::{self, Input, PROBES, ProbePoint, ProbeSpec},
+    probes::{self, Family, Input, ProbePoint, ProbeSpec},
     symbols::{FunctionSymbol, SymbolError, SymbolIndex},
+    target::{Probed, Target},
     versions::{self, BinaryVersions},
 };
 
@@ -25,6 +28,8 @@ pub enum LayoutSource {
     Dwarf,
     /// The table shipped with the observer.
     Table,
+    /// None is needed: the probes read encoded messages, not structs.
+    NotNeeded,
 }
 
 impl std::fmt::Display for LayoutSource {
@@ -32,6 +37,7 @@ impl std::fmt::Display for LayoutSource {
         f.write_str(match self {
             Self::Dwarf => "the binary's DWARF",
             Self::Table => "the shipped table",
+            Self::NotNeeded => "none needed (the probes read protobuf messages, not structs)",
         })
     }
 }
@@ -44,6 +50,8 @@ pub enum ArgumentsSource {
     Dwarf,
     /// The shipped table's entry for this build profile.
     Table { build: String },
+    /// The calling convention: every input is at a C-ABI point or a return slot.
+    CallingConvention,
 }
 
 /// A probe, the point chosen for this binary, every function it attaches to there, and the
@@ -63,6 +71,9 @@ impl std::fmt::Display for ArgumentsSource {
         match self {
             Self::Dwarf => f.write_str("the binary's DWARF"),
             Self::Table { build } => write!(f, "the shipped table ({build} build)"),
+            Self::CallingConvention => f.write_str(
+                "the calling convention (C-ABI points and return slots; no DWARF needed)",
+            ),
         }
     }
 }
@@ -70,6 +81,8 @@ impl std::fmt::Display for ArgumentsSource {
 #[derive(Debug)]
 pub struct Plan {
     pub versions: BinaryVersions,
+    /// The probes that observe this kind of target.
+    pub family: Family,
     /// The probes to attach, each at the point chosen for this binary.
     pub probes: Vec<PlannedProbe>,
     pub layout: TargetLayout,
@@ -101,6 +114,15 @@ pub enum PlanError {
     )]
     MissingRequired { version: String, missing: String },
     #[error(
+        "cannot tell which `{via}` wraps `{function}`: {found} of them refer to it (exactly one \
+         must). This build of the bridge is not supported yet"
+    )]
+    Wrapper {
+        function: &'static str,
+        via: &'static str,
+        found: usize,
+    },
+    #[error(
         "cannot tell where `{function}` takes its {input}: {why}. Build the worker with debug \
          info for sdk-core (see README, \"Builds\"), or add this build to the layout table"
     )]
@@ -125,7 +147,60 @@ impl PlanError {
     }
 }
 
-/// Resolves a binary against the probe table and the shipped layout table.
+/// Resolves the probed file of a process: its executable, or the bridge library it loaded.
+pub fn resolve_target(target: &Target) -> Result<Plan, PlanError> {
+    match &target.probed {
+        Probed::Executable => resolve(&target.image),
+        Probed::Library {
+            path,
+            runtime: Runtime::Python,
+        } => resolve_python_bridge(&target.image, &bridge::installed_python(path)),
+    }
+}
+
+/// Resolves a file by what it is: a Python bridge (by its name), else a Rust SDK worker.
+pub fn resolve_file(path: &std::path::Path, image: &[u8]) -> Result<Plan, PlanError> {
+    match bridge::bridge_runtime(path) {
+        Some(Runtime::Python) => resolve_python_bridge(image, &bridge::installed_python(path)),
+        None => resolve(image),
+    }
+}
+
+/// Resolves the Python SDK's bridge library: the message probes, at C-ABI points and return
+/// slots; no layout.
+pub fn resolve_python_bridge(
+    image: &[u8],
+    installed: &bridge::Installed,
+) -> Result<Plan, PlanError> {
+    let mut versions = versions::detect(image);
+    versions.sdk_core = versions.sdk_core.or_else(|| installed.sdk_core.clone());
+    versions.package = installed.package.clone();
+    let symbols = symbols(image, &versions)?;
+    let family = Family::PythonMessages;
+    let choices = choose(&symbols, image, family, versions.sdk_core.as_deref())?;
+    let probes = choices
+        .into_iter()
+        .map(|choice| {
+            let registers = registers(&choice.point, &Params::new())?;
+            Ok(PlannedProbe {
+                spec: choice.spec,
+                point: choice.point,
+                functions: choice.functions,
+                registers,
+            })
+        })
+        .collect::<Result<Vec<_>, PlanError>>()?;
+    Ok(Plan {
+        versions,
+        family,
+        probes,
+        layout: TargetLayout::default(),
+        layout_source: LayoutSource::NotNeeded,
+        arguments_source: ArgumentsSource::CallingConvention,
+    })
+}
+
+/// Resolves a Rust SDK worker against the probe table and the shipped layout table.
 pub fn resolve(image: &[u8]) -> Result<Plan, PlanError> {
     resolve_with_table(image, layout::SHIPPED_TABLE)
 }
@@ -133,7 +208,12 @@ pub fn resolve(image: &[u8]) -> Result<Plan, PlanError> {
 pub fn resolve_with_table(image: &[u8], table: &str) -> Result<Plan, PlanError> {
     let versions = versions::detect(image);
     let symbols = symbols(image, &versions)?;
-    let choices = choose(&symbols, versions.sdk_core.as_deref())?;
+    let choices = choose(
+        &symbols,
+        image,
+        Family::Structs,
+        versions.sdk_core.as_deref(),
+    )?;
     let sections = DwarfSections::load(image).ok();
     let types = sections.as_ref().and_then(|s| s.types().ok());
     let (layout, layout_source) = layout_for(types.as_ref(), &versions, table)?;
@@ -156,6 +236,7 @@ pub fn resolve_with_table(image: &[u8], table: &str) -> Result<Plan, PlanError> 
         .collect::<Result<Vec<_>, PlanError>>()?;
     Ok(Plan {
         versions,
+        family: Family::Structs,
         probes: plan,
         layout,
         layout_source,
@@ -166,15 +247,15 @@ pub fn resolve_with_table(image: &[u8], table: &str) -> Result<Plan, PlanError> 
 impl Plan {
     /// Lifecycle facts this binary's plan cannot see, or sees only in part, and why.
     pub fn not_covered(&self) -> Vec<String> {
-        not_covered(&self.probes)
+        not_covered(self.family, &self.probes)
     }
 }
 
-/// What a plan misses: probes without any point in the binary, and the caveats of second-choice
-/// points.
-pub fn not_covered(plan: &[PlannedProbe]) -> Vec<String> {
+/// What a plan misses: probes of its family without any point in the binary, and the caveats
+/// of second-choice points.
+pub fn not_covered(family: Family, plan: &[PlannedProbe]) -> Vec<String> {
     let mut out = Vec::new();
-    for spec in PROBES {
+    for spec in family.probes() {
         match plan.iter().find(|p| p.spec.id == spec.id) {
             None => out.push(format!(
                 "{}: not seen ({} is not in this binary)",
@@ -272,10 +353,12 @@ pub struct Choice {
     pub functions: Vec<FunctionSymbol>,
 }
 
-/// Picks, for each probe, the first point this binary has. Optional probes without any point
-/// are left out; a required one refuses the binary.
+/// Picks, for each probe of the family, the first point this binary has. Optional probes
+/// without any point are left out; a required one refuses the binary.
 pub fn choose(
     symbols: &SymbolIndex,
+    image: &[u8],
+    family: Family,
     sdk_core_version: Option<&str>,
 ) -> Result<Vec<Choice>, PlanError> {
     if symbols.count_with_prefix("temporalio_sdk_core::") == 0 {
@@ -285,15 +368,19 @@ pub fn choose(
     }
     let mut chosen = Vec::new();
     let mut missing = Vec::new();
-    for spec in PROBES {
-        let found = spec.points.iter().find_map(|point| {
-            let functions = symbols.find(point.function);
-            (!functions.is_empty()).then(|| Choice {
-                spec: *spec,
-                point: *point,
-                functions: functions.to_vec(),
-            })
-        });
+    for spec in family.probes() {
+        let mut found = None;
+        for point in spec.points {
+            let functions = attach_functions(symbols, image, point)?;
+            if !functions.is_empty() {
+                found = Some(Choice {
+                    spec: *spec,
+                    point: *point,
+                    functions,
+                });
+                break;
+            }
+        }
         match found {
             Some(choice) => chosen.push(choice),
             None if spec.required => missing.push(
@@ -317,6 +404,31 @@ pub fn choose(
     Ok(chosen)
 }
 
+/// The functions a point attaches to in this binary: the function itself, or its one C-ABI
+/// wrapper (see [`ProbePoint::via`]).
+fn attach_functions(
+    symbols: &SymbolIndex,
+    image: &[u8],
+    point: &ProbePoint,
+) -> Result<Vec<FunctionSymbol>, PlanError> {
+    let functions = symbols.find(point.function);
+    let Some(via) = point.via else {
+        return Ok(functions.to_vec());
+    };
+    let [target] = functions else {
+        return Ok(Vec::new());
+    };
+    let candidates = bridge::instances(symbols, via);
+    match bridge::wrappers_of(image, &candidates, target.address).as_slice() {
+        [wrapper] => Ok(vec![(*wrapper).clone()]),
+        found => Err(PlanError::Wrapper {
+            function: point.function,
+            via,
+            found: found.len(),
+        }),
+    }
+}
+
 /// The argument register of each input of a point, from its parameters' entry locations.
 pub fn registers(point: &ProbePoint, params: &Params) -> Result<[u8; 2], PlanError> {
     let one = |input: Input| -> Result<u8, PlanError> {
@@ -325,12 +437,13 @@ pub fn registers(point: &ProbePoint, params: &Params) -> Result<[u8; 2], PlanErr
             input: match input {
                 Input::ReturnSlot => "return slot".to_string(),
                 Input::Address(name) | Input::Value(name) => format!("parameter `{name}`"),
-                Input::None => String::new(),
+                Input::None | Input::CArgument(_) => String::new(),
             },
             why,
         };
         match input {
             Input::None => Ok(0),
+            Input::CArgument(register) => Ok(register),
             Input::Address(name) => params
                 .get(name)
                 .map(|at| at.register)
@@ -357,7 +470,7 @@ mod tests {
 
     #[test]
     fn a_binary_without_sdk_core_is_not_a_worker() {
-        let err = choose(&SymbolIndex::default(), None).expect_err("empty");
+        let err = choose(&SymbolIndex::default(), &[], Family::Structs, None).expect_err("empty");
         assert!(matches!(err, PlanError::NotAWorker { .. }));
     }
 
@@ -368,6 +481,7 @@ mod tests {
     fn point(inputs: [Input; 2]) -> ProbePoint {
         ProbePoint {
             function: "f",
+            via: None,
             hook: probes::Hook::Entry {
                 program: observer_common::program::COMPLETION,
             },

@@ -104,6 +104,11 @@ impl SymbolIndex {
             .sum()
     }
 
+    /// Every function.
+    pub fn iter(&self) -> impl Iterator<Item = &FunctionSymbol> {
+        self.by_path.values().flatten()
+    }
+
     /// Number of distinct function symbols.
     pub fn len(&self) -> usize {
         self.count

@@ -1,10 +1,14 @@
-//! The process to observe: its executable, read through `/proc/<pid>/exe` so that a binary in
-//! another mount namespace (a container) is seen as the kernel sees it.
+//! The process to observe and the file its sdk-core is in: its executable (a Rust SDK worker),
+//! or an SDK bridge library it loaded (a Python worker), read through `/proc/<pid>/exe` and
+//! `/proc/<pid>/root` so that a binary in another mount namespace (a container) is seen as the
+//! kernel sees it.
 
 use std::{
     io::ErrorKind,
     path::{Path, PathBuf},
 };
+
+use crate::bridge::{self, Runtime};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TargetError {
@@ -15,6 +19,12 @@ pub enum TargetError {
          CAP_SYS_PTRACE to read another user's process"
     )]
     PermissionDenied { pid: u32, path: PathBuf },
+    #[error(
+        "PID {pid} runs {exe_name}, which has not loaded the Temporal SDK bridge \
+         (temporal_sdk_bridge*.so is not in /proc/{pid}/maps): it has not imported `temporalio` \
+         yet, or it is no Temporal worker. Attach once the worker has started"
+    )]
+    BridgeNotLoaded { pid: u32, exe_name: String },
     #[error("cannot read {path}: {source}")]
     Io {
         path: PathBuf,
@@ -23,14 +33,29 @@ pub enum TargetError {
     },
 }
 
-/// A process and the bytes of its executable.
+/// Where in the process sdk-core is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Probed {
+    /// Linked into the executable.
+    Executable,
+    /// In a bridge library the runtime loaded.
+    Library {
+        /// The library's path as the process maps it (in its mount namespace).
+        path: PathBuf,
+        runtime: Runtime,
+    },
+}
+
+/// A process and the bytes of the file its probes attach to.
 #[derive(Debug)]
 pub struct Target {
     pub pid: u32,
-    /// `/proc/<pid>/exe`: what uprobes attach through.
+    /// `/proc/<pid>/exe`.
     pub exe_link: PathBuf,
-    /// The executable's name, e.g. `sample-worker`.
+    /// The executable's name, e.g. `sample-worker` or `python3.11`.
     pub exe_name: String,
+    pub probed: Probed,
+    /// The bytes of the probed file.
     pub image: Vec<u8>,
 }
 
@@ -58,6 +83,26 @@ impl Target {
         Self::open_in(Path::new("/proc"), pid)
     }
 
+    /// The path uprobes attach through: the executable's link, or the library under the
+    /// process's root.
+    pub fn attach_path(&self) -> PathBuf {
+        match &self.probed {
+            Probed::Executable => self.exe_link.clone(),
+            Probed::Library { path, .. } => in_root(&self.exe_link, path),
+        }
+    }
+
+    /// The probed file's name, e.g. `sample-worker` or `temporal_sdk_bridge.abi3.so`.
+    pub fn probed_name(&self) -> String {
+        match &self.probed {
+            Probed::Executable => self.exe_name.clone(),
+            Probed::Library { path, .. } => path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        }
+    }
+
     /// Like `open`, with another procfs root (tests).
     pub fn open_in(proc_root: &Path, pid: u32) -> Result<Self, TargetError> {
         let dir = proc_root.join(pid.to_string());
@@ -75,18 +120,79 @@ impl Target {
             })
             .unwrap_or_else(|| format!("pid-{pid}"));
         let image = std::fs::read(&exe_link).map_err(|e| classify(pid, &exe_link, e))?;
-        Ok(Self {
-            pid,
-            exe_link,
-            exe_name,
-            image,
-        })
+        // A Rust SDK worker links sdk-core (its symbols, or at least its panic paths).
+        let links_sdk_core = memchr::memmem::find(&image, b"temporalio_sdk_core").is_some()
+            || memchr::memmem::find(&image, b"temporalio-sdk-core").is_some();
+        if links_sdk_core {
+            return Ok(Self {
+                pid,
+                exe_link,
+                exe_name,
+                probed: Probed::Executable,
+                image,
+            });
+        }
+        let maps_path = dir.join("maps");
+        let maps = std::fs::read_to_string(&maps_path).map_err(|e| classify(pid, &maps_path, e))?;
+        let bridge = mapped_files(&maps)
+            .into_iter()
+            .find_map(|path| bridge::bridge_runtime(&path).map(|runtime| (path, runtime)));
+        match bridge {
+            Some((path, runtime)) => {
+                let file = in_root(&exe_link, &path);
+                let image = std::fs::read(&file).map_err(|e| classify(pid, &file, e))?;
+                Ok(Self {
+                    pid,
+                    exe_link,
+                    exe_name,
+                    probed: Probed::Library { path, runtime },
+                    image,
+                })
+            }
+            None if exe_name.starts_with("python") => {
+                Err(TargetError::BridgeNotLoaded { pid, exe_name })
+            }
+            // Not a worker, as the plan will say.
+            None => Ok(Self {
+                pid,
+                exe_link,
+                exe_name,
+                probed: Probed::Executable,
+                image,
+            }),
+        }
     }
 
     /// Whether the process still exists.
     pub fn is_alive(&self) -> bool {
         self.exe_link.parent().is_some_and(Path::exists)
     }
+}
+
+/// `path` inside the root directory of the process whose `exe` link is `exe_link`.
+fn in_root(exe_link: &Path, path: &Path) -> PathBuf {
+    let root = exe_link.with_file_name("root");
+    root.join(path.strip_prefix("/").unwrap_or(path))
+}
+
+/// The files a process maps, from `/proc/<pid>/maps`, each once, in order.
+pub fn mapped_files(maps: &str) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = Vec::new();
+    for line in maps.lines() {
+        // address perms offset dev inode path (the path may hold spaces)
+        let mut fields = line.splitn(6, ' ');
+        let Some(path) = fields.nth(5).map(str::trim_start) else {
+            continue;
+        };
+        if !path.starts_with('/') {
+            continue;
+        }
+        let path = PathBuf::from(path.trim_end_matches(" (deleted)"));
+        if !files.contains(&path) {
+            files.push(path);
+        }
+    }
+    files
 }
 
 fn classify(pid: u32, path: &Path, error: std::io::Error) -> TargetError {
@@ -112,6 +218,24 @@ mod tests {
         let root = tempfile::tempdir().expect("tempdir");
         let err = Target::open_in(root.path(), 4242).expect_err("no such pid");
         assert_eq!(err.to_string(), "no process with PID 4242");
+    }
+
+    #[test]
+    fn mapped_files_are_listed_once_with_their_whole_path() {
+        let maps = "\
+5583a0000000-5583a0001000 r--p 00000000 08:01 123 /usr/bin/python3.11
+7f0000000000-7f0000100000 r-xp 00001000 08:01 456 /srv/my app/temporalio/bridge/temporal_sdk_bridge.abi3.so
+7f0000100000-7f0000200000 r--p 00101000 08:01 456 /srv/my app/temporalio/bridge/temporal_sdk_bridge.abi3.so
+7ffd00000000-7ffd00021000 rw-p 00000000 00:00 0                          [stack]
+7f0000300000-7f0000301000 rw-p 00000000 00:00 0
+";
+        assert_eq!(
+            mapped_files(maps),
+            vec![
+                PathBuf::from("/usr/bin/python3.11"),
+                PathBuf::from("/srv/my app/temporalio/bridge/temporal_sdk_bridge.abi3.so"),
+            ]
+        );
     }
 
     #[test]

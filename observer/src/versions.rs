@@ -12,17 +12,30 @@ pub struct BinaryVersions {
     pub rustc: Option<String>,
     /// e.g. `0.10.1`
     pub sdk_core: Option<String>,
+    /// The SDK package a bridge library was installed with (bridges name no version inside).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub package: Option<crate::bridge::Package>,
+    /// The GNU build id, hex: names one build exactly.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub build_id: Option<String>,
 }
 
-/// Reads both versions; either may be missing.
+/// Reads what the binary says about itself; any of it may be missing.
 pub fn detect(data: &[u8]) -> BinaryVersions {
-    let rustc = object::File::parse(data).ok().and_then(|file| {
+    let file = object::File::parse(data).ok();
+    let rustc = file.as_ref().and_then(|file| {
         let comment = file.section_by_name(".comment")?.uncompressed_data().ok()?;
         rustc_from_comment(&comment)
     });
+    let build_id = file
+        .as_ref()
+        .and_then(|file| file.build_id().ok().flatten())
+        .map(|id| id.iter().map(|b| format!("{b:02x}")).collect());
     BinaryVersions {
         rustc,
         sdk_core: crate_version(data, "temporalio-sdk-core"),
+        package: None,
+        build_id,
     }
 }
 

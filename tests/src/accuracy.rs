@@ -7,9 +7,9 @@ use std::{collections::BTreeMap, path::Path, time::Duration};
 use serde_json::Value;
 
 use crate::{
-    DevServer, Env, GroundTruth, Mix, Observer, RunStatus, drive,
+    DevServer, Env, GroundTruth, Mix, Observer, RunStatus, Worker, drive,
     otlp::{Received, Receiver, Transport},
-    parse_events, start_worker_binary, unique,
+    parse_events, unique,
 };
 
 pub const STARTED: &str = "compozy_temporal_workflow_started_total";
@@ -61,6 +61,8 @@ pub struct Outcome {
     pub received: Received,
     pub lines: Vec<Value>,
     pub worker_pid: u32,
+    /// The `service.name` the observer gives the worker's metrics.
+    pub service_name: String,
     /// The observer's log (stderr).
     pub log: String,
     /// What the observer was fed (`--record-to`), to replay without a kernel.
@@ -99,8 +101,8 @@ pub fn observe(
     mix: &Mix,
 ) -> anyhow::Result<Outcome> {
     let env = Env::require(test)?;
-    let worker = env.worker.clone();
-    observe_binary(&env, &worker, transport, worker_args, mix)
+    let worker = Worker::Rust(env.worker.clone());
+    observe_worker(&env, &worker, transport, worker_args, mix)
 }
 
 /// Like [`observe`], with another build of the sample worker.
@@ -111,10 +113,43 @@ pub fn observe_binary(
     worker_args: &[&str],
     mix: &Mix,
 ) -> anyhow::Result<Outcome> {
+    observe_worker(
+        env,
+        &Worker::Rust(binary.to_path_buf()),
+        transport,
+        worker_args,
+        mix,
+    )
+}
+
+/// Like [`observe`], with any sample worker (Rust or Python).
+pub fn observe_worker(
+    env: &Env,
+    kind: &Worker,
+    transport: Transport,
+    worker_args: &[&str],
+    mix: &Mix,
+) -> anyhow::Result<Outcome> {
+    let every_end = |r: &Received, truth: &GroundTruth| total_ends(r) == truth.runs.len() as i64;
+    observe_worker_until(env, kind, transport, worker_args, &[], mix, &every_end)
+}
+
+/// Like [`observe_worker`], with more observer arguments, waiting (at most 30 s after the
+/// server closed every run) until the export satisfies `settled` rather than for an end of
+/// every run.
+pub fn observe_worker_until(
+    env: &Env,
+    kind: &Worker,
+    transport: Transport,
+    worker_args: &[&str],
+    observer_args: &[&str],
+    mix: &Mix,
+    settled: &dyn Fn(&Received, &GroundTruth) -> bool,
+) -> anyhow::Result<Outcome> {
     let server = DevServer::start(env)?;
     let receiver = Receiver::start(transport)?;
     let task_queue = unique(&env.test);
-    let worker = start_worker_binary(env, binary, &server, &task_queue, worker_args)?;
+    let worker = kind.start(env, &server, &task_queue, worker_args)?;
     let recording = env.logs.join(format!("{task_queue}.rec"));
     let args = with(
         export_to(&receiver),
@@ -129,11 +164,12 @@ pub fn observe_binary(
             &recording.to_string_lossy(),
         ],
     );
+    let args = with(args, observer_args);
     let observer = Observer::attach(env, worker.pid(), &as_strs(&args))?;
     let truth = drive(env, &server, &task_queue, &task_queue, mix)?;
     // Server-enforced timeouts are inferred a grace period after the deadline.
-    receiver.wait_for(Duration::from_secs(30), "an end for every run", |r| {
-        total_ends(r) == truth.runs.len() as i64
+    receiver.wait_for(Duration::from_secs(30), "the expected export", |r| {
+        settled(r, &truth)
     })?;
     let exports_before_stop = receiver.received().exports;
     let (status, stdout, log) = observer.stop()?;
@@ -141,7 +177,10 @@ pub fn observe_binary(
         status.success(),
         "observer exited with {status}; log:\n{log}"
     );
-    assert!(log.contains("lost=0 read_faults=0, undecodable=0"), "{log}");
+    assert!(
+        log.contains("lost=0 read_faults=0, undecodable=0,"),
+        "{log}"
+    );
     // The observer exports its last values as it exits.
     let received = receiver.wait_for(Duration::from_secs(10), "the final export", |r| {
         r.exports > exports_before_stop
@@ -151,6 +190,7 @@ pub fn observe_binary(
         received,
         lines: parse_events(&stdout)?,
         worker_pid: worker.pid(),
+        service_name: kind.service_name()?,
         log,
         recording,
     })
@@ -240,8 +280,8 @@ pub fn assert_matches_server(outcome: &Outcome) {
         Some(0)
     );
     assert_eq!(
-        received.resource.get("service.name").map(String::as_str),
-        Some("sample-worker")
+        received.resource.get("service.name"),
+        Some(&outcome.service_name)
     );
     assert_eq!(
         received.resource.get("process.pid"),

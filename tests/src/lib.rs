@@ -161,7 +161,7 @@ pub struct Guard {
 }
 
 impl Guard {
-    fn spawn(name: &str, mut command: Command, log: PathBuf) -> anyhow::Result<Self> {
+    pub fn spawn(name: &str, mut command: Command, log: PathBuf) -> anyhow::Result<Self> {
         // Own process group: signals meant for the test runner do not reach it, and vice versa.
         command.process_group(0);
         let child = command
@@ -346,6 +346,75 @@ pub fn start_worker(
     start_worker_binary(env, &env.worker, server, task_queue, extra)
 }
 
+/// A sample worker: a build of the Rust one, or the Python one (the same workflow types, run by
+/// the Python SDK, whose bridge the observer probes).
+#[derive(Clone, Debug)]
+pub enum Worker {
+    Rust(PathBuf),
+    Python,
+}
+
+impl Worker {
+    pub fn start(
+        &self,
+        env: &Env,
+        server: &DevServer,
+        task_queue: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<Guard> {
+        match self {
+            Self::Rust(binary) => start_worker_binary(env, binary, server, task_queue, extra),
+            Self::Python => start_python_worker(env, server, task_queue, extra),
+        }
+    }
+
+    /// The executable's name, which the observer's metrics carry as `service.name`.
+    pub fn service_name(&self) -> anyhow::Result<String> {
+        let executable = match self {
+            Self::Rust(binary) => binary.clone(),
+            Self::Python => std::fs::canonicalize(python_worker()?.0)?,
+        };
+        Ok(executable
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default())
+    }
+}
+
+/// The Python sample worker: the interpreter of the virtual environment `cargo xtask setup`
+/// makes (with the pinned `temporalio`), and the worker script.
+pub fn python_worker() -> anyhow::Result<(PathBuf, PathBuf)> {
+    let dir = workspace_root().join("tests/fixtures/python-worker");
+    let python = binary(
+        "PYTHON_WORKER_PYTHON",
+        dir.join(".venv/bin/python"),
+        "run `cargo xtask setup`, which makes the Python worker's virtual environment",
+    )?;
+    Ok((python, dir.join("worker.py")))
+}
+
+/// The Python sample worker, polling one task queue.
+pub fn start_python_worker(
+    env: &Env,
+    server: &DevServer,
+    task_queue: &str,
+    extra: &[&str],
+) -> anyhow::Result<Guard> {
+    let (python, script) = python_worker()?;
+    let (log, file) = env.log(&format!("python-worker-{task_queue}.log"))?;
+    let mut command = Command::new(python);
+    command
+        .arg(script)
+        .args(["--address", &server.url(), "--task-queue", task_queue])
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(file.try_clone()?)
+        .stderr(file);
+    let mut worker = Guard::spawn("Python sample worker", command, log)?;
+    worker.wait_for_log("polling task queue", Duration::from_secs(60))?;
+    Ok(worker)
+}
+
 /// Like [`start_worker`], with another build of the worker.
 pub fn start_worker_binary(
     env: &Env,
@@ -491,6 +560,9 @@ pub struct Mix {
     pub continue_as_new_times: u32,
     pub signal: usize,
     pub server_timeout_ms: u64,
+    /// Bytes of each completing run's input (0: a short one): large inputs make large
+    /// `InitializeWorkflow` activations.
+    pub input_bytes: usize,
 }
 
 impl Mix {
@@ -507,6 +579,7 @@ impl Mix {
             continue_as_new_times: 2,
             signal: 2,
             server_timeout_ms: 2000,
+            input_bytes: 0,
         }
     }
 }
@@ -570,6 +643,7 @@ impl Driver {
                 &mix.continue_as_new_times.to_string(),
             ])
             .args(["--server-timeout-ms", &mix.server_timeout_ms.to_string()])
+            .args(["--input-bytes", &mix.input_bytes.to_string()])
             .arg("--out")
             .arg(&out)
             .stdin(Stdio::null())

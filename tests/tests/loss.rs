@@ -65,6 +65,7 @@ fn a_tiny_ring_buffer_loses_events_counts_them_exactly_and_never_invents_an_end(
         fail: 5,
         server_timeout: 3,
         server_timeout_ms: 2000,
+        input_bytes: 0,
         ..Mix::default()
     };
     let truth = drive(&env, &server, &task_queue, &task_queue, &mix)?;

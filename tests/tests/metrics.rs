@@ -1,70 +1,22 @@
 //! The exported metric set against the Temporal server's own record of the same runs, through a
 //! real OTLP receiver, for both transports and under cache pressure.
 
+#[path = "support/replay.rs"]
+mod replay;
+
+use replay::assert_replay_equals_export;
 use std::time::Duration;
 
 use e2e::{
     DevServer, Driver, Env, GroundTruth, Mix, Observer,
     accuracy::{
-        DURATION, ENDS, Outcome, STARTED, as_strs, assert_matches_server, expected, export_to,
-        observe, with,
+        DURATION, ENDS, STARTED, as_strs, assert_matches_server, expected, export_to, observe, with,
     },
     drive,
     otlp::{Receiver, Transport},
     parse_events, start_worker, unique,
 };
 use serde_json::Value;
-use temporal_observer::{export::Metrics, session::recording};
-
-/// The session's recording, replayed through the observer's pipeline without a kernel, gives
-/// exactly the values the live observer exported.
-fn assert_replay_equals_export(outcome: &Outcome) -> anyhow::Result<()> {
-    let (header, inputs) = recording::read(&outcome.recording)?;
-    let snapshot = recording::replay(&header, &inputs, Metrics::in_memory()).snapshot();
-    let received = &outcome.received;
-    for metric in std::iter::once(STARTED).chain(ENDS) {
-        let mut types = received.workflow_types(metric);
-        types.extend(
-            snapshot
-                .counters
-                .get(metric)
-                .into_iter()
-                .flatten()
-                .map(|(t, _)| t.clone()),
-        );
-        types.sort();
-        types.dedup();
-        for ty in types {
-            let replayed = snapshot
-                .counters
-                .get(metric)
-                .and_then(|m| m.get(&ty))
-                .copied();
-            assert_eq!(
-                replayed.unwrap_or(0) as i64,
-                received.int(metric, &ty).unwrap_or(0),
-                "{metric}{{workflow_type={ty}}}: replayed vs exported"
-            );
-        }
-    }
-    for (ty, (count, sum)) in &snapshot.durations {
-        let (exported_count, exported_sum, _) =
-            received.histogram(DURATION, ty).unwrap_or_default();
-        assert_eq!(
-            *count, exported_count,
-            "{ty}: durations replayed vs exported"
-        );
-        assert!(
-            (sum - exported_sum).abs() < 1e-9,
-            "{ty}: {sum} vs {exported_sum}"
-        );
-    }
-    assert_eq!(
-        Some(snapshot.workers_running),
-        received.int("compozy_temporal_workers_running_total", "")
-    );
-    Ok(())
-}
 
 #[test]
 fn metrics_over_grpc_equal_the_servers_record() -> anyhow::Result<()> {
@@ -104,6 +56,7 @@ fn evictions_from_a_cache_of_one_never_count_twice() -> anyhow::Result<()> {
         continue_as_new_times: 2,
         signal: 4,
         server_timeout_ms: 2000,
+        input_bytes: 0,
     };
     let outcome = observe(
         "metrics_evictions",

@@ -67,6 +67,7 @@ pub fn run(paths: &Paths, observer_args: &[String]) -> anyhow::Result<()> {
         continue_as_new_times: 1,
         signal: 1,
         server_timeout_ms: 2000,
+        input_bytes: 0,
     };
     let mut round = 0;
     while !INTERRUPTED.load(Ordering::SeqCst) {

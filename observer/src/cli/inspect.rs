@@ -7,9 +7,10 @@ use clap::{Args, ValueEnum};
 use serde::Serialize;
 
 use crate::{
-    layout::{self, TargetLayout},
-    plan::{self, ArgumentsSource, LayoutSource, PlannedProbe},
-    probes::{self, Hook, Input},
+    bridge::Package,
+    layout::TargetLayout,
+    plan::{self, ArgumentsSource, LayoutSource, Plan, PlanError, PlannedProbe},
+    probes::{self, Family, Hook, Input},
     symbols::FunctionSymbol,
     target::Target,
     versions,
@@ -24,9 +25,11 @@ pub enum Output {
 #[derive(Debug, Args)]
 #[command(group = clap::ArgGroup::new("what").required(true).args(["binary", "pid"]))]
 pub struct InspectArgs {
-    /// A worker binary.
+    /// A worker binary, or a Python SDK bridge (`…/temporalio/bridge/temporal_sdk_bridge*.so`,
+    /// read with the package installed next to it).
     pub binary: Option<PathBuf>,
-    /// Or the PID of a running worker (its executable is read through /proc/PID/exe).
+    /// Or the PID of a running worker: its executable (/proc/PID/exe), or the bridge a
+    /// python process loaded (/proc/PID/maps).
     #[arg(long)]
     pub pid: Option<u32>,
     #[arg(long, value_enum, default_value_t = Output::Text)]
@@ -38,6 +41,11 @@ pub struct Report {
     pub binary: String,
     pub rustc: Option<String>,
     pub sdk_core: Option<String>,
+    /// The SDK package a bridge was installed with.
+    pub package: Option<Package>,
+    pub build_id: Option<String>,
+    /// What the probes read.
+    pub family: Option<Family>,
     /// `legacy`, `v0`, or `none` (no sdk-core symbol).
     pub mangling: &'static str,
     pub layout_source: Option<LayoutSource>,
@@ -55,6 +63,8 @@ pub struct Report {
 pub struct ProbeReport {
     pub name: &'static str,
     pub function: &'static str,
+    /// The C-ABI wrapper of `function` the probe attaches to, if not to `function` itself.
+    pub via: Option<&'static str>,
     pub hook: Hook,
     /// Each input and the register it is read from, e.g. `completion (by reference) in rsi`.
     pub inputs: Vec<String>,
@@ -95,6 +105,7 @@ fn describe_inputs(planned: &PlannedProbe) -> Vec<String> {
                 Input::Address(name) => Some(format!("address of `{name}` in {register}")),
                 Input::Value(name) => Some(format!("`{name}` in {register}")),
                 Input::ReturnSlot => Some(format!("return slot in {register}, read on return")),
+                Input::CArgument(_) => Some(format!("argument in {register} (C ABI)")),
             }
         })
         .collect()
@@ -109,13 +120,16 @@ fn mangling_of(symbol: Option<&FunctionSymbol>) -> &'static str {
     }
 }
 
-/// Everything about one binary; never fails, a refusal is part of the report.
-pub fn report(name: String, image: &[u8]) -> Report {
+/// Everything about one binary and its plan (or the refusal, which is part of the report).
+pub fn report(name: String, image: &[u8], resolved: Result<Plan, PlanError>) -> Report {
     let found = versions::detect(image);
     let mut report = Report {
         binary: name,
         rustc: found.rustc.clone(),
         sdk_core: found.sdk_core.clone(),
+        package: None,
+        build_id: found.build_id.clone(),
+        family: None,
         mangling: "none",
         layout_source: None,
         arguments_source: None,
@@ -123,7 +137,7 @@ pub fn report(name: String, image: &[u8]) -> Report {
         not_covered: Vec::new(),
         refused: None,
     };
-    let plan = match plan::resolve_with_table(image, layout::SHIPPED_TABLE) {
+    let plan = match resolved {
         Ok(plan) => plan,
         Err(e) => {
             // A refused worker still shows its mangling, when it has symbols at all.
@@ -136,6 +150,9 @@ pub fn report(name: String, image: &[u8]) -> Report {
         }
     };
     report.mangling = mangling_of(plan.probes.iter().find_map(|p| p.functions.first()));
+    report.sdk_core = plan.versions.sdk_core.clone();
+    report.package = plan.versions.package.clone();
+    report.family = Some(plan.family);
     report.layout_source = Some(plan.layout_source);
     report.arguments_source = Some(plan.arguments_source.clone());
     report.not_covered = plan.not_covered();
@@ -145,6 +162,7 @@ pub fn report(name: String, image: &[u8]) -> Report {
         .map(|planned| ProbeReport {
             name: planned.spec.name,
             function: planned.point.function,
+            via: planned.point.via,
             hook: planned.point.hook,
             inputs: describe_inputs(planned),
             required: planned.spec.required,
@@ -152,26 +170,30 @@ pub fn report(name: String, image: &[u8]) -> Report {
             locations: planned.functions.iter().map(Location::from).collect(),
         })
         .collect();
-    if let Err(e) = TargetLayout::kernel_layout(&plan.layout) {
+    if plan.family.needs_layout()
+        && let Err(e) = TargetLayout::kernel_layout(&plan.layout)
+    {
         report.refused = Some(e.to_string());
     }
     report
 }
 
 pub fn run(args: &InspectArgs) -> anyhow::Result<()> {
-    let (name, image) = match (&args.binary, args.pid) {
+    let report = match (&args.binary, args.pid) {
         (Some(path), _) => {
             let image =
                 std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-            (path.display().to_string(), image)
+            let resolved = plan::resolve_file(path, &image);
+            report(path.display().to_string(), &image, resolved)
         }
         (None, Some(pid)) => {
             let target = Target::open(pid)?;
-            (format!("PID {pid} ({})", target.exe_name), target.image)
+            let resolved = plan::resolve_target(&target);
+            let name = format!("PID {pid} ({}: {})", target.exe_name, target.probed_name());
+            report(name, &target.image, resolved)
         }
         (None, None) => anyhow::bail!("give a binary or --pid"),
     };
-    let report = report(name, &image);
     match args.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
         Output::Text => print!("{}", render(&report)),
@@ -187,9 +209,23 @@ fn render(r: &Report) -> String {
     let or_unknown = |v: &Option<String>| v.clone().unwrap_or_else(|| "unknown".into());
     let mut out = format!("binary:    {}\n", r.binary);
     out.push_str(&format!("rustc:     {}\n", or_unknown(&r.rustc)));
+    if let Some(package) = &r.package {
+        out.push_str(&format!(
+            "package:   {} {} (from {})\n",
+            package.name,
+            package.version,
+            package.source.display()
+        ));
+    }
     out.push_str(&format!("sdk-core:  {}\n", or_unknown(&r.sdk_core)));
+    if let Some(id) = &r.build_id {
+        out.push_str(&format!("build id:  {id}\n"));
+    }
     out.push_str(&format!("mangling:  {}\n", r.mangling));
     let or_none = |v: Option<String>| v.unwrap_or_else(|| "none".into());
+    if let Some(family) = r.family {
+        out.push_str(&format!("reads:     {family}\n"));
+    }
     out.push_str(&format!(
         "layout:    {}\n",
         or_none(r.layout_source.map(|s| s.to_string()))
@@ -212,11 +248,18 @@ fn render(r: &Report) -> String {
             Hook::Entry { .. } => "entry",
             Hook::EntryAndReturn { .. } => "entry + return",
         };
+        let function = match p.via {
+            Some(via) => format!("{via} (the C-ABI wrapper of {})", p.function),
+            None => p.function.to_string(),
+        };
         out.push_str(&format!(
-            "  {:<16} {hook} at file offset {locations}\n    {}\n    reads: {}\n    yields: {}\n",
+            "  {:<16} {hook} at file offset {locations}\n    {function}\n    reads: {}\n    yields: {}\n",
             p.name,
-            p.function,
-            p.inputs.join(", "),
+            if p.inputs.is_empty() {
+                "nothing (the hit is the news)".to_string()
+            } else {
+                p.inputs.join(", ")
+            },
             p.yields
         ));
     }

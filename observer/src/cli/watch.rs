@@ -24,7 +24,7 @@ use crate::{
     plan, privileges,
     processes::{self, ExeFilter, FileIdentity},
     session::{self, SessionConfig, StopReason},
-    target::Target,
+    target::{Probed, Target},
 };
 
 #[derive(Debug, Args)]
@@ -245,7 +245,7 @@ impl Watcher {
         // Reading and parsing an executable takes milliseconds: off the async threads.
         let opened = tokio::task::spawn_blocking(move || {
             let target = Target::open(pid)?;
-            let resolved = plan::resolve(&target.image);
+            let resolved = plan::resolve_target(&target);
             anyhow::Ok((target, resolved))
         })
         .await;
@@ -260,10 +260,15 @@ impl Watcher {
                 return;
             }
         };
+        // What is known of an executable holds for every process of it; what is known of a
+        // bridge library says nothing about the next process of the same interpreter.
+        let executable = target.probed == Probed::Executable;
         let resolved = match resolved {
             Ok(resolved) => resolved,
             Err(e) if e.is_not_a_worker() => {
-                self.passed_over.insert(identity);
+                if executable {
+                    self.passed_over.insert(identity);
+                }
                 return;
             }
             Err(e) => {
@@ -271,7 +276,9 @@ impl Watcher {
                     "PID {pid} ({}) is a Temporal worker that cannot be observed: {e}",
                     exe.display()
                 );
-                self.passed_over.insert(identity);
+                if executable {
+                    self.passed_over.insert(identity);
+                }
                 return;
             }
         };

@@ -46,6 +46,22 @@ pub mod name {
     pub const RUNS_TRACKED: &str = "temporal_observer_runs_tracked";
     pub const RUNS_DROPPED: &str = "temporal_observer_runs_dropped_total";
     pub const RUNS_AFFECTED: &str = "temporal_observer_runs_affected_by_loss_total";
+    pub const RECORDS_TRUNCATED: &str = "temporal_observer_records_truncated_total";
+    pub const MESSAGES_INCOMPLETE: &str = "temporal_observer_messages_incomplete_total";
+}
+
+/// A counter fed from a cumulative total: each report adds what is new since the last.
+#[derive(Debug)]
+struct Cumulative {
+    counter: Counter<u64>,
+    reported: u64,
+}
+
+impl Cumulative {
+    fn report(&mut self, total: u64) {
+        self.counter.add(total.saturating_sub(self.reported), &[]);
+        self.reported = self.reported.max(total);
+    }
 }
 
 /// One counter per exclusive end state.
@@ -142,18 +158,16 @@ pub struct Metrics {
     duration: Histogram<f64>,
     workers_running: UpDownCounter<i64>,
     workers_configured: Gauge<i64>,
-    events_lost: Counter<u64>,
-    read_faults: Counter<u64>,
+    events_lost: Cumulative,
+    read_faults: Cumulative,
     probes_attached: Gauge<i64>,
     targets_observed: Gauge<i64>,
     runs_tracked: Gauge<i64>,
-    runs_dropped: Counter<u64>,
-    runs_affected: Counter<u64>,
+    runs_dropped: Cumulative,
+    runs_affected: Cumulative,
+    records_truncated: Cumulative,
+    messages_incomplete: Cumulative,
     mirror: Mirror,
-    reported_lost: u64,
-    reported_faults: u64,
-    reported_dropped: u64,
-    reported_affected: u64,
 }
 
 impl Metrics {
@@ -196,6 +210,10 @@ impl Metrics {
                 .with_description(description)
                 .build()
         };
+        let cumulative = |name: &'static str, description: &'static str| Cumulative {
+            counter: counter(name, description),
+            reported: 0,
+        };
         Self {
             started: counter(
                 name::STARTED,
@@ -217,30 +235,34 @@ impl Metrics {
                 .i64_gauge(name::WORKERS_CONFIGURED)
                 .with_description("Workers configured per observed instance")
                 .build(),
-            events_lost: counter(
+            events_lost: cumulative(
                 name::EVENTS_LOST,
                 "Probe records lost because the ring buffer was full",
             ),
-            read_faults: counter(
+            read_faults: cumulative(
                 name::READ_FAULTS,
                 "Reads of the target's memory that failed",
             ),
             probes_attached: meter.i64_gauge(name::PROBES_ATTACHED).build(),
             targets_observed: meter.i64_gauge(name::TARGETS_OBSERVED).build(),
             runs_tracked: meter.i64_gauge(name::RUNS_TRACKED).build(),
-            runs_dropped: counter(
+            runs_dropped: cumulative(
                 name::RUNS_DROPPED,
                 "Open runs forgotten because of the memory cap",
             ),
-            runs_affected: counter(
+            runs_affected: cumulative(
                 name::RUNS_AFFECTED,
                 "Runs open while probe records were lost (no timeout is inferred for them)",
             ),
+            records_truncated: cumulative(
+                name::RECORDS_TRUNCATED,
+                "Messages longer than --max-message-bytes, not read (the open runs count as affected)",
+            ),
+            messages_incomplete: cumulative(
+                name::MESSAGES_INCOMPLETE,
+                "Messages that lost a chunk, not read (the open runs count as affected)",
+            ),
             mirror: Mirror::default(),
-            reported_affected: 0,
-            reported_lost: 0,
-            reported_faults: 0,
-            reported_dropped: 0,
             provider,
         }
     }
@@ -302,22 +324,12 @@ impl Metrics {
 
     /// The observer's own health. Kernel counters are cumulative; the deltas are exported.
     pub fn record_health(&mut self, health: &Health) {
-        self.events_lost
-            .add(health.events_lost.saturating_sub(self.reported_lost), &[]);
-        self.read_faults
-            .add(health.read_faults.saturating_sub(self.reported_faults), &[]);
-        self.runs_dropped.add(
-            health.runs_dropped.saturating_sub(self.reported_dropped),
-            &[],
-        );
-        self.reported_lost = self.reported_lost.max(health.events_lost);
-        self.reported_faults = self.reported_faults.max(health.read_faults);
-        self.reported_dropped = self.reported_dropped.max(health.runs_dropped);
-        self.runs_affected.add(
-            health.runs_affected.saturating_sub(self.reported_affected),
-            &[],
-        );
-        self.reported_affected = self.reported_affected.max(health.runs_affected);
+        self.events_lost.report(health.events_lost);
+        self.read_faults.report(health.read_faults);
+        self.runs_dropped.report(health.runs_dropped);
+        self.runs_affected.report(health.runs_affected);
+        self.records_truncated.report(health.records_truncated);
+        self.messages_incomplete.report(health.messages_incomplete);
         self.probes_attached.record(health.probes_attached, &[]);
         self.targets_observed.record(health.targets_observed, &[]);
         self.runs_tracked.record(health.runs_tracked, &[]);
@@ -347,6 +359,10 @@ impl Metrics {
 pub struct Health {
     pub events_lost: u64,
     pub read_faults: u64,
+    /// Messages longer than the kernel's cap.
+    pub records_truncated: u64,
+    /// Messages that lost a chunk.
+    pub messages_incomplete: u64,
     pub runs_dropped: u64,
     pub runs_affected: u64,
     pub probes_attached: i64,

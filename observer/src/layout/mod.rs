@@ -32,6 +32,13 @@ pub enum Tag {
     Within { lo: u64, hi: u64 },
 }
 
+/// An empty range: matches no value (the layout of a target whose structs are not read).
+impl Default for Tag {
+    fn default() -> Self {
+        Self::Within { lo: 1, hi: 0 }
+    }
+}
+
 impl Tag {
     pub fn to_match(self) -> TagMatch {
         match self {
@@ -73,7 +80,7 @@ impl EnumTags {
 
 /// How an `Option<Duration>` / `Option<Timestamp>` sits in a raw window of
 /// [`OPTION_TIME_WINDOW`] bytes.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OptionTime {
     pub tag_offset: u64,
     pub some: Tag,
@@ -101,8 +108,9 @@ impl OptionTime {
     }
 }
 
-/// Everything the observer needs to know about one sdk-core/rustc pair.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// Everything the observer needs to know about one sdk-core/rustc pair. The default is the empty
+/// layout of a target whose structs are not read.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TargetLayout {
     pub sdk_core: String,
     pub rustc: String,

@@ -1,9 +1,11 @@
 //! The probes: for each, what it yields, the sdk-core functions it can attach to (best first)
 //! with the inputs it reads there, the record its program sends and the decoder of that record.
 //! A probe is declared once, in its family's table: [`structs`] reads sdk-core's Rust structs
-//! with a layout. [`crate::plan`] picks the points one binary has, [`crate::kernel`] attaches
-//! them, [`crate::events`] hands each record to its probe's decoder.
+//! with a layout (Rust SDK workers); [`messages`] reads the encoded protobuf messages an SDK
+//! bridge hands over (Python workers). [`crate::plan`] picks the points one binary has,
+//! [`crate::kernel`] attaches them, [`crate::events`] hands each record to its probe's decoder.
 
+pub mod messages;
 mod structs;
 
 use serde::Serialize;
@@ -26,6 +28,10 @@ pub enum Input {
     Value(&'static str),
     /// The slot the function returns its (large) value into; read when it returns.
     ReturnSlot,
+    /// The integer argument in this register (0 = rdi) by the calling convention, where the
+    /// signature leaves it no choice: a C-ABI function, or one whose only argument is a
+    /// reference and that returns nothing. Used where there is no DWARF to ask.
+    CArgument(u8),
 }
 
 /// How a point is hooked.
@@ -47,6 +53,10 @@ pub enum Hook {
 pub struct ProbePoint {
     /// Normalized demangled path of the function (see `symbols::normalize`).
     pub function: &'static str,
+    /// Attach not to `function` itself but to its C-ABI wrapper: the one function of this name
+    /// whose code refers to `function` (pyo3 gives each method such a trampoline, all of one
+    /// name). Its registers are then the C ABI's, not guesses at rustc's.
+    pub via: Option<&'static str>,
     pub hook: Hook,
     pub inputs: [Input; 2],
     /// What this point misses compared with the first choice, if anything.
@@ -78,13 +88,53 @@ pub struct ProbeSpec {
     pub decode: Decoder,
 }
 
+pub use messages::PYTHON_PROBES;
 pub use structs::PROBES;
 
-pub fn spec_by_id(id: u32) -> Option<&'static ProbeSpec> {
-    PROBES.iter().find(|p| u32::from(p.id) == id)
+/// A set of probes that observe one kind of target together.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Family {
+    /// sdk-core's Rust structs, read with a layout: Rust SDK workers.
+    Structs,
+    /// Encoded messages at the Python bridge's boundary: Python workers.
+    PythonMessages,
 }
 
-/// Every function any probe point names.
+impl Family {
+    pub fn probes(self) -> &'static [ProbeSpec] {
+        match self {
+            Self::Structs => PROBES,
+            Self::PythonMessages => PYTHON_PROBES,
+        }
+    }
+
+    /// Whether its programs read structs with a layout.
+    pub fn needs_layout(self) -> bool {
+        matches!(self, Self::Structs)
+    }
+}
+
+impl std::fmt::Display for Family {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Structs => "sdk-core's Rust structs",
+            Self::PythonMessages => "protobuf messages at the Python bridge",
+        })
+    }
+}
+
+/// Every probe of every family (ids are unique across families).
+pub fn all_probes() -> impl Iterator<Item = &'static ProbeSpec> {
+    PROBES.iter().chain(PYTHON_PROBES)
+}
+
+pub fn spec_by_id(id: u32) -> Option<&'static ProbeSpec> {
+    all_probes().find(|p| u32::from(p.id) == id)
+}
+
+/// Every function any probe point of the struct family names (the functions whose arguments
+/// DWARF or the layout table describe).
 pub fn probe_functions() -> impl Iterator<Item = &'static str> {
     PROBES
         .iter()
@@ -99,7 +149,11 @@ mod tests {
     fn each_probe_decodes_a_record_of_its_own_kind() {
         let layout = crate::layout::sample_layout();
         let clock = crate::events::Clock::fixed(0);
-        for spec in PROBES {
+        for spec in PROBES.iter().chain(
+            PYTHON_PROBES
+                .iter()
+                .filter(|p| p.record != observer_common::kind::MESSAGE_CHUNK),
+        ) {
             let mut record = vec![0u8; 1024];
             record[0..4].copy_from_slice(&spec.record.to_le_bytes());
             record[4..8].copy_from_slice(&u32::from(spec.id).to_le_bytes());
@@ -111,9 +165,9 @@ mod tests {
 
     #[test]
     fn probe_ids_are_unique() {
-        let mut ids: Vec<u16> = PROBES.iter().map(|p| p.id).collect();
+        let mut ids: Vec<u16> = all_probes().map(|p| p.id).collect();
         ids.sort();
         ids.dedup();
-        assert_eq!(ids.len(), PROBES.len());
+        assert_eq!(ids.len(), all_probes().count());
     }
 }

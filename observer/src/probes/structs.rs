@@ -19,6 +19,7 @@ use crate::{
 const fn entry(function: &'static str, program: &'static str, inputs: [Input; 2]) -> ProbePoint {
     ProbePoint {
         function,
+        via: None,
         hook: Hook::Entry { program },
         inputs,
         caveat: None,
@@ -36,6 +37,7 @@ pub const PROBES: &[ProbeSpec] = &[
         // The function that builds every activation survives in every build.
         points: &[ProbePoint {
             function: "temporalio_sdk_core::worker::workflow::machines::workflow_machines::WorkflowMachines::get_wf_activation",
+            via: None,
             hook: Hook::EntryAndReturn {
                 entry: program::ACTIVATION_SLOT,
                 exit: program::ACTIVATION_RETURN,
@@ -102,6 +104,7 @@ pub const PROBES: &[ProbeSpec] = &[
             // `mark_started` runs on every poll but is inlined under LTO; creation is not.
             ProbePoint {
                 function: "temporalio_sdk_core::worker::Worker::new_with_pollers",
+                via: None,
                 hook: Hook::Entry {
                     program: program::WORKER_CREATED,
                 },
@@ -207,12 +210,18 @@ fn worker(bytes: &[u8], record: u32) -> Result<(String, String), DecodeError> {
     Ok((format!("{:#x}", e.worker), text(&e.task_queue)))
 }
 
-fn decode_worker_start(bytes: &[u8], _: &TargetLayout) -> Result<EventBody, DecodeError> {
+pub(super) fn decode_worker_start(
+    bytes: &[u8],
+    _: &TargetLayout,
+) -> Result<EventBody, DecodeError> {
     let (worker, task_queue) = worker(bytes, kind::WORKER_START)?;
     Ok(EventBody::WorkerStart { worker, task_queue })
 }
 
-fn decode_worker_shutdown(bytes: &[u8], _: &TargetLayout) -> Result<EventBody, DecodeError> {
+pub(super) fn decode_worker_shutdown(
+    bytes: &[u8],
+    _: &TargetLayout,
+) -> Result<EventBody, DecodeError> {
     let (worker, task_queue) = worker(bytes, kind::WORKER_SHUTDOWN)?;
     Ok(EventBody::WorkerShutdown { worker, task_queue })
 }

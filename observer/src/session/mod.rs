@@ -27,7 +27,7 @@ use crate::{
     kernel::{Attachment, KernelCounters, KernelSettings},
     lifecycle::{Limits, Update},
     plan::Plan,
-    target::{Target, WORKER_THREAD},
+    target::{Probed, Target, WORKER_THREAD},
 };
 
 /// How one process is observed: what `attach` and `watch` set from their flags, and what is
@@ -108,12 +108,21 @@ pub fn stop_requested(
 
 /// What is logged about a plan before attaching it.
 pub fn log_plan(target: &Target, plan: &Plan) {
+    let package = plan
+        .versions
+        .package
+        .as_ref()
+        .map(|p| format!("{} {}, ", p.name, p.version))
+        .unwrap_or_default();
     info!(
-        "PID {} ({}): sdk-core {}, rustc {}, layout from {}, argument registers from {}",
+        "PID {} ({}, probes in {}): {package}sdk-core {}, rustc {}; reads {}; layout from {}, \
+         argument registers from {}",
         target.pid,
         target.exe_name,
+        target.probed_name(),
         plan.versions.sdk_core.as_deref().unwrap_or("?"),
         plan.versions.rustc.as_deref().unwrap_or("?"),
+        plan.family,
         plan.layout_source,
         plan.arguments_source,
     );
@@ -212,18 +221,23 @@ pub async fn observe(
     target.image = Vec::new();
     // SAFETY: malloc_trim only releases free heap memory; no pointer is invalidated.
     unsafe { libc::malloc_trim(0) };
-    let metrics = Metrics::new(
-        &config.export,
-        target.pid,
-        &target.exe_name,
-        &config.resource,
-    )?;
-    let kernel_layout = plan.layout.kernel_layout()?;
+    let mut resource = config.resource.clone();
+    if let Probed::Library { runtime, .. } = &target.probed {
+        for key in ["process.runtime.name", "telemetry.sdk.language"] {
+            resource.push((key.to_string(), runtime.otel_name().to_string()));
+        }
+    }
+    let metrics = Metrics::new(&config.export, target.pid, &target.exe_name, &resource)?;
+    let kernel_layout = if plan.family.needs_layout() {
+        Some(plan.layout.kernel_layout()?)
+    } else {
+        None
+    };
     let mut attachment = match Attachment::attach(
-        &target.exe_link,
+        &target.attach_path(),
         target.pid,
         &plan.probes,
-        &kernel_layout,
+        kernel_layout.as_ref(),
         config.kernel,
     ) {
         Ok(attachment) => attachment,

@@ -4,12 +4,15 @@
 
 use std::collections::BTreeMap;
 
+use observer_common::{EventHeader, kind};
+
 use crate::{
-    events::{self, Clock, Event},
+    events::{self, Clock, Event, read_record},
     export::Health,
     kernel::KernelCounters,
     layout::TargetLayout,
     lifecycle::{Engine, Limits, Update},
+    reassembly::{Assembled, Reassembly},
 };
 
 /// Where a session's results go: the metric instruments, printers, a test's collector. Every
@@ -72,6 +75,12 @@ pub struct Pipeline<S> {
     /// Records per probe name.
     per_probe: BTreeMap<&'static str, u64>,
     undecodable: u64,
+    /// Message chunks being put back together.
+    reassembly: Reassembly,
+    /// Messages longer than the kernel's cap, and messages some chunk of which was lost or
+    /// unreadable: never decoded.
+    messages_truncated: u64,
+    messages_incomplete: u64,
     workers_seen: usize,
     probes_attached: i64,
     /// Kernel-side lost records seen so far; an increase marks the open runs.
@@ -105,6 +114,9 @@ impl<S: Sink> Pipeline<S> {
             configured_workers,
             per_probe: BTreeMap::new(),
             undecodable: 0,
+            reassembly: Reassembly::default(),
+            messages_truncated: 0,
+            messages_incomplete: 0,
             workers_seen: 0,
             probes_attached,
             lost_seen: 0,
@@ -122,7 +134,52 @@ impl<S: Sink> Pipeline<S> {
 
     /// One record from the ring buffer.
     pub fn record(&mut self, bytes: &[u8]) {
-        match events::decode(bytes, &self.layout, &self.clock) {
+        let is_chunk = read_record::<EventHeader>(bytes, 0)
+            .is_ok_and(|header| header.kind == kind::MESSAGE_CHUNK);
+        if is_chunk {
+            self.chunk(bytes);
+            return;
+        }
+        let decoded = events::decode(bytes, &self.layout, &self.clock);
+        self.decoded(decoded);
+    }
+
+    /// One chunk of a message: decoded once the message is whole. A message that will never be
+    /// whole may have held any run's news, so every open run is treated as affected by loss.
+    fn chunk(&mut self, bytes: &[u8]) {
+        let mut assembled = Vec::new();
+        if let Err(e) = self.reassembly.push(bytes, &mut assembled) {
+            self.undecodable += 1;
+            log::warn!("dropping an undecodable message chunk: {e}");
+        }
+        for message in assembled {
+            match message {
+                Assembled::Whole { header, bytes } => {
+                    let decoded = events::decode_message(header, &bytes, &self.layout, &self.clock);
+                    self.decoded(decoded);
+                }
+                Assembled::Truncated { message_len, .. } => {
+                    self.messages_truncated += 1;
+                    log::warn!(
+                        "a message of {message_len} bytes is longer than --max-message-bytes: \
+                         not read; the open runs are marked as affected"
+                    );
+                    self.engine.on_loss();
+                }
+                Assembled::Incomplete { .. } => {
+                    self.messages_incomplete += 1;
+                    log::warn!(
+                        "a message lost a chunk (ring buffer full, or unreadable memory): not \
+                         read; the open runs are marked as affected"
+                    );
+                    self.engine.on_loss();
+                }
+            }
+        }
+    }
+
+    fn decoded(&mut self, decoded: Result<Event, events::DecodeError>) {
+        match decoded {
             Ok(event) => {
                 *self.per_probe.entry(event.body.probe_name()).or_default() += 1;
                 self.sink.event(&event);
@@ -165,6 +222,8 @@ impl<S: Sink> Pipeline<S> {
         let health = Health {
             events_lost: counters.events_lost,
             read_faults: counters.read_faults,
+            records_truncated: self.messages_truncated,
+            messages_incomplete: self.messages_incomplete,
             runs_dropped: self.engine.dropped_runs(),
             runs_affected: self.engine.affected_runs(),
             probes_attached: if targets > 0 { self.probes_attached } else { 0 },
@@ -216,13 +275,15 @@ impl<S: Sink> Pipeline<S> {
             .map(|c| format!("lost={} read_faults={}", c.events_lost, c.read_faults))
             .unwrap_or_else(|| "kernel counters unavailable".into());
         format!(
-            "events: {} ({kernel}, undecodable={}); runs open: {}",
+            "events: {} ({kernel}, undecodable={}, truncated={}, incomplete={}); runs open: {}",
             if seen.is_empty() {
                 "none".to_string()
             } else {
                 seen.join(" ")
             },
             self.undecodable,
+            self.messages_truncated,
+            self.messages_incomplete,
             self.engine.open_runs(),
         )
     }

@@ -1,0 +1,246 @@
+//! SDK bridges: sdk-core built into a shared library that a language runtime loads (the Python
+//! SDK's `temporal_sdk_bridge*.so`). What such a library is, which versions it carries (from the
+//! package installed next to it, since the library names none), and where its C-ABI wrappers
+//! are. Pure: paths and bytes in, facts out.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::symbols::{FunctionSymbol, SymbolIndex};
+
+/// The language runtime that loads a bridge.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Runtime {
+    Python,
+}
+
+impl Runtime {
+    /// `process.runtime.name` / `telemetry.sdk.language` as OpenTelemetry spells them.
+    pub fn otel_name(self) -> &'static str {
+        match self {
+            Self::Python => "python",
+        }
+    }
+}
+
+impl std::fmt::Display for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Python => "Python",
+        })
+    }
+}
+
+/// The runtime a mapped file's name says it is a bridge for, if it is one.
+pub fn bridge_runtime(path: &Path) -> Option<Runtime> {
+    let name = path.file_name()?.to_str()?;
+    (name.starts_with("temporal_sdk_bridge") && name.contains(".so")).then_some(Runtime::Python)
+}
+
+/// The SDK package a bridge came with.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Package {
+    /// e.g. `temporalio` (PyPI).
+    pub name: String,
+    pub version: String,
+    /// The file the version was read from.
+    pub source: PathBuf,
+}
+
+/// What the files installed next to a bridge say about it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Installed {
+    pub package: Option<Package>,
+    /// sdk-core's version, from the lock file the package ships with the bridge's source.
+    pub sdk_core: Option<String>,
+}
+
+/// Reads the versions installed with the Python bridge at `library`
+/// (`…/site-packages/temporalio/bridge/temporal_sdk_bridge*.so`): the wheel's
+/// `temporalio-*.dist-info/METADATA`, and the `Cargo.lock` it ships next to the library.
+pub fn installed_python(library: &Path) -> Installed {
+    let bridge_dir = library.parent();
+    let sdk_core = bridge_dir
+        .and_then(|dir| std::fs::read_to_string(dir.join("Cargo.lock")).ok())
+        .and_then(|lock| locked_version(&lock, "temporalio-sdk-core"));
+    let site_packages = bridge_dir.and_then(Path::parent).and_then(Path::parent);
+    let package = site_packages.and_then(|dir| {
+        let entries = std::fs::read_dir(dir).ok()?;
+        entries.filter_map(Result::ok).find_map(|entry| {
+            let name = entry.file_name();
+            let name = name.to_str()?;
+            if !(name.starts_with("temporalio-") && name.ends_with(".dist-info")) {
+                return None;
+            }
+            let source = entry.path().join("METADATA");
+            let metadata = std::fs::read_to_string(&source).ok()?;
+            let (name, version) = metadata_name_version(&metadata)?;
+            Some(Package {
+                name,
+                version,
+                source,
+            })
+        })
+    });
+    Installed { package, sdk_core }
+}
+
+/// `Name:` and `Version:` of a Python package's core metadata.
+pub fn metadata_name_version(metadata: &str) -> Option<(String, String)> {
+    let field = |key: &str| {
+        metadata
+            .lines()
+            .take_while(|line| !line.is_empty())
+            .find_map(|line| line.strip_prefix(key))
+            .map(|v| v.trim().to_string())
+    };
+    Some((field("Name:")?, field("Version:")?))
+}
+
+/// The version of package `name` in a `Cargo.lock`.
+pub fn locked_version(lock: &str, name: &str) -> Option<String> {
+    let wanted = format!("name = \"{name}\"");
+    let mut lines = lock.lines();
+    while let Some(line) = lines.next() {
+        if line.trim() == wanted {
+            let version = lines.next()?.trim().strip_prefix("version = \"")?;
+            return version.strip_suffix('"').map(str::to_string);
+        }
+    }
+    None
+}
+
+/// The functions among `candidates` whose code refers to `target`: calls it, jumps to it, or
+/// takes its address (`lea reg, [rip + disp]`), as a C-ABI wrapper does with the Rust function
+/// it wraps. `image` is the file the symbols' `file_offset`s point into.
+pub fn wrappers_of<'a>(
+    image: &[u8],
+    candidates: &'a [FunctionSymbol],
+    target: u64,
+) -> Vec<&'a FunctionSymbol> {
+    candidates
+        .iter()
+        .filter(|f| {
+            let start = usize::try_from(f.file_offset).unwrap_or(usize::MAX);
+            let end = start.saturating_add(usize::try_from(f.size).unwrap_or(0));
+            image
+                .get(start..end)
+                .is_some_and(|code| refers_to(code, f.address, target))
+        })
+        .collect()
+}
+
+/// Whether x86-64 code at `address` holds a rip-relative `call`/`jmp rel32` or a
+/// `lea r64, [rip + disp32]` whose target is `target`. A byte scan, not a disassembly: a match
+/// inside another instruction's bytes is possible but needs the exact 32-bit displacement, and
+/// the caller requires exactly one wrapper to match.
+pub fn refers_to(code: &[u8], address: u64, target: u64) -> bool {
+    let hits = |at: usize, len: usize| -> bool {
+        let Some(disp) = code.get(at + len - 4..at + len) else {
+            return false;
+        };
+        let disp = i32::from_le_bytes([disp[0], disp[1], disp[2], disp[3]]);
+        let next = address.wrapping_add((at + len) as u64);
+        next.wrapping_add_signed(i64::from(disp)) == target
+    };
+    (0..code.len()).any(|i| match code[i] {
+        0xe8 | 0xe9 => hits(i, 5),
+        0x48 | 0x4c => {
+            code.get(i + 1) == Some(&0x8d)
+                && code.get(i + 2).is_some_and(|modrm| modrm & 0xc7 == 0x05)
+                && hits(i, 7)
+        }
+        _ => false,
+    })
+}
+
+/// Every instance of a generic function: `path` itself and `path::<…>`.
+pub fn instances(symbols: &SymbolIndex, path: &str) -> Vec<FunctionSymbol> {
+    let generic = format!("{path}::<");
+    symbols
+        .iter()
+        .filter(|f| f.path == path || f.path.starts_with(&generic))
+        .cloned()
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_come_from_the_wheel_metadata_and_the_shipped_lock_file() {
+        let site = tempfile::tempdir().expect("tempdir");
+        let bridge = site.path().join("temporalio/bridge");
+        std::fs::create_dir_all(&bridge).expect("mkdir");
+        let library = bridge.join("temporal_sdk_bridge.abi3.so");
+        std::fs::write(&library, b"").expect("write");
+        std::fs::write(
+            bridge.join("Cargo.lock"),
+            "[[package]]\nname = \"temporalio-sdk\"\nversion = \"0.1.0\"\n\n[[package]]\nname = \"temporalio-sdk-core\"\nversion = \"0.10.0\"\n",
+        )
+        .expect("write");
+        let info = site.path().join("temporalio-1.35.0.dist-info");
+        std::fs::create_dir_all(&info).expect("mkdir");
+        std::fs::write(
+            info.join("METADATA"),
+            "Metadata-Version: 2.4\nName: temporalio\nVersion: 1.35.0\n\nVersion: not this\n",
+        )
+        .expect("write");
+        let installed = installed_python(&library);
+        assert_eq!(installed.sdk_core.as_deref(), Some("0.10.0"));
+        let package = installed.package.expect("a package");
+        assert_eq!(
+            (package.name.as_str(), package.version.as_str()),
+            ("temporalio", "1.35.0")
+        );
+        assert_eq!(package.source, info.join("METADATA"));
+        assert_eq!(
+            installed_python(Path::new("/nonexistent/bridge/x.so")),
+            Installed::default()
+        );
+    }
+
+    #[test]
+    fn a_bridge_is_known_by_its_file_name() {
+        assert_eq!(
+            bridge_runtime(Path::new(
+                "/x/temporalio/bridge/temporal_sdk_bridge.abi3.so"
+            )),
+            Some(Runtime::Python)
+        );
+        assert_eq!(
+            bridge_runtime(Path::new("/usr/lib/libpython3.11.so.1.0")),
+            None
+        );
+    }
+
+    #[test]
+    fn a_wrapper_is_found_by_the_address_its_code_takes() {
+        // lea rax, [rip + disp] at 0x1000 + 4, pointing at 0x2000; then a call elsewhere.
+        let lea_at = 4usize;
+        let disp = 0x2000i64 - (0x1000 + lea_at as i64 + 7);
+        let mut code = vec![0x90; 4];
+        code.extend_from_slice(&[0x48, 0x8d, 0x05]);
+        code.extend_from_slice(&(disp as i32).to_le_bytes());
+        code.extend_from_slice(&[0xe8, 0, 0, 0, 0, 0xc3]);
+        assert!(refers_to(&code, 0x1000, 0x2000));
+        assert!(!refers_to(&code, 0x1000, 0x2004));
+        // The call at offset 11 targets the next instruction (0x1000 + 16).
+        assert!(refers_to(&code, 0x1000, 0x1010));
+        let image: Vec<u8> = [vec![0u8; 0x100], code.clone()].concat();
+        let wrapper = |address: u64, file_offset: u64| FunctionSymbol {
+            path: "w".into(),
+            mangled: "w".into(),
+            address,
+            size: code.len() as u64,
+            file_offset,
+        };
+        let candidates = [wrapper(0x1000, 0x100), wrapper(0x3000, 0x100)];
+        let found = wrappers_of(&image, &candidates, 0x2000);
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].address, 0x1000);
+    }
+}

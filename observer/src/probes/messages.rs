@@ -1,0 +1,460 @@
+//! The probe family that reads encoded protobuf messages where an SDK bridge hands them over:
+//! how the Python (and, later, TypeScript) workers are observed. sdk-core's Rust structs are
+//! never read, so no layout is needed; the wire format is stable across sdk-core versions, and
+//! the published prost types (`temporalio-protos`) decode it.
+//!
+//! The programs send a message as chunks (`observer_common::MessageChunk`); the session puts
+//! them back together ([`crate::events::Reassembly`]) and hands the whole message's bytes to
+//! its probe's decoder here.
+
+use observer_common::{kind, program};
+use prost::Message;
+use temporalio_protos::protos::{
+    coresdk::{
+        workflow_activation::{WorkflowActivation, workflow_activation_job},
+        workflow_commands::workflow_command,
+        workflow_completion::{WorkflowActivationCompletion, workflow_activation_completion},
+    },
+    temporal::api::failure::v1::{Failure, failure::FailureInfo},
+};
+
+use super::{Hook, Input, ProbePoint, ProbeSpec};
+use crate::{
+    events::{
+        CompletionStatus, DecodeError, EventBody, EvictionReason, JobKind, Nanos, RunInit, Terminal,
+    },
+    layout::TargetLayout,
+};
+
+/// The function a bridge calls to encode each activation it hands to the language.
+pub const ENCODE_ACTIVATION: &str = "<temporalio_protos::protos::coresdk::workflow_activation::WorkflowActivation as prost::message::Message>::encode_to_vec";
+
+/// The pyo3 method the Python SDK hands each encoded completion to (its C-ABI trampoline is
+/// what the probe attaches to; see `crate::bridge`).
+pub const PY_COMPLETE_ACTIVATION: &str =
+    "temporal_sdk_bridge::worker::WorkerRef::__pymethod_complete_workflow_activation__";
+
+/// The generic pyo3 fastcall trampolines, one per method, all of this name.
+pub const PY_FASTCALL_TRAMPOLINE: &str =
+    "pyo3::impl_::trampoline::fastcall_cfunction_with_keywords";
+
+/// The pyo3 method the Python SDK calls once to shut a worker down.
+pub const PY_INITIATE_SHUTDOWN: &str =
+    "temporal_sdk_bridge::worker::WorkerRef::__pymethod_initiate_shutdown__";
+
+/// The pyo3 trampolines of methods without arguments (`self` only).
+pub const PY_NOARGS_TRAMPOLINE: &str = "pyo3::impl_::trampoline::noargs";
+
+/// The probe table for sdk-core inside the Python bridge (PyPI `temporalio`).
+pub const PYTHON_PROBES: &[ProbeSpec] = &[
+    ProbeSpec {
+        id: 11,
+        name: "activation",
+        points: &[ProbePoint {
+            function: ENCODE_ACTIVATION,
+            via: None,
+            hook: Hook::EntryAndReturn {
+                entry: program::ACTIVATION_SLOT,
+                exit: program::VEC_MESSAGE_RETURN,
+            },
+            inputs: [Input::ReturnSlot, Input::None],
+            caveat: None,
+            count_existing_workers: false,
+        }],
+        required: true,
+        yields: "each activation handed to the workflow code, whole: run id, jobs (evictions \
+                 among them), replay flag; for a run's first activation its workflow type, start \
+                 time and timeouts",
+        record: kind::MESSAGE_CHUNK,
+        decode: decode_activation,
+    },
+    ProbeSpec {
+        id: 12,
+        name: "completion",
+        points: &[ProbePoint {
+            function: PY_COMPLETE_ACTIVATION,
+            via: Some(PY_FASTCALL_TRAMPOLINE),
+            hook: Hook::Entry {
+                program: program::PYBYTES_ARGUMENT,
+            },
+            // `(self, args, nargs, kwnames)`: a C function, so its registers are the ABI's.
+            inputs: [Input::CArgument(1), Input::CArgument(2)],
+            caveat: None,
+            count_existing_workers: false,
+        }],
+        required: true,
+        yields: "each completion handed back by the workflow code, whole: run id, status, its \
+                 terminal command, and whether a failure's cause chain holds a timeout",
+        record: kind::MESSAGE_CHUNK,
+        decode: decode_completion,
+    },
+    ProbeSpec {
+        id: 13,
+        name: "worker_start",
+        points: &[ProbePoint {
+            function: "temporalio_sdk_core::worker::Worker::new_with_pollers",
+            via: None,
+            hook: Hook::Entry {
+                program: program::WORKER_CREATED_BARE,
+            },
+            inputs: [Input::None, Input::None],
+            caveat: Some(
+                "a worker counts as running from its creation; workers that already run when \
+                 the observer attaches are counted from their workflow-processing threads",
+            ),
+            count_existing_workers: true,
+        }],
+        required: false,
+        yields: "a worker created (it runs from then on)",
+        record: kind::WORKER_START,
+        decode: super::structs::decode_worker_start,
+    },
+    ProbeSpec {
+        id: 14,
+        name: "worker_shutdown",
+        // Not sdk-core's `Worker::initiate_shutdown`: it runs three times per worker, the last
+        // time on the worker moved out of its `Arc` (another address), so one worker's calls
+        // cannot be told from two workers'. The SDK calls this method once per worker.
+        points: &[ProbePoint {
+            function: PY_INITIATE_SHUTDOWN,
+            via: Some(PY_NOARGS_TRAMPOLINE),
+            hook: Hook::Entry {
+                program: program::WORKER_SHUTDOWN_BARE,
+            },
+            // `(self, _)`: a C function; `self` is the worker's Python object.
+            inputs: [Input::CArgument(0), Input::None],
+            caveat: None,
+            count_existing_workers: false,
+        }],
+        required: false,
+        yields: "a worker asked to shut down, by its Python object",
+        record: kind::WORKER_SHUTDOWN,
+        decode: super::structs::decode_worker_shutdown,
+    },
+];
+
+fn protobuf(what: &'static str) -> impl Fn(prost::DecodeError) -> DecodeError {
+    move |e| DecodeError::Protobuf {
+        message: what,
+        error: e.to_string(),
+    }
+}
+
+fn nanos_of_duration(d: &prost_wkt_types::Duration) -> Nanos {
+    Nanos::from(d.seconds) * 1_000_000_000 + Nanos::from(d.nanos)
+}
+
+fn nanos_of_timestamp(t: &prost_wkt_types::Timestamp) -> Nanos {
+    Nanos::from(t.seconds) * 1_000_000_000 + Nanos::from(t.nanos)
+}
+
+fn decode_activation(bytes: &[u8], _: &TargetLayout) -> Result<EventBody, DecodeError> {
+    let activation = WorkflowActivation::decode(bytes).map_err(protobuf("WorkflowActivation"))?;
+    use workflow_activation_job::Variant;
+    // core sends an eviction as an activation of its own, with that one job.
+    if let [job] = activation.jobs.as_slice()
+        && let Some(Variant::RemoveFromCache(remove)) = &job.variant
+    {
+        return Ok(EventBody::Eviction {
+            run_id: activation.run_id,
+            reason: EvictionReason::from_raw(u32::try_from(remove.reason).unwrap_or(u32::MAX)),
+        });
+    }
+    let jobs = activation
+        .jobs
+        .iter()
+        .map(|job| match &job.variant {
+            Some(Variant::InitializeWorkflow(_)) => JobKind::InitializeWorkflow,
+            Some(Variant::QueryWorkflow(_)) => JobKind::QueryWorkflow,
+            Some(Variant::RemoveFromCache(_)) => JobKind::RemoveFromCache,
+            Some(other) => JobKind::Other(variant_name(other)),
+            None => JobKind::Other("None".into()),
+        })
+        .collect();
+    let init = activation.jobs.iter().find_map(|job| match &job.variant {
+        Some(Variant::InitializeWorkflow(init)) => Some(RunInit {
+            workflow_type: init.workflow_type.clone(),
+            start_time_unix_nanos: init.start_time.as_ref().map(nanos_of_timestamp),
+            execution_timeout_nanos: init
+                .workflow_execution_timeout
+                .as_ref()
+                .map(nanos_of_duration),
+            run_timeout_nanos: init.workflow_run_timeout.as_ref().map(nanos_of_duration),
+            execution_expiration_unix_nanos: init
+                .workflow_execution_expiration_time
+                .as_ref()
+                .map(nanos_of_timestamp),
+        }),
+        _ => None,
+    });
+    Ok(EventBody::Activation {
+        run_id: activation.run_id,
+        replaying: activation.is_replaying,
+        history_length: activation.history_length,
+        job_count: activation.jobs.len() as u64,
+        jobs,
+        init,
+    })
+}
+
+/// The variant's name as prost's `Debug` starts it (`SignalWorkflow(…)`).
+fn variant_name(variant: &impl std::fmt::Debug) -> String {
+    let text = format!("{variant:?}");
+    text.split(['(', ' ', '{'])
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn decode_completion(bytes: &[u8], _: &TargetLayout) -> Result<EventBody, DecodeError> {
+    let completion = WorkflowActivationCompletion::decode(bytes)
+        .map_err(protobuf("WorkflowActivationCompletion"))?;
+    use workflow_activation_completion::Status;
+    let (status, commands) = match &completion.status {
+        Some(Status::Successful(success)) => {
+            (CompletionStatus::Successful, success.commands.as_slice())
+        }
+        Some(Status::Failed(_)) => (CompletionStatus::Failed, &[][..]),
+        None => (CompletionStatus::None, &[][..]),
+    };
+    let last = commands.last().and_then(|c| c.variant.as_ref());
+    use workflow_command::Variant;
+    let (terminal, timeout_failure) = match last {
+        Some(Variant::CompleteWorkflowExecution(_)) => (Some(Terminal::Complete), false),
+        Some(Variant::FailWorkflowExecution(fail)) => (
+            Some(Terminal::Fail),
+            fail.failure.as_ref().is_some_and(chain_has_timeout),
+        ),
+        Some(Variant::CancelWorkflowExecution(_)) => (Some(Terminal::Cancel), false),
+        Some(Variant::ContinueAsNewWorkflowExecution(_)) => (Some(Terminal::ContinueAsNew), false),
+        _ => (None, false),
+    };
+    Ok(EventBody::Completion {
+        run_id: completion.run_id,
+        status,
+        command_count: commands.len() as u64,
+        last_command: last.map(variant_name),
+        terminal,
+        timeout_failure,
+    })
+}
+
+/// Whether a failure, or one in its `cause` chain, is a timeout.
+fn chain_has_timeout(failure: &Failure) -> bool {
+    let mut next = Some(failure);
+    while let Some(failure) = next {
+        if matches!(
+            failure.failure_info,
+            Some(FailureInfo::TimeoutFailureInfo(_))
+        ) {
+            return true;
+        }
+        next = failure.cause.as_deref();
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use temporalio_protos::protos::{
+        coresdk::{
+            workflow_activation::{InitializeWorkflow, RemoveFromCache, WorkflowActivationJob},
+            workflow_commands::{
+                CompleteWorkflowExecution, FailWorkflowExecution, StartTimer, WorkflowCommand,
+            },
+            workflow_completion::{Failure as TaskFailure, Success},
+        },
+        temporal::api::failure::v1::{ApplicationFailureInfo, TimeoutFailureInfo},
+    };
+
+    const RUN: &str = "0b3e6a4c-64b4-4a55-9d2e-0c4f1a2b3c4d";
+
+    /// The message as the session hands it to a decoder: whole, reassembled from its chunks.
+    fn whole(message: &impl Message) -> Vec<u8> {
+        message.encode_to_vec()
+    }
+
+    fn activation(jobs: Vec<workflow_activation_job::Variant>, replaying: bool) -> Vec<u8> {
+        whole(&WorkflowActivation {
+            run_id: RUN.into(),
+            is_replaying: replaying,
+            history_length: 3,
+            jobs: jobs
+                .into_iter()
+                .map(|v| WorkflowActivationJob { variant: Some(v) })
+                .collect(),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn an_initializing_activation_carries_type_start_and_timeouts() {
+        let init = InitializeWorkflow {
+            workflow_type: "greet".into(),
+            workflow_run_timeout: Some(prost_wkt_types::Duration {
+                seconds: 2,
+                nanos: 500,
+            }),
+            start_time: Some(prost_wkt_types::Timestamp {
+                seconds: 1_700_000_000,
+                nanos: 7,
+            }),
+            ..Default::default()
+        };
+        let bytes = activation(
+            vec![workflow_activation_job::Variant::InitializeWorkflow(init)],
+            false,
+        );
+        let body = decode_activation(&bytes, &TargetLayout::default()).expect("decodes");
+        let EventBody::Activation {
+            run_id,
+            replaying,
+            history_length,
+            jobs,
+            init: Some(init),
+            ..
+        } = body
+        else {
+            panic!("not an initializing activation: {body:?}");
+        };
+        assert_eq!(run_id, RUN);
+        assert!(!replaying);
+        assert_eq!(history_length, 3);
+        assert_eq!(jobs, vec![JobKind::InitializeWorkflow]);
+        assert_eq!(init.workflow_type, "greet");
+        assert_eq!(init.run_timeout_nanos, Some(2_000_000_500));
+        assert_eq!(init.execution_timeout_nanos, None);
+        assert_eq!(init.start_time_unix_nanos, Some(1_700_000_000_000_000_007));
+    }
+
+    #[test]
+    fn an_eviction_activation_is_an_eviction_with_its_reason() {
+        let bytes = activation(
+            vec![workflow_activation_job::Variant::RemoveFromCache(
+                RemoveFromCache {
+                    message: "done".into(),
+                    reason: 10,
+                },
+            )],
+            false,
+        );
+        let body = decode_activation(&bytes, &TargetLayout::default()).expect("decodes");
+        assert_eq!(
+            body,
+            EventBody::Eviction {
+                run_id: RUN.into(),
+                reason: EvictionReason::WorkflowExecutionEnding,
+            }
+        );
+    }
+
+    fn completion(commands: Vec<workflow_command::Variant>) -> Vec<u8> {
+        whole(&WorkflowActivationCompletion {
+            run_id: RUN.into(),
+            status: Some(workflow_activation_completion::Status::Successful(
+                Success {
+                    commands: commands
+                        .into_iter()
+                        .map(|v| WorkflowCommand {
+                            variant: Some(v),
+                            ..Default::default()
+                        })
+                        .collect(),
+                    ..Default::default()
+                },
+            )),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn a_completion_names_its_terminal_command() {
+        let bytes = completion(vec![
+            workflow_command::Variant::StartTimer(StartTimer::default()),
+            workflow_command::Variant::CompleteWorkflowExecution(
+                CompleteWorkflowExecution::default(),
+            ),
+        ]);
+        let body = decode_completion(&bytes, &TargetLayout::default()).expect("decodes");
+        assert_eq!(
+            body,
+            EventBody::Completion {
+                run_id: RUN.into(),
+                status: CompletionStatus::Successful,
+                command_count: 2,
+                last_command: Some("CompleteWorkflowExecution".into()),
+                terminal: Some(Terminal::Complete),
+                timeout_failure: false,
+            }
+        );
+        let timer_only = completion(vec![workflow_command::Variant::StartTimer(
+            StartTimer::default(),
+        )]);
+        let EventBody::Completion { terminal, .. } =
+            decode_completion(&timer_only, &TargetLayout::default()).expect("decodes")
+        else {
+            panic!("not a completion");
+        };
+        assert_eq!(terminal, None);
+    }
+
+    fn failure(info: FailureInfo, cause: Option<Failure>) -> Failure {
+        Failure {
+            failure_info: Some(info),
+            cause: cause.map(Box::new),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_failure_is_a_timeout_when_its_cause_chain_holds_one() {
+        let timeout = failure(
+            FailureInfo::TimeoutFailureInfo(TimeoutFailureInfo::default()),
+            None,
+        );
+        let app = FailureInfo::ApplicationFailureInfo(ApplicationFailureInfo::default());
+        for (failure, is_timeout) in [
+            (failure(app.clone(), Some(timeout)), true),
+            (failure(app, None), false),
+        ] {
+            let bytes = completion(vec![workflow_command::Variant::FailWorkflowExecution(
+                FailWorkflowExecution {
+                    failure: Some(failure),
+                },
+            )]);
+            let EventBody::Completion {
+                terminal,
+                timeout_failure,
+                ..
+            } = decode_completion(&bytes, &TargetLayout::default()).expect("decodes")
+            else {
+                panic!("not a completion");
+            };
+            assert_eq!(terminal, Some(Terminal::Fail));
+            assert_eq!(timeout_failure, is_timeout);
+        }
+    }
+
+    #[test]
+    fn a_failed_task_is_no_end_and_garbage_is_an_error() {
+        let failed = whole(&WorkflowActivationCompletion {
+            run_id: RUN.into(),
+            status: Some(workflow_activation_completion::Status::Failed(
+                TaskFailure::default(),
+            )),
+            ..Default::default()
+        });
+        let EventBody::Completion {
+            status, terminal, ..
+        } = decode_completion(&failed, &TargetLayout::default()).expect("decodes")
+        else {
+            panic!("not a completion");
+        };
+        assert_eq!((status, terminal), (CompletionStatus::Failed, None));
+        assert!(matches!(
+            decode_completion(&[0xff, 0xff, 0xff], &TargetLayout::default()),
+            Err(DecodeError::Protobuf { .. })
+        ));
+    }
+}
