@@ -40,6 +40,8 @@ pub mod kind {
     pub const PROCESS_EXIT: u32 = 8;
     /// One chunk of an encoded protobuf message a bridge handed over ([`crate::MessageChunk`]).
     pub const MESSAGE_CHUNK: u32 = 9;
+    /// A process `watch` waits on changed its loaded libraries (`watch`; a bare header).
+    pub const LIBRARIES_CHANGED: u32 = 10;
 }
 
 /// Bytes of a message one [`MessageChunk`] carries.
@@ -73,12 +75,16 @@ pub mod program {
     pub const WORKER_CREATED_BARE: &str = "worker_created_bare";
     /// A worker asked to shut down, by its address only.
     pub const WORKER_SHUTDOWN_BARE: &str = "worker_shutdown_bare";
+    /// The dynamic loader's debugger hook (`_dl_debug_state`), which it calls whenever it has
+    /// mapped or unmapped a library: for `watch`, in a process that may load a bridge later.
+    pub const LIBRARIES_CHANGED: &str = "libraries_changed";
     /// Tracepoint `sched/sched_process_exec`, for `watch`.
     pub const PROCESS_EXEC: &str = "process_exec";
     /// Tracepoint `sched/sched_process_exit`, for `watch`.
     pub const PROCESS_EXIT: &str = "process_exit";
     /// Every program.
-    pub const ALL: [&str; 14] = [
+    pub const ALL: [&str; 15] = [
+        LIBRARIES_CHANGED,
         VEC_MESSAGE_RETURN,
         PYBYTES_ARGUMENT,
         WORKER_CREATED_BARE,
@@ -418,8 +424,10 @@ pub struct TaskEvent {
 
 /// One chunk of an encoded protobuf message (an activation, a completion) that a bridge handed
 /// over. A message of `message_len` bytes comes as consecutive chunks with the same
-/// `message_id`, each `offset`/`len` into it; a message longer than the cap comes as one chunk
-/// with `len == 0` and `truncated == 1`: never as partial bytes that might pass for whole.
+/// `message_id`, each `offset`/`len` into it. A message longer than the cap comes as its first
+/// chunk only, with `truncated == 1` (user space reads nothing from it but the run id, the
+/// first field): never as partial bytes that might pass for whole. A message that could not be
+/// read at all comes as one empty chunk (`len == 0`, `truncated == 0`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct MessageChunk {
@@ -430,7 +438,7 @@ pub struct MessageChunk {
     pub message_id: u64,
     pub offset: u32,
     pub len: u32,
-    /// 1 when the message was longer than the cap and none of it is sent.
+    /// 1 when the message was longer than the cap: this is its first chunk, and no more come.
     pub truncated: u32,
     pub _pad: u32,
     pub bytes: [u8; MESSAGE_CHUNK_BYTES],

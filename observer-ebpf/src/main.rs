@@ -514,28 +514,48 @@ fn try_vec_message_return(ctx: &RetProbeContext) -> Result<(), ()> {
     let p = probe(ctx);
     let key = bpf_get_current_pid_tgid();
     // SAFETY: a read of this program's own map; the value is copied out before the removal.
-    let slot = unsafe { RETURN_SLOTS.get(&key) }.copied().ok_or(())?;
+    let slot = unsafe { RETURN_SLOTS.get(&key) }.copied();
     let _ = RETURN_SLOTS.remove(&key);
-    // A `Vec<u8>` is a pointer, a capacity and a length, in an order rustc does not promise.
-    // `encode_to_vec` allocates exactly the encoded length, so two of the words are equal and
-    // the third is the pointer; anything else is not read as a message.
+    match slot.map(returned_vec) {
+        Some(Ok((ptr, len))) => emit_message(&p, ptr, len),
+        // The slot aged out, or the Vec cannot be read: a message is gone, and user space must
+        // know it.
+        _ => emit_unreadable(&p),
+    }
+    Ok(())
+}
+
+/// The pointer and length of the `Vec<u8>` at `slot`. Its three words (pointer, capacity,
+/// length) come in an order rustc does not promise; `encode_to_vec` allocates exactly the
+/// encoded length, so two of them are equal and the third is the pointer. Anything else is not
+/// read as a message.
+#[inline(always)]
+fn returned_vec(slot: u64) -> Result<(u64, u64), ()> {
     let words = [read_u64(slot)?, read_u64(slot + 8)?, read_u64(slot + 16)?];
-    let (ptr, len) = if words[0] == words[1] {
-        (words[2], words[0])
+    if words[0] == words[1] {
+        Ok((words[2], words[0]))
     } else if words[0] == words[2] {
-        (words[1], words[0])
+        Ok((words[1], words[0]))
     } else if words[1] == words[2] {
-        (words[0], words[1])
+        Ok((words[0], words[1]))
     } else {
         bump(counter::READ_FAULTS);
-        return Err(());
-    };
-    emit_message(&p, ptr, len);
-    Ok(())
+        Err(())
+    }
 }
 
 fn try_pybytes_argument(ctx: &ProbeContext) -> Result<(), ()> {
     let p = probe(ctx);
+    match pybytes(ctx, &p) {
+        Ok((ptr, len)) => emit_message(&p, ptr, len),
+        Err(()) => emit_unreadable(&p),
+    }
+    Ok(())
+}
+
+/// Where the bytes of the `bytes` object a fastcall function takes first are, and how many.
+#[inline(always)]
+fn pybytes(ctx: &ProbeContext, p: &Probe) -> Result<(u64, u64), ()> {
     let args = arg(ctx, p.cookie.arg_a)?;
     let nargs = arg(ctx, p.cookie.arg_b)?;
     // Positional arguments only (CPython's vectorcall may set the high bit of nargs).
@@ -545,8 +565,27 @@ fn try_pybytes_argument(ctx: &ProbeContext) -> Result<(), ()> {
     }
     let object = read_u64(args)?;
     let len = read_u64(object + PYBYTES_SIZE_OFFSET)?;
-    emit_message(&p, object + PYBYTES_DATA_OFFSET, len);
-    Ok(())
+    Ok((object + PYBYTES_DATA_OFFSET, len))
+}
+
+/// Says that a message passed here but could not be read: an empty first chunk, which user
+/// space counts as an incomplete message (and treats like lost records).
+#[inline(always)]
+fn emit_unreadable(p: &Probe) {
+    if let Ok(mut entry) = reserve_chunk() {
+        let header = header(p, kind::MESSAGE_CHUNK);
+        // SAFETY: `entry` is a reserved, properly aligned record; the header fields are
+        // written before it is submitted and the bytes are not sent.
+        let e = unsafe { &mut *entry.as_mut_ptr() };
+        e.header = header;
+        e.message_len = 0;
+        e.message_id = header.ktime_ns;
+        e.offset = 0;
+        e.len = 0;
+        e.truncated = 0;
+        e._pad = 0;
+        entry.submit(submit_flags());
+    }
 }
 
 /// Sends the `len` bytes at `ptr` as chunks of one message, or, past the cap, one chunk that
@@ -558,17 +597,30 @@ fn emit_message(p: &Probe, ptr: u64, len: u64) {
     let chunks = len.div_ceil(MESSAGE_CHUNK_BYTES as u64);
     let header = header(p, kind::MESSAGE_CHUNK);
     if chunks > cap as u64 {
+        // Only the first chunk, marked: user space reads the run id from it (the first field)
+        // and nothing else.
         if let Ok(mut entry) = reserve_chunk() {
-            // SAFETY: `entry` is a reserved, properly aligned record; the header fields are
-            // written before it is submitted and the bytes are not sent.
+            // SAFETY: `entry` is a reserved, properly aligned record.
             let e = unsafe { &mut *entry.as_mut_ptr() };
             e.header = header;
             e.message_len = len;
             e.message_id = header.ktime_ns;
             e.offset = 0;
-            e.len = 0;
+            e.len = MESSAGE_CHUNK_BYTES as u32;
             e.truncated = 1;
             e._pad = 0;
+            // SAFETY: exactly the record's buffer size; the source is checked by the helper.
+            let ret = unsafe {
+                raw_probe_read_user(
+                    e.bytes.as_mut_ptr().cast(),
+                    MESSAGE_CHUNK_BYTES as u32,
+                    ptr as *const _,
+                )
+            };
+            if ret != 0 {
+                bump(counter::READ_FAULTS);
+                e.len = 0;
+            }
             entry.submit(submit_flags());
         }
         return;
@@ -623,14 +675,14 @@ extern "C" fn send_chunk(index: u64, ctx: *mut c_void) -> i64 {
     e.len = n as u32;
     e.truncated = 0;
     e._pad = 0;
-    // The mask keeps the verifier's bound; `n` is at most a chunk.
-    let size = (n as u32) & (2 * MESSAGE_CHUNK_BYTES as u32 - 1);
+    // The `min` gives the verifier its bound; `n` is at most a chunk anyway.
+    let size = (n as u32).min(MESSAGE_CHUNK_BYTES as u32);
     // SAFETY: at most `MESSAGE_CHUNK_BYTES` bytes into the record's buffer of that size; the
     // source is checked by the helper.
     let ret = unsafe {
         raw_probe_read_user(
             e.bytes.as_mut_ptr().cast(),
-            size.min(MESSAGE_CHUNK_BYTES as u32),
+            size,
             (m.ptr + offset) as *const _,
         )
     };
@@ -667,6 +719,14 @@ fn try_worker_bare(ctx: &ProbeContext, event_kind: u32, with_self: bool) -> Resu
     e.worker = worker;
     entry.submit(submit_flags());
     Ok(())
+}
+
+/// The dynamic loader changed a watched process's libraries (its uprobe is scoped to that
+/// process): user space looks for a bridge among them.
+#[uprobe]
+pub fn libraries_changed(_ctx: ProbeContext) -> u32 {
+    process_event(kind::LIBRARIES_CHANGED, false);
+    0
 }
 
 #[tracepoint]

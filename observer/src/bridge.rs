@@ -17,10 +17,10 @@ pub enum Runtime {
 }
 
 impl Runtime {
-    /// `process.runtime.name` / `telemetry.sdk.language` as OpenTelemetry spells them.
+    /// `process.runtime.name` as OpenTelemetry's conventions spell it.
     pub fn otel_name(self) -> &'static str {
         match self {
-            Self::Python => "python",
+            Self::Python => "cpython",
         }
     }
 }
@@ -112,6 +112,36 @@ pub fn locked_version(lock: &str, name: &str) -> Option<String> {
     None
 }
 
+/// The dynamic loader an executable names (`PT_INTERP`), e.g. `/lib64/ld-linux-x86-64.so.2`.
+pub fn interpreter(executable: &[u8]) -> Option<PathBuf> {
+    use object::read::elf::{ElfFile64, ProgramHeader as _};
+    let elf = ElfFile64::<object::Endianness>::parse(executable).ok()?;
+    let endian = elf.endian();
+    elf.elf_program_headers().iter().find_map(|header| {
+        let interp = header.interpreter(endian, executable).ok()??;
+        let text = std::str::from_utf8(interp).ok()?;
+        Some(PathBuf::from(text.trim_end_matches('\0')))
+    })
+}
+
+/// The function the dynamic loader calls each time it has changed the set of loaded libraries,
+/// for debuggers (glibc's `r_brk`). A uprobe there sees every `dlopen` of a process.
+pub const LOADER_HOOK: &str = "_dl_debug_state";
+
+/// The file offset of [`LOADER_HOOK`] in a dynamic loader (it is exported, so it survives
+/// `strip`).
+pub fn loader_hook_offset(loader: &[u8]) -> Option<u64> {
+    use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
+    let file = object::File::parse(loader).ok()?;
+    let symbol = file
+        .dynamic_symbols()
+        .chain(file.symbols())
+        .find(|s| s.name() == Ok(LOADER_HOOK) && s.is_definition())?;
+    let section = file.section_by_index(symbol.section_index()?).ok()?;
+    let (file_start, _) = section.file_range()?;
+    Some(file_start + symbol.address().checked_sub(section.address())?)
+}
+
 /// The functions among `candidates` whose code refers to `target`: calls it, jumps to it, or
 /// takes its address (`lea reg, [rip + disp]`), as a C-ABI wrapper does with the Rust function
 /// it wraps. `image` is the file the symbols' `file_offset`s point into.
@@ -201,6 +231,21 @@ mod tests {
             installed_python(Path::new("/nonexistent/bridge/x.so")),
             Installed::default()
         );
+    }
+
+    #[test]
+    fn the_loader_hook_is_found_through_this_process_interpreter() {
+        let me = std::fs::read("/proc/self/exe").expect("read self");
+        let loader = interpreter(&me).expect("a dynamically linked test binary names its loader");
+        assert!(
+            loader.to_string_lossy().contains("ld-linux"),
+            "{}",
+            loader.display()
+        );
+        let image = std::fs::read(&loader).expect("read the loader");
+        let offset = loader_hook_offset(&image).expect("glibc's loader exports _dl_debug_state");
+        assert!(offset > 0 && offset < image.len() as u64);
+        assert_eq!(loader_hook_offset(b"not an ELF file"), None);
     }
 
     #[test]

@@ -272,15 +272,19 @@ pub enum EventBody {
         run_id: String,
         workflow_type: String,
     },
-    /// A worker polled for the first time.
+    /// A worker polled for the first time, or was created.
     WorkerStart {
-        /// Address of the core worker in the target: identifies it within the process.
+        /// Address of the core worker (or, at a bridge, of its language object) in the
+        /// target: identifies it within the process.
         worker: String,
-        task_queue: String,
+        /// `None` where the probe reads no struct (a bridge): each such start is a worker.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        task_queue: Option<String>,
     },
     WorkerShutdown {
         worker: String,
-        task_queue: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        task_queue: Option<String>,
     },
 }
 
@@ -463,6 +467,13 @@ impl std::fmt::Display for Event {
     }
 }
 
+fn queue_text(task_queue: &Option<String>) -> String {
+    task_queue
+        .as_ref()
+        .map(|q| format!(" task_queue={q}"))
+        .unwrap_or_default()
+}
+
 fn format_text(event: &Event) -> String {
     let secs = event.time_unix_nanos.div_euclid(1_000_000_000);
     let millis = event.time_unix_nanos.rem_euclid(1_000_000_000) / 1_000_000;
@@ -532,10 +543,10 @@ fn format_text(event: &Event) -> String {
             format!("task run_id={run_id} workflow_type={workflow_type}")
         }
         EventBody::WorkerStart { worker, task_queue } => {
-            format!("worker_start worker={worker} task_queue={task_queue}")
+            format!("worker_start worker={worker}{}", queue_text(task_queue))
         }
         EventBody::WorkerShutdown { worker, task_queue } => {
-            format!("worker_shutdown worker={worker} task_queue={task_queue}")
+            format!("worker_shutdown worker={worker}{}", queue_text(task_queue))
         }
     };
     format!("{prefix} {fields}")
@@ -740,7 +751,7 @@ mod tests {
             event.body,
             EventBody::WorkerStart {
                 worker: "0xabc".into(),
-                task_queue: "queue".into()
+                task_queue: Some("queue".into())
             }
         );
     }

@@ -9,7 +9,7 @@ use aya::{
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::{
         ProgramError, TracePoint, UProbe, uprobe::UProbeAttachLocation, uprobe::UProbeAttachPoint,
-        uprobe::UProbeScope,
+        uprobe::UProbeLink, uprobe::UProbeScope,
     },
 };
 use observer_common::{Cookie, Layout, counter, map, program};
@@ -259,6 +259,36 @@ impl ProcessWatch {
                 })?;
         }
         Ok(Self { ebpf })
+    }
+
+    /// Reports each change of `pid`'s loaded libraries (a `LIBRARIES_CHANGED` record): a uprobe,
+    /// for that process only, on its dynamic loader's debugger hook at `offset` in `loader`.
+    /// Dropping the returned link detaches it.
+    pub fn watch_libraries(
+        &mut self,
+        pid: u32,
+        loader: &Path,
+        offset: u64,
+    ) -> Result<UProbeLink, AttachError> {
+        let scope = UProbeScope::OneProcess(NonZeroU32::new(pid).ok_or(AttachError::BadPid)?);
+        let program: &mut UProbe = program_of(&mut self.ebpf, program::LIBRARIES_CHANGED)?;
+        if program.fd().is_err() {
+            program
+                .load()
+                .map_err(|e| load_error(program::LIBRARIES_CHANGED, e))?;
+        }
+        let point = UProbeAttachPoint {
+            location: UProbeAttachLocation::AbsoluteOffset(offset),
+            cookie: None,
+        };
+        let attach_error = |source| AttachError::Attach {
+            probe: program::LIBRARIES_CHANGED,
+            function: format!("{} in {}", crate::bridge::LOADER_HOOK, loader.display()),
+            offset,
+            source: Box::new(source),
+        };
+        let id = program.attach(point, loader, scope).map_err(attach_error)?;
+        program.take_link(id).map_err(attach_error)
     }
 
     /// Process records the kernel could not queue (the ring buffer was full).

@@ -184,6 +184,25 @@ impl Engine {
         }
     }
 
+    /// A message about `run_id` could not be read (too long to copy). A run this engine does
+    /// not know yet (its first activation was the message) is not observed at all: none of its
+    /// later news counts, so it is neither started nor ended here. A known run is marked as
+    /// affected, like a run open during a loss.
+    pub fn on_unreadable(&mut self, run_id: &str) {
+        match self.runs.get_mut(run_id) {
+            Some(run) if run.affected_by_loss => {}
+            Some(run) => {
+                run.affected_by_loss = true;
+                self.affected_runs += 1;
+            }
+            None if self.ended.contains(run_id) => {}
+            None => {
+                self.affected_runs += 1;
+                self.remember_ended(run_id);
+            }
+        }
+    }
+
     /// Distinct workers seen in this process.
     pub fn workers_seen(&self) -> usize {
         self.workers_seen.len() + self.unnamed_seen
@@ -277,25 +296,39 @@ impl Engine {
                     }
                 }
             }
-            // A worker is known by its task queue: where `mark_started` is inlined (LTO) the
-            // start is seen at creation, before the worker has its final address.
-            // Where the probes do not read the task queue (a bridge), each creation is a worker.
-            EventBody::WorkerStart { task_queue, .. } if task_queue.is_empty() => {
+            // Where the probes read no struct (a bridge), each creation is a worker, and its
+            // first shutdown request counts (the SDK may ask twice). A new worker may reuse a
+            // gone one's address, so the addresses are forgotten at each creation.
+            EventBody::WorkerStart {
+                task_queue: None, ..
+            } => {
+                self.unnamed_shut_down.clear();
                 self.on_existing_workers(1, out);
             }
-            EventBody::WorkerStart { task_queue, .. } => {
-                self.workers_seen.insert(task_queue.clone());
-                if self.workers_running.insert(task_queue.clone()) {
-                    out.push(Update::WorkersRunning { delta: 1 });
-                }
-            }
-            EventBody::WorkerShutdown { task_queue, worker } if task_queue.is_empty() => {
+            EventBody::WorkerShutdown {
+                task_queue: None,
+                worker,
+            } => {
                 if self.unnamed_shut_down.insert(worker.clone()) && self.unnamed_running > 0 {
                     self.unnamed_running -= 1;
                     out.push(Update::WorkersRunning { delta: -1 });
                 }
             }
-            EventBody::WorkerShutdown { task_queue, .. } => {
+            // A worker is known by its task queue: where `mark_started` is inlined (LTO) the
+            // start is seen at creation, before the worker has its final address.
+            EventBody::WorkerStart {
+                task_queue: Some(task_queue),
+                ..
+            } => {
+                self.workers_seen.insert(task_queue.clone());
+                if self.workers_running.insert(task_queue.clone()) {
+                    out.push(Update::WorkersRunning { delta: 1 });
+                }
+            }
+            EventBody::WorkerShutdown {
+                task_queue: Some(task_queue),
+                ..
+            } => {
                 if self.workers_running.remove(task_queue) {
                     out.push(Update::WorkersRunning { delta: -1 });
                 } else if self.unnamed_running > 0 {
@@ -386,6 +419,11 @@ impl Engine {
             end,
             duration_seconds,
         });
+        self.remember_ended(run_id);
+    }
+
+    /// Later news of this run is ignored (bounded: the oldest are forgotten past the limit).
+    fn remember_ended(&mut self, run_id: &str) {
         if self.ended.insert(run_id.to_string()) {
             self.ended_order.push_back(run_id.to_string());
         }
@@ -900,12 +938,12 @@ mod tests {
                 if start {
                     EventBody::WorkerStart {
                         worker: "0x1000".into(),
-                        task_queue: queue.into(),
+                        task_queue: Some(queue.into()),
                     }
                 } else {
                     EventBody::WorkerShutdown {
                         worker: "0x2000".into(),
-                        task_queue: queue.into(),
+                        task_queue: Some(queue.into()),
                     }
                 },
             )
@@ -935,11 +973,52 @@ mod tests {
     }
 
     #[test]
+    fn a_run_whose_first_activation_was_unreadable_is_not_observed_at_all() {
+        let mut engine = Engine::new(Limits::default());
+        engine.on_unreadable("r");
+        let mut out = Vec::new();
+        for body in [
+            EventBody::Activation {
+                run_id: "r".into(),
+                replaying: false,
+                history_length: 5,
+                job_count: 1,
+                jobs: vec![JobKind::Other("FireTimer".into())],
+                init: None,
+            },
+            EventBody::Completion {
+                run_id: "r".into(),
+                status: crate::events::CompletionStatus::Successful,
+                command_count: 1,
+                last_command: Some("CompleteWorkflowExecution".into()),
+                terminal: Some(Terminal::Complete),
+                timeout_failure: false,
+            },
+            EventBody::Eviction {
+                run_id: "r".into(),
+                reason: EvictionReason::WorkflowExecutionEnding,
+            },
+        ] {
+            engine.on_event(
+                &Event {
+                    time_unix_nanos: 0,
+                    pid: 1,
+                    tid: 1,
+                    body,
+                },
+                &mut out,
+            );
+        }
+        assert_eq!(out, vec![], "neither started nor ended");
+        assert_eq!((engine.affected_runs(), engine.open_runs()), (1, 0));
+    }
+
+    #[test]
     fn workers_without_a_task_queue_count_by_creation_and_first_shutdown() {
         let mut engine = Engine::new(Limits::default());
         let mut out = Vec::new();
         let body = |start: bool, worker: &str| {
-            let (worker, task_queue) = (worker.to_string(), String::new());
+            let (worker, task_queue) = (worker.to_string(), None);
             if start {
                 EventBody::WorkerStart { worker, task_queue }
             } else {
@@ -984,7 +1063,7 @@ mod tests {
                 0,
                 EventBody::WorkerShutdown {
                     worker: "0x1".into(),
-                    task_queue: queue.into(),
+                    task_queue: Some(queue.into()),
                 },
             )
         };
@@ -992,7 +1071,7 @@ mod tests {
             0,
             EventBody::WorkerStart {
                 worker: "0x2".into(),
-                task_queue: "new".into(),
+                task_queue: Some("new".into()),
             },
         );
         out.extend(feed(

@@ -151,10 +151,14 @@ impl PlanError {
 pub fn resolve_target(target: &Target) -> Result<Plan, PlanError> {
     match &target.probed {
         Probed::Executable => resolve(&target.image),
+        // The package next to the library, as the process sees it (its mount namespace).
         Probed::Library {
-            path,
             runtime: Runtime::Python,
-        } => resolve_python_bridge(&target.image, &bridge::installed_python(path)),
+            ..
+        } => resolve_python_bridge(
+            &target.image,
+            &bridge::installed_python(&target.attach_path()),
+        ),
     }
 }
 

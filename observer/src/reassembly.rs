@@ -15,10 +15,11 @@ use crate::events::{DecodeError, read_record};
 pub enum Assembled {
     /// Every byte of a message: the header of its first chunk, and the bytes.
     Whole { header: EventHeader, bytes: Vec<u8> },
-    /// A message longer than the cap: none of it was sent.
+    /// A message longer than the cap: only its first chunk was sent, to name its run.
     Truncated {
         header: EventHeader,
         message_len: u64,
+        prefix: Vec<u8>,
     },
     /// A message some of whose chunks did not arrive or could not be read.
     Incomplete { header: EventHeader },
@@ -79,6 +80,7 @@ impl Reassembly {
             out.push(Assembled::Truncated {
                 header: chunk.header,
                 message_len: chunk.message_len,
+                prefix: chunk_bytes(&chunk, record).to_vec(),
             });
             return Ok(());
         }
@@ -112,9 +114,7 @@ impl Reassembly {
         record: &[u8],
         out: &mut Vec<Assembled>,
     ) -> Result<(), DecodeError> {
-        let start = size_of::<MessageChunk>() - MESSAGE_CHUNK_BYTES;
-        let len = (chunk.len as usize).min(MESSAGE_CHUNK_BYTES);
-        partial.bytes.extend_from_slice(&record[start..start + len]);
+        partial.bytes.extend_from_slice(chunk_bytes(chunk, record));
         let have = partial.bytes.len() as u64;
         if have >= partial.message_len {
             if have == partial.message_len {
@@ -140,6 +140,13 @@ impl Reassembly {
             .filter(|t| matches!(t, Thread::Building(_)))
             .count()
     }
+}
+
+/// The message bytes a chunk record carries (`read_chunk` checked the record's length).
+fn chunk_bytes<'a>(chunk: &MessageChunk, record: &'a [u8]) -> &'a [u8] {
+    let start = size_of::<MessageChunk>() - MESSAGE_CHUNK_BYTES;
+    let len = (chunk.len as usize).min(MESSAGE_CHUNK_BYTES);
+    &record[start..start + len]
 }
 
 fn read_chunk(record: &[u8]) -> Result<MessageChunk, DecodeError> {
@@ -186,7 +193,7 @@ pub fn chunk_records(
         .to_vec()
     };
     if message.len().div_ceil(MESSAGE_CHUNK_BYTES) > max_chunks {
-        return vec![record(0, &[], true)];
+        return vec![record(0, &message[..MESSAGE_CHUNK_BYTES], true)];
     }
     message
         .chunks(MESSAGE_CHUNK_BYTES)
@@ -239,14 +246,59 @@ mod tests {
     }
 
     #[test]
-    fn a_message_past_the_cap_is_truncated_and_carries_no_bytes() {
-        let records = chunk_records(11, (1, 1), 5, &message(2 * MESSAGE_CHUNK_BYTES + 1), 2);
+    fn a_message_past_the_cap_is_truncated_and_carries_only_its_first_chunk() {
+        let long = message(2 * MESSAGE_CHUNK_BYTES + 1);
+        let records = chunk_records(11, (1, 1), 5, &long, 2);
         assert_eq!(records.len(), 1);
         let out = push_all(&mut Reassembly::default(), &records);
         assert!(matches!(
             out.as_slice(),
-            [Assembled::Truncated { message_len, .. }] if *message_len == 2 * MESSAGE_CHUNK_BYTES as u64 + 1
+            [Assembled::Truncated { message_len, prefix, .. }]
+                if *message_len == long.len() as u64 && prefix[..] == long[..MESSAGE_CHUNK_BYTES]
         ));
+    }
+
+    #[test]
+    fn an_unreadable_chunk_ends_its_message_and_the_rest_of_it_is_dropped() {
+        let long = message(3 * MESSAGE_CHUNK_BYTES);
+        let mut records = chunk_records(11, (1, 1), 5, &long, 16);
+        // The second chunk could not be read: it came empty.
+        let empty_at = std::mem::offset_of!(MessageChunk, len);
+        records[1][empty_at..empty_at + 4].copy_from_slice(&0u32.to_le_bytes());
+        let mut reassembly = Reassembly::default();
+        let out = push_all(&mut reassembly, &records);
+        assert!(
+            matches!(out.as_slice(), [Assembled::Incomplete { .. }]),
+            "{out:?}"
+        );
+        assert_eq!(reassembly.pending(), 0);
+        // A message that could not be read at all: one empty chunk.
+        let unreadable = chunk_records(12, (1, 2), 7, &[], 16);
+        assert!(unreadable.is_empty(), "an empty message has no chunks");
+        let mut marker = chunk_records(12, (1, 2), 7, &message(10), 16).remove(0);
+        marker[empty_at..empty_at + 4].copy_from_slice(&0u32.to_le_bytes());
+        let out = push_all(&mut reassembly, &[marker]);
+        assert!(
+            matches!(out.as_slice(), [Assembled::Incomplete { .. }]),
+            "{out:?}"
+        );
+    }
+
+    #[test]
+    fn a_truncation_on_a_thread_mid_message_ends_that_message_first() {
+        let first = chunk_records(11, (1, 1), 5, &message(2 * MESSAGE_CHUNK_BYTES), 16);
+        let cut = chunk_records(11, (1, 1), 9, &message(3 * MESSAGE_CHUNK_BYTES), 2);
+        let out = push_all(
+            &mut Reassembly::default(),
+            &[first[0].clone(), cut[0].clone()],
+        );
+        assert!(
+            matches!(
+                out.as_slice(),
+                [Assembled::Incomplete { .. }, Assembled::Truncated { .. }]
+            ),
+            "{out:?}"
+        );
     }
 
     #[test]

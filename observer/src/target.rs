@@ -25,6 +25,11 @@ pub enum TargetError {
          yet, or it is no Temporal worker. Attach once the worker has started"
     )]
     BridgeNotLoaded { pid: u32, exe_name: String },
+    #[error(
+        "PID {pid} loaded {path}, which was replaced or removed on disk since (a package \
+         upgrade?): the file there now is not the one it runs. Restart the worker"
+    )]
+    BridgeReplaced { pid: u32, path: PathBuf },
     #[error("cannot read {path}: {source}")]
     Io {
         path: PathBuf,
@@ -138,6 +143,9 @@ impl Target {
             .into_iter()
             .find_map(|path| bridge::bridge_runtime(&path).map(|runtime| (path, runtime)));
         match bridge {
+            Some((path, _)) if maps.contains(&format!("{} (deleted)", path.display())) => {
+                Err(TargetError::BridgeReplaced { pid, path })
+            }
             Some((path, runtime)) => {
                 let file = in_root(&exe_link, &path);
                 let image = std::fs::read(&file).map_err(|e| classify(pid, &file, e))?;

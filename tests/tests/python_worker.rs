@@ -9,13 +9,14 @@ use replay::assert_replay_equals_export;
 use std::{process::Command, time::Duration};
 
 use e2e::{
-    Env, GroundTruth, Guard, Mix, Worker,
+    DevServer, Env, GroundTruth, Guard, Mix, Observer, Worker,
     accuracy::{
-        ENDS, STARTED, assert_matches_server, expected, observe_worker, observe_worker_until,
-        total_ends,
+        ENDS, STARTED, assert_counts_match, assert_matches_server, expected, observe_worker,
+        observe_worker_until, total_ends,
     },
-    otlp::{Received, Transport},
-    python_worker,
+    drive,
+    otlp::{Received, Receiver, Transport},
+    python_worker, unique,
 };
 
 /// Runs the observer; its exit status, and its stdout followed by its stderr.
@@ -43,13 +44,14 @@ fn python_metrics_equal_the_servers_record() -> anyhow::Result<()> {
     )?;
     assert_matches_server(&outcome);
     assert_replay_equals_export(&outcome)?;
-    for key in ["process.runtime.name", "telemetry.sdk.language"] {
-        assert_eq!(
-            outcome.received.resource.get(key).map(String::as_str),
-            Some("python"),
-            "{key}"
-        );
-    }
+    assert_eq!(
+        outcome
+            .received
+            .resource
+            .get("process.runtime.name")
+            .map(String::as_str),
+        Some("cpython")
+    );
     // Every record was a whole message: none cut, none missing a chunk.
     assert!(
         outcome.log.contains("truncated=0, incomplete=0"),
@@ -281,5 +283,145 @@ fn python_messages_past_the_cap_are_counted_truncated_never_misread() -> anyhow:
             );
         }
     }
+    Ok(())
+}
+
+#[test]
+fn watch_attaches_to_a_python_worker_within_a_second_of_it_loading_the_bridge() -> anyhow::Result<()>
+{
+    let env = Env::require("python_watch")?;
+    let server = DevServer::start(&env)?;
+    let receiver = Receiver::start(Transport::Grpc)?;
+    let mut observer = Observer::watch(
+        &env,
+        &[],
+        &[
+            "--exe-glob",
+            "python*",
+            "--otlp-endpoint",
+            &receiver.endpoint,
+            "--otlp-protocol",
+            "grpc",
+            "--metric-export-interval-ms",
+            "500",
+        ],
+    )?;
+    // A Python process that imports the SDK (and so loads the bridge) two seconds after its
+    // exec, long after `watch` looked at it.
+    let (python, script) = python_worker()?;
+    let task_queue = unique("python-watch");
+    let log = env.logs.join("late-import-python.log");
+    let file = std::fs::File::create(&log)?;
+    let late = format!(
+        "import runpy, sys, time\ntime.sleep(2)\nsys.argv = [{script:?}, '--address', {url:?}, \
+         '--task-queue', {task_queue:?}]\nrunpy.run_path({script:?}, run_name='__main__')",
+        script = script.to_string_lossy(),
+        url = server.url(),
+    );
+    let mut command = Command::new(&python);
+    command
+        .args(["-c", &late])
+        .stdout(file.try_clone()?)
+        .stderr(file);
+    let mut worker = Guard::spawn("python that imports the SDK late", command, log)?;
+    let pid = worker.pid();
+    worker.wait_for_log("polling task queue", Duration::from_secs(60))?;
+    let attached = format!("attached 5 probes to PID {pid} (");
+    observer
+        .process
+        .wait_for_log(&attached, Duration::from_secs(10))?;
+    let truth = drive(
+        &env,
+        &server,
+        &task_queue,
+        &task_queue,
+        &Mix::every_end_state(),
+    )?;
+    let runs = truth.runs.len() as i64;
+    receiver.wait_for(Duration::from_secs(30), "an end for every run", |r| {
+        r.processes
+            .get(&pid.to_string())
+            .is_some_and(|p| total_ends(p) == runs)
+    })?;
+    let (status, _stdout, log) = observer.stop()?;
+    assert!(status.success(), "watch exited with {status}; log:\n{log}");
+    let received = receiver.received();
+    assert_counts_match(&received.processes[&pid.to_string()], &truth);
+    let latency: f64 = log
+        .lines()
+        .find(|l| l.contains(&attached))
+        .and_then(|l| l.split(" ms after it loaded the SDK bridge").next())
+        .and_then(|l| l.rsplit('(').next())
+        .and_then(|ms| ms.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no attach latency after the bridge loaded in:\n{log}"))?;
+    assert!(
+        latency < 1000.0,
+        "attached {latency} ms after the bridge was loaded"
+    );
+    Ok(())
+}
+
+#[test]
+fn python_workers_created_and_shut_down_while_observed_count_exactly() -> anyhow::Result<()> {
+    let env = Env::require("python_workers")?;
+    let server = DevServer::start(&env)?;
+    let receiver = Receiver::start(Transport::Grpc)?;
+    let task_queue = unique("python-workers");
+    // The main worker runs throughout; a second one is created and shut down three times,
+    // after the observer attached.
+    let mut worker = Worker::Python.start(
+        &env,
+        &server,
+        &task_queue,
+        &["--extra-worker-cycles", "3", "--extra-worker-delay", "3"],
+    )?;
+    let observer = Observer::attach(
+        &env,
+        worker.pid(),
+        &[
+            "--otlp-endpoint",
+            &receiver.endpoint,
+            "--otlp-protocol",
+            "grpc",
+            "--metric-export-interval-ms",
+            "500",
+            "--print-events",
+            "--format",
+            "json",
+        ],
+    )?;
+    worker.wait_for_log("extra worker cycles done", Duration::from_secs(60))?;
+    let truth = drive(
+        &env,
+        &server,
+        &task_queue,
+        &task_queue,
+        &Mix::every_end_state(),
+    )?;
+    let runs = truth.runs.len() as i64;
+    receiver.wait_for(Duration::from_secs(30), "an end for every run", |r| {
+        total_ends(r) == runs
+    })?;
+    let (status, stdout, log) = observer.stop()?;
+    assert!(status.success(), "{log}");
+    let events = e2e::parse_events(&stdout)?;
+    let count = |probe: &str| events.iter().filter(|e| e["probe"] == probe).count();
+    assert_eq!(count("worker_start"), 3, "one creation per extra worker");
+    assert!(
+        count("worker_shutdown") >= 3,
+        "each extra worker asked to stop"
+    );
+    let received = receiver.received();
+    assert_counts_match(&received, &truth);
+    assert_eq!(
+        received.int("compozy_temporal_workers_running_total", ""),
+        Some(1),
+        "the main worker runs; the three extra ones stopped"
+    );
+    assert_eq!(
+        received.int("compozy_temporal_workers_configured_total", ""),
+        Some(4),
+        "four distinct workers seen"
+    );
     Ok(())
 }

@@ -1,10 +1,12 @@
-//! `temporal-observer watch`: find and follow every Rust Temporal worker on the host.
+//! `temporal-observer watch`: find and follow every Temporal worker on the host.
 //!
 //! A scan of `/proc` at start, then the kernel's `sched_process_exec`/`sched_process_exit`
 //! tracepoints (no polling) say which processes to look at. An executable found not to be a
 //! worker, or to be one that cannot be observed, is passed over by file identity, so the same
 //! image in many containers is refused once; workers are observed with the same session `attach`
-//! runs, each with its own OTLP resource.
+//! runs, each with its own OTLP resource. A Python process that has not loaded the SDK bridge
+//! yet is watched through its dynamic loader's debugger hook (a uprobe for that process only),
+//! which fires whenever it loads a library; it is looked at again then.
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
@@ -18,13 +20,16 @@ use log::{debug, info, warn};
 use observer_common::{EventHeader, kind};
 use tokio::{io::unix::AsyncFd, sync::watch, task::JoinHandle};
 
+use aya::programs::uprobe::UProbeLink;
+
 use super::attach::SessionArgs;
 use crate::{
+    bridge,
     kernel::{self, ProcessWatch},
     plan, privileges,
     processes::{self, ExeFilter, FileIdentity},
-    session::{self, SessionConfig, StopReason},
-    target::{Probed, Target},
+    session::{self, Noticed, SessionConfig, StopReason},
+    target::{Probed, Target, TargetError},
 };
 
 #[derive(Debug, Args)]
@@ -65,6 +70,7 @@ pub struct WatchArgs {
 }
 
 pub fn run(args: &WatchArgs) -> anyhow::Result<()> {
+    args.session.kernel.check()?;
     super::runtime()?.block_on(watch_host(args))
 }
 
@@ -85,6 +91,10 @@ struct Watcher {
     observed: HashMap<u32, Observed>,
     /// Processes too young to look at yet, and when to look.
     deferred: VecDeque<(u32, Instant)>,
+    /// The kernel's news of processes, and the uprobes on the loaders of processes that may
+    /// load a bridge later (dropping a link detaches it).
+    news: ProcessWatch,
+    awaiting_bridge: HashMap<u32, UProbeLink>,
 }
 
 async fn watch_host(args: &WatchArgs) -> anyhow::Result<()> {
@@ -102,7 +112,10 @@ async fn watch_host(args: &WatchArgs) -> anyhow::Result<()> {
     // SAFETY: the ring buffer owns its map fd, which stays open until `ring` is dropped below.
     let mut ring = unsafe { AsyncFd::register(ring) }
         .map_err(|e| anyhow::anyhow!("polling the ring buffer: {}", e.into_parts().1))?;
-    info!("watching every process on this host for Rust Temporal workers (exec/exit tracepoints)");
+    info!(
+        "watching every process on this host for Temporal workers (exec/exit tracepoints; \
+         Python processes until they load the SDK bridge)"
+    );
 
     let mut watcher = Watcher {
         me: std::process::id(),
@@ -112,6 +125,8 @@ async fn watch_host(args: &WatchArgs) -> anyhow::Result<()> {
         passed_over: HashSet::new(),
         observed: HashMap::new(),
         deferred: VecDeque::new(),
+        news,
+        awaiting_bridge: HashMap::new(),
     };
     for pid in processes::all_pids(std::path::Path::new("/proc")) {
         watcher.consider(pid, None).await;
@@ -143,6 +158,9 @@ async fn watch_host(args: &WatchArgs) -> anyhow::Result<()> {
                     match header.kind {
                         kind::PROCESS_EXEC => watcher.on_exec(header.pid, header.ktime_ns).await,
                         kind::PROCESS_EXIT => watcher.on_exit(header.pid),
+                        kind::LIBRARIES_CHANGED => {
+                            watcher.on_libraries_changed(header.pid, header.ktime_ns).await;
+                        }
                         _ => {}
                     }
                 }
@@ -151,7 +169,7 @@ async fn watch_host(args: &WatchArgs) -> anyhow::Result<()> {
                 watcher.reap();
                 watcher.due().await;
                 // A lost exec may be a worker never attached to: say so, once per increase.
-                if let Ok(now) = news.lost()
+                if let Ok(now) = watcher.news.lost()
                     && now > lost
                 {
                     warn!(
@@ -178,6 +196,8 @@ async fn watch_host(args: &WatchArgs) -> anyhow::Result<()> {
 
 impl Watcher {
     async fn on_exec(&mut self, pid: u32, exec_ktime_ns: u64) {
+        // A new program: whatever the old one was waiting to load does not matter.
+        self.awaiting_bridge.remove(&pid);
         // The same process running a new program: its probes sit on the old file.
         if let Some(previous) = self.observed.remove(&pid) {
             info!(
@@ -187,12 +207,73 @@ impl Watcher {
             let _ = previous.stop.send(Some(StopReason::Execd));
             let _ = previous.task.await;
         }
-        self.consider(pid, Some(exec_ktime_ns)).await;
+        self.consider(
+            pid,
+            Some(Noticed {
+                monotonic_ns: exec_ktime_ns,
+                event: "its exec",
+            }),
+        )
+        .await;
     }
 
     fn on_exit(&mut self, pid: u32) {
         // Its session notices on its own within a drain interval and exports its last values.
         self.deferred.retain(|(p, _)| *p != pid);
+        self.awaiting_bridge.remove(&pid);
+    }
+
+    /// A process waiting for the bridge loaded or unloaded a library: if the bridge is among
+    /// its mappings now, observe it.
+    async fn on_libraries_changed(&mut self, pid: u32, ktime_ns: u64) {
+        if !self.awaiting_bridge.contains_key(&pid) {
+            return;
+        }
+        if has_bridge(pid) {
+            self.awaiting_bridge.remove(&pid);
+            info!("PID {pid} loaded the Temporal SDK bridge");
+            let noticed = Noticed {
+                monotonic_ns: ktime_ns,
+                event: "it loaded the SDK bridge",
+            };
+            self.consider(pid, Some(noticed)).await;
+        }
+    }
+
+    /// Watches a process's dynamic loader until it loads the bridge.
+    fn await_bridge(&mut self, pid: u32) {
+        if self.awaiting_bridge.contains_key(&pid) {
+            return;
+        }
+        let root = PathBuf::from(format!("/proc/{pid}/root"));
+        let hooked = std::fs::read(format!("/proc/{pid}/exe"))
+            .ok()
+            .and_then(|exe| bridge::interpreter(&exe))
+            .map(|loader| root.join(loader.strip_prefix("/").unwrap_or(&loader)))
+            .and_then(|loader| {
+                let offset = bridge::loader_hook_offset(&std::fs::read(&loader).ok()?)?;
+                Some((loader, offset))
+            });
+        let Some((loader, offset)) = hooked else {
+            warn!(
+                "PID {pid} has not loaded the Temporal SDK bridge yet, and its dynamic loader \
+                 has no {} to watch: it is looked at again only if it execs",
+                bridge::LOADER_HOOK
+            );
+            return;
+        };
+        match self.news.watch_libraries(pid, &loader, offset) {
+            Ok(link) => {
+                debug!("PID {pid}: waiting for it to load the Temporal SDK bridge");
+                self.awaiting_bridge.insert(pid, link);
+                // Loaded between the look and the hook: look again at the next tick.
+                if has_bridge(pid) {
+                    self.awaiting_bridge.remove(&pid);
+                    self.deferred.push_back((pid, Instant::now()));
+                }
+            }
+            Err(e) => warn!("PID {pid}: cannot watch it load the SDK bridge: {e}"),
+        }
     }
 
     /// Forgets sessions that have ended.
@@ -218,7 +299,7 @@ impl Watcher {
     }
 
     /// Looks at one process: attaches to it if it is a worker this observer can read.
-    async fn consider(&mut self, pid: u32, exec_ktime_ns: Option<u64>) {
+    async fn consider(&mut self, pid: u32, noticed: Option<Noticed>) {
         if pid == self.me || self.observed.contains_key(&pid) {
             return;
         }
@@ -252,6 +333,12 @@ impl Watcher {
         let (target, resolved) = match opened {
             Ok(Ok(pair)) => pair,
             Ok(Err(e)) => {
+                if matches!(
+                    e.downcast_ref::<TargetError>(),
+                    Some(TargetError::BridgeNotLoaded { .. })
+                ) {
+                    self.await_bridge(pid);
+                }
                 debug!("PID {pid}: {e:#}");
                 return;
             }
@@ -284,7 +371,7 @@ impl Watcher {
         };
         session::log_plan(&target, &resolved);
         let mut session = self.session.clone();
-        session.exec_monotonic_ns = exec_ktime_ns;
+        session.noticed = noticed;
         if let Some(id) = processes::container_id(pid) {
             session.resource.push(("container.id".to_string(), id));
         }
@@ -299,4 +386,12 @@ impl Watcher {
         });
         self.observed.insert(pid, Observed { stop, task, exe });
     }
+}
+
+/// Whether the process maps an SDK bridge now.
+fn has_bridge(pid: u32) -> bool {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+    crate::target::mapped_files(&maps)
+        .iter()
+        .any(|path| bridge::bridge_runtime(path).is_some())
 }

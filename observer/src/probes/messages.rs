@@ -7,7 +7,7 @@
 //! them back together ([`crate::events::Reassembly`]) and hands the whole message's bytes to
 //! its probe's decoder here.
 
-use observer_common::{kind, program};
+use observer_common::{WorkerEvent, kind, program};
 use prost::Message;
 use temporalio_protos::protos::{
     coresdk::{
@@ -21,7 +21,8 @@ use temporalio_protos::protos::{
 use super::{Hook, Input, ProbePoint, ProbeSpec};
 use crate::{
     events::{
-        CompletionStatus, DecodeError, EventBody, EvictionReason, JobKind, Nanos, RunInit, Terminal,
+        CompletionStatus, DecodeError, EventBody, EvictionReason, JobKind, Nanos, RunInit,
+        Terminal, read_record,
     },
     layout::TargetLayout,
 };
@@ -107,7 +108,7 @@ pub const PYTHON_PROBES: &[ProbeSpec] = &[
         required: false,
         yields: "a worker created (it runs from then on)",
         record: kind::WORKER_START,
-        decode: super::structs::decode_worker_start,
+        decode: decode_worker_created,
     },
     ProbeSpec {
         id: 14,
@@ -129,9 +130,41 @@ pub const PYTHON_PROBES: &[ProbeSpec] = &[
         required: false,
         yields: "a worker asked to shut down, by its Python object",
         record: kind::WORKER_SHUTDOWN,
-        decode: super::structs::decode_worker_shutdown,
+        decode: decode_worker_shutdown,
     },
 ];
+
+/// The run id at the start of an activation's or a completion's bytes (both hold it as field
+/// 1, and prost writes fields in field-number order), read with prost's own wire primitives
+/// from a message's first chunk when the whole message was too long to copy.
+pub fn run_id_of_prefix(prefix: &[u8]) -> Option<String> {
+    let mut buf = prefix;
+    let (field, wire_type) = prost::encoding::decode_key(&mut buf).ok()?;
+    if field != 1 || wire_type != prost::encoding::WireType::LengthDelimited {
+        return None;
+    }
+    let len = usize::try_from(prost::encoding::decode_varint(&mut buf).ok()?).ok()?;
+    let id = std::str::from_utf8(buf.get(..len)?).ok()?;
+    (!id.is_empty()).then(|| id.to_string())
+}
+
+/// A worker created: the record says nothing more (no struct is read).
+fn decode_worker_created(bytes: &[u8], _: &TargetLayout) -> Result<EventBody, DecodeError> {
+    let e: WorkerEvent = read_record(bytes, kind::WORKER_START)?;
+    Ok(EventBody::WorkerStart {
+        worker: format!("{:#x}", e.worker),
+        task_queue: None,
+    })
+}
+
+/// A worker asked to shut down, by the address of its Python object.
+fn decode_worker_shutdown(bytes: &[u8], _: &TargetLayout) -> Result<EventBody, DecodeError> {
+    let e: WorkerEvent = read_record(bytes, kind::WORKER_SHUTDOWN)?;
+    Ok(EventBody::WorkerShutdown {
+        worker: format!("{:#x}", e.worker),
+        task_queue: None,
+    })
+}
 
 fn protobuf(what: &'static str) -> impl Fn(prost::DecodeError) -> DecodeError {
     move |e| DecodeError::Protobuf {
@@ -326,6 +359,28 @@ mod tests {
         assert_eq!(init.run_timeout_nanos, Some(2_000_000_500));
         assert_eq!(init.execution_timeout_nanos, None);
         assert_eq!(init.start_time_unix_nanos, Some(1_700_000_000_000_000_007));
+    }
+
+    #[test]
+    fn the_run_id_is_read_from_the_first_bytes_of_a_long_message() {
+        let long = activation(
+            vec![workflow_activation_job::Variant::InitializeWorkflow(
+                InitializeWorkflow {
+                    workflow_type: "big".into(),
+                    identity: "x".repeat(100_000),
+                    ..Default::default()
+                },
+            )],
+            false,
+        );
+        assert_eq!(run_id_of_prefix(&long[..4096]).as_deref(), Some(RUN));
+        let done = whole(&WorkflowActivationCompletion {
+            run_id: RUN.into(),
+            ..Default::default()
+        });
+        assert_eq!(run_id_of_prefix(&done[..10]), None, "cut inside the run id");
+        assert_eq!(run_id_of_prefix(&done).as_deref(), Some(RUN));
+        assert_eq!(run_id_of_prefix(&[0x10, 0x01]), None, "field 2 first");
     }
 
     #[test]

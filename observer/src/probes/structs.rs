@@ -210,18 +210,18 @@ fn worker(bytes: &[u8], record: u32) -> Result<(String, String), DecodeError> {
     Ok((format!("{:#x}", e.worker), text(&e.task_queue)))
 }
 
-pub(super) fn decode_worker_start(
-    bytes: &[u8],
-    _: &TargetLayout,
-) -> Result<EventBody, DecodeError> {
+fn decode_worker_start(bytes: &[u8], _: &TargetLayout) -> Result<EventBody, DecodeError> {
     let (worker, task_queue) = worker(bytes, kind::WORKER_START)?;
-    Ok(EventBody::WorkerStart { worker, task_queue })
+    Ok(EventBody::WorkerStart {
+        worker,
+        task_queue: Some(task_queue),
+    })
 }
 
-pub(super) fn decode_worker_shutdown(
-    bytes: &[u8],
-    _: &TargetLayout,
-) -> Result<EventBody, DecodeError> {
+fn decode_worker_shutdown(bytes: &[u8], _: &TargetLayout) -> Result<EventBody, DecodeError> {
     let (worker, task_queue) = worker(bytes, kind::WORKER_SHUTDOWN)?;
-    Ok(EventBody::WorkerShutdown { worker, task_queue })
+    Ok(EventBody::WorkerShutdown {
+        worker,
+        task_queue: Some(task_queue),
+    })
 }

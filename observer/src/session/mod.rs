@@ -50,8 +50,17 @@ pub struct SessionConfig {
     pub record_to: Option<PathBuf>,
     /// Resource attributes that tell this process's metrics apart (container, pod).
     pub resource: Vec<(String, String)>,
-    /// When the process exec'd (CLOCK_MONOTONIC), to report how long attaching took.
-    pub exec_monotonic_ns: Option<u64>,
+    /// What made `watch` look at the process, and when (CLOCK_MONOTONIC): to report how long
+    /// attaching took.
+    pub noticed: Option<Noticed>,
+}
+
+/// The kernel event that made `watch` look at a process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Noticed {
+    pub monotonic_ns: u64,
+    /// e.g. `its exec`.
+    pub event: &'static str,
 }
 
 /// Why a session ends.
@@ -222,10 +231,13 @@ pub async fn observe(
     // SAFETY: malloc_trim only releases free heap memory; no pointer is invalidated.
     unsafe { libc::malloc_trim(0) };
     let mut resource = config.resource.clone();
+    // The worker's runtime. Not `telemetry.sdk.language`: that names the telemetry SDK, which
+    // is the observer's (Rust), not the worker's.
     if let Probed::Library { runtime, .. } = &target.probed {
-        for key in ["process.runtime.name", "telemetry.sdk.language"] {
-            resource.push((key.to_string(), runtime.otel_name().to_string()));
-        }
+        resource.push((
+            "process.runtime.name".to_string(),
+            runtime.otel_name().to_string(),
+        ));
     }
     let metrics = Metrics::new(&config.export, target.pid, &target.exe_name, &resource)?;
     let kernel_layout = if plan.family.needs_layout() {
@@ -251,10 +263,10 @@ pub async fn observe(
         Err(e) => return Err(e.into()),
     };
     let latency = config
-        .exec_monotonic_ns
-        .map(|exec| {
-            let ms = (events::monotonic_now_ns().saturating_sub(exec)) as f64 / 1e6;
-            format!(" ({ms:.1} ms after its exec)")
+        .noticed
+        .map(|noticed| {
+            let ms = (events::monotonic_now_ns().saturating_sub(noticed.monotonic_ns)) as f64 / 1e6;
+            format!(" ({ms:.1} ms after {})", noticed.event)
         })
         .unwrap_or_default();
     info!(

@@ -12,6 +12,7 @@ use crate::{
     kernel::KernelCounters,
     layout::TargetLayout,
     lifecycle::{Engine, Limits, Update},
+    probes,
     reassembly::{Assembled, Reassembly},
 };
 
@@ -156,14 +157,27 @@ impl<S: Sink> Pipeline<S> {
             match message {
                 Assembled::Whole { header, bytes } => {
                     let decoded = events::decode_message(header, &bytes, &self.layout, &self.clock);
+                    // A message that does not decode held some run's news: as if lost.
+                    if decoded.is_err() {
+                        self.engine.on_loss();
+                    }
                     self.decoded(decoded);
                 }
-                Assembled::Truncated { message_len, .. } => {
+                Assembled::Truncated {
+                    message_len,
+                    prefix,
+                    ..
+                } => {
                     self.messages_truncated += 1;
+                    let run = probes::messages::run_id_of_prefix(&prefix);
                     log::warn!(
-                        "a message of {message_len} bytes is longer than --max-message-bytes: \
-                         not read; the open runs are marked as affected"
+                        "a message of {message_len} bytes (run {}) is longer than \
+                         --max-message-bytes: not read; the open runs are marked as affected",
+                        run.as_deref().unwrap_or("unknown")
                     );
+                    if let Some(run) = run {
+                        self.engine.on_unreadable(&run);
+                    }
                     self.engine.on_loss();
                 }
                 Assembled::Incomplete { .. } => {
