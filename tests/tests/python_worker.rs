@@ -425,3 +425,78 @@ fn python_workers_created_and_shut_down_while_observed_count_exactly() -> anyhow
     );
     Ok(())
 }
+
+#[test]
+fn python_queries_on_closed_runs_never_count_again() -> anyhow::Result<()> {
+    let env = Env::require("python_closed_queries")?;
+    let server = DevServer::start(&env)?;
+    let receiver = Receiver::start(Transport::Http)?;
+    let task_queue = unique("python-queries");
+    let worker = Worker::Python.start(&env, &server, &task_queue, &[])?;
+    let observer = Observer::attach(
+        &env,
+        worker.pid(),
+        &[
+            "--otlp-endpoint",
+            &receiver.endpoint,
+            "--otlp-protocol",
+            "http/protobuf",
+            "--metric-export-interval-ms",
+            "500",
+            "--print-events",
+            "--format",
+            "json",
+        ],
+    )?;
+    let truth = drive(
+        &env,
+        &server,
+        &task_queue,
+        &task_queue,
+        &Mix::every_end_state(),
+    )?;
+    let runs = truth.runs.len() as i64;
+    receiver.wait_for(Duration::from_secs(30), "an end for every run", |r| {
+        total_ends(r) == runs
+    })?;
+    // Every run is closed and out of the cache: a query replays the run from its history.
+    for i in 0..2 {
+        let output = Command::new(&env.temporal)
+            .args(["workflow", "query", "--address", &server.address])
+            .args(["--workflow-id", &format!("{task_queue}-signal-{i}")])
+            .args(["--type", "finished"])
+            .output()?;
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success() && text.contains("true"),
+            "query {i}: {output:?}"
+        );
+    }
+    let exports = receiver.received().exports;
+    receiver.wait_for(Duration::from_secs(10), "two more exports", |r| {
+        r.exports >= exports + 2
+    })?;
+    let (status, stdout, log) = observer.stop()?;
+    assert!(status.success(), "{log}");
+    let events = e2e::parse_events(&stdout)?;
+    let queries = events
+        .iter()
+        .filter(|e| {
+            e["probe"] == "activation"
+                && e["jobs"]
+                    .as_array()
+                    .is_some_and(|jobs| jobs.iter().any(|j| j == "QueryWorkflow"))
+        })
+        .count();
+    let replays = events
+        .iter()
+        .filter(|e| e["probe"] == "activation" && e["replaying"] == true)
+        .count();
+    assert!(
+        queries >= 2 && replays >= 2,
+        "each query reached its closed run, replayed from history ({queries} query \
+         activations, {replays} replaying)"
+    );
+    assert_counts_match(&receiver.received(), &truth);
+    Ok(())
+}

@@ -7,7 +7,8 @@
 //! workflows per second (first start to last close, as the server records them), the worker's
 //! CPU seconds per 1,000 workflows (`/proc/PID/stat`), their ratios to unobserved, the added CPU
 //! per workflow task, the kernel's own per-program cost (`kernel.bpf_stats_enabled`), and the
-//! observer's CPU share and peak RSS.
+//! observer's CPU share and peak RSS. The same for the Python sample worker (the message probe
+//! family), with its probe hits and message bytes copied per workflow task.
 
 use std::{
     collections::BTreeMap,
@@ -17,9 +18,18 @@ use std::{
 
 use anyhow::Context as _;
 use e2e::{
-    DevServer, Env, GroundTruth, Mix, Observer, RELEASE_BUILD_PROGRAMS, drive, rss_kib,
-    start_worker, unique,
+    DevServer, Env, GroundTruth, Mix, Observer, RELEASE_BUILD_PROGRAMS, Worker, drive, rss_kib,
+    unique,
 };
+
+/// The programs a Python worker's plan runs (names as the kernel keeps them: 15 bytes).
+const PYTHON_PROGRAMS: [&str; 5] = [
+    "activation_slot",
+    "vec_message_ret",
+    "pybytes_argumen",
+    "worker_created_",
+    "worker_shutdown",
+];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Config {
@@ -51,6 +61,8 @@ struct Sample {
     workflows_per_second: f64,
     worker_cpu_per_1000: f64,
     workflow_tasks: u64,
+    /// Bytes of whole messages the observer read (the message family).
+    message_bytes: u64,
     observer_cpu_share: f64,
     observer_rss_kib: u64,
 }
@@ -82,14 +94,15 @@ fn throughput(truth: &GroundTruth) -> f64 {
     }
 }
 
-/// Per-program kernel cost (ns per run), for our programs, from the kernel's BPF statistics.
-fn program_costs() -> BTreeMap<String, (u64, f64)> {
+/// Per-program kernel cost (ns per run), for the programs named, from the kernel's BPF
+/// statistics.
+fn program_costs(programs: &[&str]) -> BTreeMap<String, (u64, f64)> {
     let mut out = BTreeMap::new();
     for info in aya::programs::loaded_programs().flatten() {
         let Some(name) = info.name_as_str() else {
             continue;
         };
-        if !RELEASE_BUILD_PROGRAMS.contains(&name) {
+        if !programs.contains(&name) {
             continue;
         }
         let runs = info.run_count();
@@ -106,12 +119,13 @@ fn program_costs() -> BTreeMap<String, (u64, f64)> {
 fn run_one(
     env: &Env,
     server: &DevServer,
+    kind: &Worker,
     config: Config,
     runs: usize,
     costs: &mut BTreeMap<String, (u64, f64)>,
 ) -> anyhow::Result<Sample> {
     let queue = unique("bench");
-    let worker = start_worker(env, server, &queue, &[])?;
+    let worker = kind.start(env, server, &queue, &[])?;
     let observer = match config.observer_args() {
         Some(args) => Some(Observer::attach(env, worker.pid(), args)?),
         None => None,
@@ -152,25 +166,34 @@ fn run_one(
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let peak_rss = sampler.and_then(|s| s.join().ok()).unwrap_or(0);
     if config == Config::Observed {
-        for (name, cost) in program_costs() {
+        let programs: &[&str] = match kind {
+            Worker::Rust(_) => &RELEASE_BUILD_PROGRAMS,
+            Worker::Python => &PYTHON_PROGRAMS,
+        };
+        for (name, cost) in program_costs(programs) {
             costs.insert(name, cost);
         }
     }
-    let mut workflow_tasks = 0;
+    let (mut workflow_tasks, mut message_bytes) = (0, 0);
     if let Some(observer) = observer {
         let (_, _, log) = observer.stop()?;
-        workflow_tasks = log
-            .lines()
-            .rev()
-            .find_map(|l| l.split("activation=").nth(1))
-            .and_then(|n| n.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0);
+        // The session's last line: `events: activation=N … message_bytes=M)`.
+        let count = |key: &str| {
+            log.lines()
+                .rev()
+                .find_map(|l| l.split(key).nth(1))
+                .and_then(|n| n.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
+                .unwrap_or(0)
+        };
+        workflow_tasks = count("activation=");
+        message_bytes = count("message_bytes=");
     }
     drop(worker);
     Ok(Sample {
         workflows_per_second: throughput(&truth),
         worker_cpu_per_1000: worker_cpu / runs as f64 * 1000.0,
         workflow_tasks,
+        message_bytes,
         observer_cpu_share: if wall > 0.0 { observer_cpu / wall } else { 0.0 },
         observer_rss_kib: peak_rss,
     })
@@ -248,14 +271,69 @@ pub fn run(runs: usize, rounds: usize, root: &Path) -> anyhow::Result<()> {
     let stats_before = std::fs::read_to_string(stats).unwrap_or_default();
     std::fs::write(stats, "1").context("enabling kernel.bpf_stats_enabled")?;
     let server = DevServer::start(&env)?;
+    let mut report = String::new();
+    for (kind, title) in [
+        (
+            Worker::Rust(env.worker.clone()),
+            "Rust sample worker (struct probes)",
+        ),
+        (
+            Worker::Python,
+            "Python sample worker (message probes at the bridge)",
+        ),
+    ] {
+        report.push_str(&format!("### {title}\n\n"));
+        report.push_str(&bench_worker(&env, &server, &kind, runs, rounds)?);
+    }
+    let _ = std::fs::write(stats, stats_before.trim());
+    let machine = format!(
+        "{} cores, kernel {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim()
+    );
+    let out = root.join("target/bench");
+    std::fs::create_dir_all(&out)?;
+    let (bare, probed) = trap_cost(&out)?;
+    let trap = format!(
+        "A tight loop of calls to a trivial function: {bare:.1} ns per call; with a uprobe running \
+         an empty program on it (bpftrace): {probed:.1} ns, so one uprobe hit costs about {:.2} µs \
+         here.\n",
+        (probed - bare) / 1000.0
+    );
+    let report = format!(
+        "{runs} workflows per configuration, {rounds} round(s), medians; {machine}\n\n{report}{trap}"
+    );
+    println!("{report}");
+    std::fs::write(out.join("overhead.md"), &report)?;
+    eprintln!("xtask: wrote {}", out.join("overhead.md").display());
+    Ok(())
+}
+
+/// One worker's table and per-program costs, over `rounds` rounds of the three configurations.
+fn bench_worker(
+    env: &Env,
+    server: &DevServer,
+    kind: &Worker,
+    runs: usize,
+    rounds: usize,
+) -> anyhow::Result<String> {
     // A first round warms the server and the page cache; it is not counted.
     let mut costs = BTreeMap::new();
-    run_one(&env, &server, Config::Unobserved, runs.min(50), &mut costs)?;
+    run_one(
+        env,
+        server,
+        kind,
+        Config::Unobserved,
+        runs.min(50),
+        &mut costs,
+    )?;
     let configs = [Config::Unobserved, Config::Observed, Config::Naive];
     let mut samples: BTreeMap<Config, Vec<Sample>> = BTreeMap::new();
     for round in 0..rounds {
         for config in configs {
-            let sample = run_one(&env, &server, config, runs, &mut costs)?;
+            let sample = run_one(env, server, kind, config, runs, &mut costs)?;
             eprintln!(
                 "xtask: bench round {}/{rounds}: {:<28} {:>7.1} wf/s  {:>6.3} CPU s/1000 wf",
                 round + 1,
@@ -266,7 +344,6 @@ pub fn run(runs: usize, rounds: usize, root: &Path) -> anyhow::Result<()> {
             samples.entry(config).or_default().push(sample);
         }
     }
-    let _ = std::fs::write(stats, stats_before.trim());
 
     let med =
         |config: Config, f: fn(&Sample) -> f64| median(samples[&config].iter().map(f).collect());
@@ -328,27 +405,25 @@ pub fn run(runs: usize, rounds: usize, root: &Path) -> anyhow::Result<()> {
     for (name, (count, ns)) in &costs {
         probes.push_str(&format!("| {name} | {count} | {ns:.0} ns |\n"));
     }
-    let machine = format!(
-        "{} cores, kernel {}",
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-        std::fs::read_to_string("/proc/sys/kernel/osrelease")
-            .unwrap_or_default()
-            .trim()
-    );
-    let out = root.join("target/bench");
-    std::fs::create_dir_all(&out)?;
-    let (bare, probed) = trap_cost(&out)?;
-    let trap = format!(
-        "A tight loop of calls to a trivial function: {bare:.1} ns per call; with a uprobe running \
-         an empty program on it (bpftrace): {probed:.1} ns, so one uprobe hit costs about {:.2} µs \
-         here.\n",
-        (probed - bare) / 1000.0
-    );
-    let report = format!(
-        "{runs} workflows per configuration, {rounds} round(s), medians; {machine}\n\n{table}\n{probes}\n{trap}"
-    );
-    println!("{report}");
-    std::fs::write(out.join("overhead.md"), &report)?;
-    eprintln!("xtask: wrote {}", out.join("overhead.md").display());
-    Ok(())
+    // Hits and bytes per workflow task, from the observed round the program counts are of.
+    let last = samples[&Config::Observed]
+        .last()
+        .cloned()
+        .unwrap_or_default();
+    let hits: u64 = costs.values().map(|(count, _)| count).sum();
+    if last.workflow_tasks > 0 {
+        probes.push_str(&format!(
+            "\n{:.2} probe hits per workflow task ({hits} hits, {} workflow tasks)",
+            hits as f64 / last.workflow_tasks as f64,
+            last.workflow_tasks
+        ));
+        if last.message_bytes > 0 {
+            probes.push_str(&format!(
+                "; {:.0} message bytes copied per workflow task",
+                last.message_bytes as f64 / last.workflow_tasks as f64
+            ));
+        }
+        probes.push_str(".\n");
+    }
+    Ok(format!("{table}\n{probes}\n"))
 }

@@ -82,6 +82,8 @@ pub struct Pipeline<S> {
     /// unreadable: never decoded.
     messages_truncated: u64,
     messages_incomplete: u64,
+    /// Bytes of the whole messages read.
+    message_bytes: u64,
     workers_seen: usize,
     probes_attached: i64,
     /// Kernel-side lost records seen so far; an increase marks the open runs.
@@ -118,6 +120,7 @@ impl<S: Sink> Pipeline<S> {
             reassembly: Reassembly::default(),
             messages_truncated: 0,
             messages_incomplete: 0,
+            message_bytes: 0,
             workers_seen: 0,
             probes_attached,
             lost_seen: 0,
@@ -156,6 +159,7 @@ impl<S: Sink> Pipeline<S> {
         for message in assembled {
             match message {
                 Assembled::Whole { header, bytes } => {
+                    self.message_bytes += bytes.len() as u64;
                     let decoded = events::decode_message(header, &bytes, &self.layout, &self.clock);
                     // A message that does not decode held some run's news: as if lost.
                     if decoded.is_err() {
@@ -289,7 +293,8 @@ impl<S: Sink> Pipeline<S> {
             .map(|c| format!("lost={} read_faults={}", c.events_lost, c.read_faults))
             .unwrap_or_else(|| "kernel counters unavailable".into());
         format!(
-            "events: {} ({kernel}, undecodable={}, truncated={}, incomplete={}); runs open: {}",
+            "events: {} ({kernel}, undecodable={}, truncated={}, incomplete={}, message_bytes={}); \
+             runs open: {}",
             if seen.is_empty() {
                 "none".to_string()
             } else {
@@ -298,6 +303,7 @@ impl<S: Sink> Pipeline<S> {
             self.undecodable,
             self.messages_truncated,
             self.messages_incomplete,
+            self.message_bytes,
             self.engine.open_runs(),
         )
     }
