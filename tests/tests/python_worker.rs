@@ -11,13 +11,21 @@ use std::{process::Command, time::Duration};
 use e2e::{
     DevServer, Env, GroundTruth, Guard, Mix, Observer, Worker,
     accuracy::{
-        ENDS, STARTED, assert_counts_match, assert_matches_server, expected, observe_worker,
-        observe_worker_until, total_ends,
+        ENDS, STARTED, as_strs, assert_counts_match, assert_matches_server, expected, export_to,
+        observe_worker, observe_worker_until, total_ends, with,
     },
     drive,
     otlp::{Received, Receiver, Transport},
     python_worker, unique,
 };
+
+/// The session's last line says every message was read whole: none cut, none missing a chunk.
+fn assert_every_message_whole(log: &str) {
+    assert!(log.contains("truncated=0, incomplete=0"), "{log}");
+}
+
+/// Observer arguments that print every event as JSON.
+const PRINT_EVENTS: &[&str] = &["--print-events", "--format", "json"];
 
 /// Runs the observer; its exit status, and its stdout followed by its stderr.
 fn observer(env: &Env, args: &[&str]) -> anyhow::Result<(std::process::ExitStatus, String)> {
@@ -52,12 +60,7 @@ fn python_metrics_equal_the_servers_record() -> anyhow::Result<()> {
             .map(String::as_str),
         Some("cpython")
     );
-    // Every record was a whole message: none cut, none missing a chunk.
-    assert!(
-        outcome.log.contains("truncated=0, incomplete=0"),
-        "{}",
-        outcome.log
-    );
+    assert_every_message_whole(&outcome.log);
     Ok(())
 }
 
@@ -235,11 +238,7 @@ fn python_messages_below_the_cap_are_read_whole_in_chunks() -> anyhow::Result<()
         &every_end,
     )?;
     assert_matches_server(&outcome);
-    assert!(
-        outcome.log.contains("truncated=0, incomplete=0"),
-        "{}",
-        outcome.log
-    );
+    assert_every_message_whole(&outcome.log);
     Ok(())
 }
 
@@ -295,16 +294,7 @@ fn watch_attaches_to_a_python_worker_within_a_second_of_it_loading_the_bridge() 
     let mut observer = Observer::watch(
         &env,
         &[],
-        &[
-            "--exe-glob",
-            "python*",
-            "--otlp-endpoint",
-            &receiver.endpoint,
-            "--otlp-protocol",
-            "grpc",
-            "--metric-export-interval-ms",
-            "500",
-        ],
+        &as_strs(&with(export_to(&receiver), &["--exe-glob", "python*"])),
     )?;
     // A Python process that imports the SDK (and so loads the bridge) two seconds after its
     // exec, long after `watch` looked at it.
@@ -378,17 +368,7 @@ fn python_workers_created_and_shut_down_while_observed_count_exactly() -> anyhow
     let observer = Observer::attach(
         &env,
         worker.pid(),
-        &[
-            "--otlp-endpoint",
-            &receiver.endpoint,
-            "--otlp-protocol",
-            "grpc",
-            "--metric-export-interval-ms",
-            "500",
-            "--print-events",
-            "--format",
-            "json",
-        ],
+        &as_strs(&with(export_to(&receiver), PRINT_EVENTS)),
     )?;
     worker.wait_for_log("extra worker cycles done", Duration::from_secs(60))?;
     let truth = drive(
@@ -436,17 +416,7 @@ fn python_queries_on_closed_runs_never_count_again() -> anyhow::Result<()> {
     let observer = Observer::attach(
         &env,
         worker.pid(),
-        &[
-            "--otlp-endpoint",
-            &receiver.endpoint,
-            "--otlp-protocol",
-            "http/protobuf",
-            "--metric-export-interval-ms",
-            "500",
-            "--print-events",
-            "--format",
-            "json",
-        ],
+        &as_strs(&with(export_to(&receiver), PRINT_EVENTS)),
     )?;
     let truth = drive(
         &env,
@@ -498,5 +468,30 @@ fn python_queries_on_closed_runs_never_count_again() -> anyhow::Result<()> {
          activations, {replays} replaying)"
     );
     assert_counts_match(&receiver.received(), &truth);
+    Ok(())
+}
+
+#[test]
+fn a_ring_buffer_too_small_for_one_message_is_refused() -> anyhow::Result<()> {
+    let env = Env::require("python_small_ring")?;
+    let server = DevServer::start(&env)?;
+    let worker = Worker::Python.start(&env, &server, &unique("python-small-ring"), &[])?;
+    let pid = worker.pid().to_string();
+    let (status, output) = observer(
+        &env,
+        &[
+            "attach",
+            "--pid",
+            &pid,
+            "--no-export",
+            "--ring-buffer-bytes",
+            "65536",
+        ],
+    )?;
+    assert!(!status.success(), "{output}");
+    assert!(
+        output.contains("--max-message-bytes 65536 needs a ring buffer of at least twice that"),
+        "{output}"
+    );
     Ok(())
 }

@@ -154,23 +154,7 @@ fn parse_ring_size(text: &str) -> Result<u32, String> {
 }
 
 pub fn run(args: &AttachArgs) -> anyhow::Result<()> {
-    args.session.kernel.check()?;
     super::runtime()?.block_on(attach(args))
-}
-
-impl KernelArgs {
-    /// A whole message must fit in the ring buffer with room to spare, or it could never arrive
-    /// whole.
-    pub fn check(&self) -> anyhow::Result<()> {
-        anyhow::ensure!(
-            u64::from(self.max_message_bytes) * 2 <= u64::from(self.ring_buffer_bytes),
-            "--max-message-bytes {} needs a ring buffer of at least twice that: raise \
-             --ring-buffer-bytes (now {}) or lower --max-message-bytes",
-            self.max_message_bytes,
-            self.ring_buffer_bytes
-        );
-        Ok(())
-    }
 }
 
 impl SessionArgs {

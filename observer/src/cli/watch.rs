@@ -70,7 +70,6 @@ pub struct WatchArgs {
 }
 
 pub fn run(args: &WatchArgs) -> anyhow::Result<()> {
-    args.session.kernel.check()?;
     super::runtime()?.block_on(watch_host(args))
 }
 

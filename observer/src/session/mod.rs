@@ -159,6 +159,11 @@ pub enum SessionError {
     Attach(#[from] crate::kernel::AttachError),
     #[error("PID {pid} ({exe}) exited while the observer was attaching to it")]
     ExitedDuringAttach { pid: u32, exe: String },
+    #[error(
+        "--max-message-bytes {max_message} needs a ring buffer of at least twice that: raise \
+         --ring-buffer-bytes (now {ring}) or lower --max-message-bytes"
+    )]
+    RingTooSmall { max_message: u64, ring: u32 },
     #[error("polling the ring buffer: {0}")]
     Poll(std::io::Error),
     #[error("waiting on the ring buffer: {0}")]
@@ -240,6 +245,15 @@ pub async fn observe(
         ));
     }
     let metrics = Metrics::new(&config.export, target.pid, &target.exe_name, &resource)?;
+    // A whole message must fit in the ring buffer with room to spare, or it never arrives whole.
+    let max_message =
+        u64::from(config.kernel.message_chunks) * observer_common::MESSAGE_CHUNK_BYTES as u64;
+    if !plan.family.needs_layout() && max_message * 2 > u64::from(config.kernel.ring_buffer_bytes) {
+        return Err(SessionError::RingTooSmall {
+            max_message,
+            ring: config.kernel.ring_buffer_bytes,
+        });
+    }
     let kernel_layout = if plan.family.needs_layout() {
         Some(plan.layout.kernel_layout()?)
     } else {
