@@ -572,20 +572,7 @@ fn pybytes(ctx: &ProbeContext, p: &Probe) -> Result<(u64, u64), ()> {
 /// space counts as an incomplete message (and treats like lost records).
 #[inline(always)]
 fn emit_unreadable(p: &Probe) {
-    if let Ok(mut entry) = reserve_chunk() {
-        let header = header(p, kind::MESSAGE_CHUNK);
-        // SAFETY: `entry` is a reserved, properly aligned record; the header fields are
-        // written before it is submitted and the bytes are not sent.
-        let e = unsafe { &mut *entry.as_mut_ptr() };
-        e.header = header;
-        e.message_len = 0;
-        e.message_id = header.ktime_ns;
-        e.offset = 0;
-        e.len = 0;
-        e.truncated = 0;
-        e._pad = 0;
-        entry.submit(submit_flags());
-    }
+    let _ = send_chunk_record(&header(p, kind::MESSAGE_CHUNK), 0, 0, 0, 0, 0);
 }
 
 /// Sends the `len` bytes at `ptr` as chunks of one message, or, past the cap, one chunk that
@@ -599,30 +586,7 @@ fn emit_message(p: &Probe, ptr: u64, len: u64) {
     if chunks > cap as u64 {
         // Only the first chunk, marked: user space reads the run id from it (the first field)
         // and nothing else.
-        if let Ok(mut entry) = reserve_chunk() {
-            // SAFETY: `entry` is a reserved, properly aligned record.
-            let e = unsafe { &mut *entry.as_mut_ptr() };
-            e.header = header;
-            e.message_len = len;
-            e.message_id = header.ktime_ns;
-            e.offset = 0;
-            e.len = MESSAGE_CHUNK_BYTES as u32;
-            e.truncated = 1;
-            e._pad = 0;
-            // SAFETY: exactly the record's buffer size; the source is checked by the helper.
-            let ret = unsafe {
-                raw_probe_read_user(
-                    e.bytes.as_mut_ptr().cast(),
-                    MESSAGE_CHUNK_BYTES as u32,
-                    ptr as *const _,
-                )
-            };
-            if ret != 0 {
-                bump(counter::READ_FAULTS);
-                e.len = 0;
-            }
-            entry.submit(submit_flags());
-        }
+        let _ = send_chunk_record(&header, len, 0, ptr, MESSAGE_CHUNK_BYTES as u32, 1);
         return;
     }
     let mut message = Message { header, ptr, len };
@@ -663,36 +627,49 @@ extern "C" fn send_chunk(index: u64, ctx: *mut c_void) -> i64 {
     } else {
         MESSAGE_CHUNK_BYTES as u64
     };
-    let Ok(mut entry) = reserve_chunk() else {
-        return 1;
-    };
-    // SAFETY: `entry` is a reserved, properly aligned record.
+    match send_chunk_record(&m.header, m.len, offset, m.ptr + offset, n as u32, 0) {
+        Ok(()) => 0,
+        Err(()) => 1,
+    }
+}
+
+/// Sends one chunk record of a message of `message_len` bytes: `n` bytes (at most a chunk)
+/// copied from `src`, at `offset` into the message. A copy that faults is sent empty, so the
+/// message will not be whole. Fails only when the ring buffer is full (counted as lost).
+#[inline(always)]
+fn send_chunk_record(
+    header: &EventHeader,
+    message_len: u64,
+    offset: u64,
+    src: u64,
+    n: u32,
+    truncated: u32,
+) -> Result<(), ()> {
+    let mut entry = reserve_chunk()?;
+    // SAFETY: `entry` is a reserved, properly aligned record; every field but the bytes past
+    // `len` is written before it is submitted.
     let e = unsafe { &mut *entry.as_mut_ptr() };
-    e.header = m.header;
-    e.message_len = m.len;
-    e.message_id = m.header.ktime_ns;
+    e.header = *header;
+    e.message_len = message_len;
+    e.message_id = header.ktime_ns;
     e.offset = offset as u32;
-    e.len = n as u32;
-    e.truncated = 0;
+    e.truncated = truncated;
     e._pad = 0;
     // The `min` gives the verifier its bound; `n` is at most a chunk anyway.
-    let size = (n as u32).min(MESSAGE_CHUNK_BYTES as u32);
-    // SAFETY: at most `MESSAGE_CHUNK_BYTES` bytes into the record's buffer of that size; the
-    // source is checked by the helper.
-    let ret = unsafe {
-        raw_probe_read_user(
-            e.bytes.as_mut_ptr().cast(),
-            size,
-            (m.ptr + offset) as *const _,
-        )
-    };
-    if ret != 0 {
-        bump(counter::READ_FAULTS);
-        // A chunk that could not be read is sent empty: the message will not be whole.
-        e.len = 0;
+    let size = n.min(MESSAGE_CHUNK_BYTES as u32);
+    e.len = size;
+    if size > 0 {
+        // SAFETY: at most `MESSAGE_CHUNK_BYTES` bytes into the record's buffer of that size;
+        // the source is checked by the helper.
+        let ret =
+            unsafe { raw_probe_read_user(e.bytes.as_mut_ptr().cast(), size, src as *const _) };
+        if ret != 0 {
+            bump(counter::READ_FAULTS);
+            e.len = 0;
+        }
     }
     entry.submit(submit_flags());
-    0
+    Ok(())
 }
 
 /// Reserves a chunk record without zeroing its 4 KiB of bytes: only `len` of them are read.
