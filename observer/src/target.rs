@@ -139,10 +139,7 @@ impl Target {
         }
         let maps_path = dir.join("maps");
         let maps = std::fs::read_to_string(&maps_path).map_err(|e| classify(pid, &maps_path, e))?;
-        let bridge = mapped_files(&maps)
-            .into_iter()
-            .find_map(|path| bridge::bridge_runtime(&path).map(|runtime| (path, runtime)));
-        match bridge {
+        match mapped_bridge(&maps) {
             Some((path, _)) if maps.contains(&format!("{} (deleted)", path.display())) => {
                 Err(TargetError::BridgeReplaced { pid, path })
             }
@@ -181,6 +178,13 @@ impl Target {
 fn in_root(exe_link: &Path, path: &Path) -> PathBuf {
     let root = exe_link.with_file_name("root");
     root.join(path.strip_prefix("/").unwrap_or(path))
+}
+
+/// The SDK bridge among the files a process maps (`/proc/<pid>/maps`), and its runtime.
+pub fn mapped_bridge(maps: &str) -> Option<(PathBuf, Runtime)> {
+    mapped_files(maps)
+        .into_iter()
+        .find_map(|path| bridge::bridge_runtime(&path).map(|runtime| (path, runtime)))
 }
 
 /// The files a process maps, from `/proc/<pid>/maps`, each once, in order.
@@ -237,6 +241,13 @@ mod tests {
 7ffd00000000-7ffd00021000 rw-p 00000000 00:00 0                          [stack]
 7f0000300000-7f0000301000 rw-p 00000000 00:00 0
 ";
+        assert_eq!(
+            mapped_bridge(maps),
+            Some((
+                PathBuf::from("/srv/my app/temporalio/bridge/temporal_sdk_bridge.abi3.so"),
+                Runtime::Python
+            ))
+        );
         assert_eq!(
             mapped_files(maps),
             vec![

@@ -390,7 +390,5 @@ impl Watcher {
 /// Whether the process maps an SDK bridge now.
 fn has_bridge(pid: u32) -> bool {
     let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
-    crate::target::mapped_files(&maps)
-        .iter()
-        .any(|path| bridge::bridge_runtime(path).is_some())
+    crate::target::mapped_bridge(&maps).is_some()
 }
