@@ -24,6 +24,27 @@ fn assert_every_message_whole(log: &str) {
     assert!(log.contains("truncated=0, incomplete=0"), "{log}");
 }
 
+/// Drives the every-end-state workload on `task_queue` and waits until the export (of one
+/// process, when given) has an end for every run.
+fn drive_every_end_state(
+    env: &Env,
+    server: &DevServer,
+    receiver: &Receiver,
+    task_queue: &str,
+    process: Option<u32>,
+) -> anyhow::Result<GroundTruth> {
+    let truth = drive(env, server, task_queue, task_queue, &Mix::every_end_state())?;
+    let runs = truth.runs.len() as i64;
+    receiver.wait_for(Duration::from_secs(30), "an end for every run", |r| {
+        let part = match process {
+            Some(pid) => r.processes.get(&pid.to_string()),
+            None => Some(r),
+        };
+        part.is_some_and(|p| total_ends(p) == runs)
+    })?;
+    Ok(truth)
+}
+
 /// Observer arguments that print every event as JSON.
 const PRINT_EVENTS: &[&str] = &["--print-events", "--format", "json"];
 
@@ -320,19 +341,7 @@ fn watch_attaches_to_a_python_worker_within_a_second_of_it_loading_the_bridge() 
     observer
         .process
         .wait_for_log(&attached, Duration::from_secs(10))?;
-    let truth = drive(
-        &env,
-        &server,
-        &task_queue,
-        &task_queue,
-        &Mix::every_end_state(),
-    )?;
-    let runs = truth.runs.len() as i64;
-    receiver.wait_for(Duration::from_secs(30), "an end for every run", |r| {
-        r.processes
-            .get(&pid.to_string())
-            .is_some_and(|p| total_ends(p) == runs)
-    })?;
+    let truth = drive_every_end_state(&env, &server, &receiver, &task_queue, Some(pid))?;
     let (status, _stdout, log) = observer.stop()?;
     assert!(status.success(), "watch exited with {status}; log:\n{log}");
     let received = receiver.received();
@@ -371,17 +380,7 @@ fn python_workers_created_and_shut_down_while_observed_count_exactly() -> anyhow
         &as_strs(&with(export_to(&receiver), PRINT_EVENTS)),
     )?;
     worker.wait_for_log("extra worker cycles done", Duration::from_secs(60))?;
-    let truth = drive(
-        &env,
-        &server,
-        &task_queue,
-        &task_queue,
-        &Mix::every_end_state(),
-    )?;
-    let runs = truth.runs.len() as i64;
-    receiver.wait_for(Duration::from_secs(30), "an end for every run", |r| {
-        total_ends(r) == runs
-    })?;
+    let truth = drive_every_end_state(&env, &server, &receiver, &task_queue, None)?;
     let (status, stdout, log) = observer.stop()?;
     assert!(status.success(), "{log}");
     let events = e2e::parse_events(&stdout)?;
@@ -418,17 +417,7 @@ fn python_queries_on_closed_runs_never_count_again() -> anyhow::Result<()> {
         worker.pid(),
         &as_strs(&with(export_to(&receiver), PRINT_EVENTS)),
     )?;
-    let truth = drive(
-        &env,
-        &server,
-        &task_queue,
-        &task_queue,
-        &Mix::every_end_state(),
-    )?;
-    let runs = truth.runs.len() as i64;
-    receiver.wait_for(Duration::from_secs(30), "an end for every run", |r| {
-        total_ends(r) == runs
-    })?;
+    let truth = drive_every_end_state(&env, &server, &receiver, &task_queue, None)?;
     // Every run is closed and out of the cache: a query replays the run from its history.
     for i in 0..2 {
         let output = Command::new(&env.temporal)
