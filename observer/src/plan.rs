@@ -182,7 +182,18 @@ pub fn resolve_python_bridge(
     let symbols = symbols(image, &versions)?;
     let family = Family::PythonMessages;
     let choices = choose(&symbols, image, family, versions.sdk_core.as_deref())?;
-    let probes = planned(choices, &BTreeMap::new())?;
+    let probes = choices
+        .into_iter()
+        .map(|choice| {
+            let registers = registers(&choice.point, &Params::new())?;
+            Ok(PlannedProbe {
+                spec: choice.spec,
+                point: choice.point,
+                functions: choice.functions,
+                registers,
+            })
+        })
+        .collect::<Result<Vec<_>, PlanError>>()?;
     Ok(Plan {
         versions,
         family,
@@ -211,25 +222,8 @@ pub fn resolve_with_table(image: &[u8], table: &str) -> Result<Plan, PlanError> 
     let types = sections.as_ref().and_then(|s| s.types().ok());
     let (layout, layout_source) = layout_for(types.as_ref(), &versions, table)?;
     let (params, arguments_source) = arguments_for(&symbols, types.as_ref(), &layout, &choices)?;
-    let probes = planned(choices, &params)?;
-    Ok(Plan {
-        versions,
-        family: Family::Structs,
-        probes,
-        layout,
-        layout_source,
-        arguments_source,
-    })
-}
-
-/// The chosen points with the registers of their inputs, from each function's entry
-/// parameters (none where the inputs are all fixed by the calling convention).
-fn planned(
-    choices: Vec<Choice>,
-    params: &BTreeMap<String, Params>,
-) -> Result<Vec<PlannedProbe>, PlanError> {
     let no_params = Params::new();
-    choices
+    let plan = choices
         .into_iter()
         .map(|choice| {
             let registers = registers(
@@ -243,7 +237,15 @@ fn planned(
                 registers,
             })
         })
-        .collect()
+        .collect::<Result<Vec<_>, PlanError>>()?;
+    Ok(Plan {
+        versions,
+        family: Family::Structs,
+        probes: plan,
+        layout,
+        layout_source,
+        arguments_source,
+    })
 }
 
 impl Plan {
