@@ -75,6 +75,17 @@ pub mod program {
     pub const WORKER_CREATED_BARE: &str = "worker_created_bare";
     /// A worker asked to shut down, by its address only.
     pub const WORKER_SHUTDOWN_BARE: &str = "worker_shutdown_bare";
+    /// Entry of a bridge function inside which a runtime call is read (a uprobe): opens this
+    /// thread's gate.
+    pub const GATE_OPEN: &str = "gate_open";
+    /// Its return (a uretprobe): closes the gate.
+    pub const GATE_CLOSE: &str = "gate_close";
+    /// Entry of a C function of the language runtime that returns a buffer through two out
+    /// pointers (`void **data, size_t *len`, in the cookie's registers), such as Node-API's
+    /// `napi_get_buffer_info`: keeps them per thread, only while the thread's gate is open.
+    pub const OUT_BUFFER_ENTRY: &str = "out_buffer_entry";
+    /// Its return (a uretprobe): on success (`0`), copies the buffer the out pointers name.
+    pub const OUT_BUFFER_RETURN: &str = "out_buffer_return";
     /// The dynamic loader's debugger hook (`_dl_debug_state`), which it calls whenever it has
     /// mapped or unmapped a library: for `watch`, in a process that may load a bridge later.
     pub const LIBRARIES_CHANGED: &str = "libraries_changed";
@@ -83,7 +94,11 @@ pub mod program {
     /// Tracepoint `sched/sched_process_exit`, for `watch`.
     pub const PROCESS_EXIT: &str = "process_exit";
     /// Every program.
-    pub const ALL: [&str; 15] = [
+    pub const ALL: [&str; 19] = [
+        GATE_OPEN,
+        GATE_CLOSE,
+        OUT_BUFFER_ENTRY,
+        OUT_BUFFER_RETURN,
         LIBRARIES_CHANGED,
         VEC_MESSAGE_RETURN,
         PYBYTES_ARGUMENT,
@@ -113,6 +128,10 @@ pub mod map {
     pub const STARTED_WORKERS: &str = "STARTED_WORKERS";
     /// Return slots kept between a function's entry and its return, per thread.
     pub const RETURN_SLOTS: &str = "RETURN_SLOTS";
+    /// Threads inside a gate function (see `program::GATE_OPEN`).
+    pub const GATES: &str = "GATES";
+    /// Out pointers kept between a runtime function's entry and its return, per thread.
+    pub const OUT_BUFFERS: &str = "OUT_BUFFERS";
     /// `watch`'s ring buffer of process execs and exits.
     pub const PROCESS_EVENTS: &str = "PROCESS_EVENTS";
     /// Per-CPU counters, indexed by [`crate::counter`].
@@ -122,11 +141,13 @@ pub mod map {
     /// The global that caps the chunks of one message (`--max-message-bytes`).
     pub const MESSAGE_CHUNKS: &str = "MESSAGE_CHUNKS";
     /// Every map (not the global).
-    pub const ALL: [&str; 6] = [
+    pub const ALL: [&str; 8] = [
         EVENTS,
         LAYOUTS,
         STARTED_WORKERS,
         RETURN_SLOTS,
+        GATES,
+        OUT_BUFFERS,
         PROCESS_EVENTS,
         COUNTERS,
     ];

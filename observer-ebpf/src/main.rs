@@ -50,6 +50,16 @@ static STARTED_WORKERS: LruHashMap<u64, u8> = LruHashMap::with_max_entries(4096,
 #[map]
 static RETURN_SLOTS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16384, 0);
 
+/// Threads inside a gate function (`gate_open` … `gate_close`), by pid_tgid. LRU for the same
+/// reason as `RETURN_SLOTS`.
+#[map]
+static GATES: LruHashMap<u64, u8> = LruHashMap::with_max_entries(16384, 0);
+
+/// The out pointers (`data`, `len`) of a gated runtime call, kept from its entry to its return,
+/// by pid_tgid.
+#[map]
+static OUT_BUFFERS: LruHashMap<u64, [u64; 2]> = LruHashMap::with_max_entries(16384, 0);
+
 /// Process execs and exits, for `watch`: its own ring buffer, so that a busy worker's records
 /// never crowd out the news of a new one.
 #[map]
@@ -100,6 +110,44 @@ pub fn vec_message_return(ctx: RetProbeContext) -> u32 {
 #[uprobe]
 pub fn pybytes_argument(ctx: ProbeContext) -> u32 {
     let _ = try_pybytes_argument(&ctx);
+    0
+}
+
+/// A bridge function inside which one runtime call is read opens its thread's gate.
+#[uprobe]
+pub fn gate_open(_ctx: ProbeContext) -> u32 {
+    let _ = GATES.insert(&bpf_get_current_pid_tgid(), &1, 0);
+    0
+}
+
+#[uretprobe]
+pub fn gate_close(_ctx: RetProbeContext) -> u32 {
+    let _ = GATES.remove(&bpf_get_current_pid_tgid());
+    0
+}
+
+/// A runtime function that hands out a buffer through two out pointers: kept only inside a gate,
+/// so the runtime's other calls of it cost one map lookup.
+#[uprobe]
+pub fn out_buffer_entry(ctx: ProbeContext) -> u32 {
+    let key = bpf_get_current_pid_tgid();
+    // SAFETY: a read of this program's own map.
+    if unsafe { GATES.get(&key) }.is_none() {
+        return 0;
+    }
+    let p = probe(&ctx);
+    match (arg(&ctx, p.cookie.arg_a), arg(&ctx, p.cookie.arg_b)) {
+        (Ok(data), Ok(len)) => {
+            let _ = OUT_BUFFERS.insert(&key, &[data, len], 0);
+        }
+        _ => emit_unreadable(&p),
+    }
+    0
+}
+
+#[uretprobe]
+pub fn out_buffer_return(ctx: RetProbeContext) -> u32 {
+    let _ = try_out_buffer_return(&ctx);
     0
 }
 
@@ -542,6 +590,28 @@ fn returned_vec(slot: u64) -> Result<(u64, u64), ()> {
         bump(counter::READ_FAULTS);
         Err(())
     }
+}
+
+fn try_out_buffer_return(ctx: &RetProbeContext) -> Result<(), ()> {
+    let key = bpf_get_current_pid_tgid();
+    // SAFETY: a read of this program's own map; the value is copied out before the removal.
+    let Some([data, len]) = (unsafe { OUT_BUFFERS.get(&key) }).copied() else {
+        // Not a gated call.
+        return Ok(());
+    };
+    let _ = OUT_BUFFERS.remove(&key);
+    let p = probe(ctx);
+    // The C API's status: 0 is success; anything else wrote nothing through the pointers.
+    let status: u64 = ctx.ret();
+    if status as u32 != 0 {
+        emit_unreadable(&p);
+        return Ok(());
+    }
+    match (read_u64(data), read_u64(len)) {
+        (Ok(ptr), Ok(len)) => emit_message(&p, ptr, len),
+        _ => emit_unreadable(&p),
+    }
+    Ok(())
 }
 
 fn try_pybytes_argument(ctx: &ProbeContext) -> Result<(), ()> {

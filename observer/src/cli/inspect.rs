@@ -10,7 +10,7 @@ use crate::{
     bridge::Package,
     layout::TargetLayout,
     plan::{self, ArgumentsSource, LayoutSource, Plan, PlanError, PlannedProbe},
-    probes::{self, Family, Hook, Input},
+    probes::{self, Family, Hook, Input, Via},
     symbols::FunctionSymbol,
     target::Target,
     versions,
@@ -25,11 +25,12 @@ pub enum Output {
 #[derive(Debug, Args)]
 #[command(group = clap::ArgGroup::new("what").required(true).args(["binary", "pid"]))]
 pub struct InspectArgs {
-    /// A worker binary, or a Python SDK bridge (`…/temporalio/bridge/temporal_sdk_bridge*.so`,
-    /// read with the package installed next to it).
+    /// A worker binary, or an SDK bridge read with the package installed next to it: Python's
+    /// `…/temporalio/bridge/temporal_sdk_bridge*.so`, TypeScript's
+    /// `…/@temporalio/core-bridge/releases/<target>/index.node`.
     pub binary: Option<PathBuf>,
     /// Or the PID of a running worker: its executable (/proc/PID/exe), or the bridge a
-    /// python process loaded (/proc/PID/maps).
+    /// python or node process loaded (/proc/PID/maps).
     #[arg(long)]
     pub pid: Option<u32>,
     #[arg(long, value_enum, default_value_t = Output::Text)]
@@ -64,8 +65,12 @@ pub struct ProbeReport {
     pub name: &'static str,
     pub function: &'static str,
     /// The C-ABI wrapper of `function` the probe attaches to, if not to `function` itself.
-    pub via: Option<&'static str>,
+    pub via: Option<Via>,
     pub hook: Hook,
+    /// For a gated hook: the runtime function read inside the gate, where it was found.
+    pub callee: Option<Location>,
+    /// The file `callee` is in.
+    pub callee_file: Option<String>,
     /// Each input and the register it is read from, e.g. `completion (by reference) in rsi`.
     pub inputs: Vec<String>,
     pub required: bool,
@@ -93,6 +98,12 @@ impl From<&FunctionSymbol> for Location {
 const REGISTERS: [&str; 6] = ["rdi", "rsi", "rdx", "rcx", "r8", "r9"];
 
 fn describe_inputs(planned: &PlannedProbe) -> Vec<String> {
+    let of_callee = planned
+        .point
+        .hook
+        .callee()
+        .map(|(callee, _)| format!(" of {callee}"))
+        .unwrap_or_default();
     planned
         .point
         .inputs
@@ -105,7 +116,7 @@ fn describe_inputs(planned: &PlannedProbe) -> Vec<String> {
                 Input::Address(name) => Some(format!("address of `{name}` in {register}")),
                 Input::Value(name) => Some(format!("`{name}` in {register}")),
                 Input::ReturnSlot => Some(format!("return slot in {register}, read on return")),
-                Input::CArgument(_) => Some(format!("argument in {register} (C ABI)")),
+                Input::CArgument(_) => Some(format!("argument in {register}{of_callee} (C ABI)")),
             }
         })
         .collect()
@@ -164,6 +175,11 @@ pub fn report(name: String, image: &[u8], resolved: Result<Plan, PlanError>) -> 
             function: planned.point.function,
             via: planned.point.via,
             hook: planned.point.hook,
+            callee: planned.callee.as_ref().map(|c| Location::from(&c.symbol)),
+            callee_file: planned
+                .callee
+                .as_ref()
+                .map(|c| c.file.display().to_string()),
             inputs: describe_inputs(planned),
             required: planned.spec.required,
             yields: planned.spec.yields,
@@ -247,11 +263,24 @@ fn render(r: &Report) -> String {
         let hook = match p.hook {
             Hook::Entry { .. } => "entry",
             Hook::EntryAndReturn { .. } => "entry + return",
+            Hook::Gated { .. } => "gate (entry + return)",
         };
-        let function = match p.via {
-            Some(via) => format!("{via} (the C-ABI wrapper of {})", p.function),
+        let mut function = match p.via {
+            Some(Via::Caller(via)) => format!("{via} (the C-ABI wrapper of {})", p.function),
+            Some(Via::InstanceFor(via)) => {
+                format!("{via} (its C-ABI instance for {})", p.function)
+            }
             None => p.function.to_string(),
         };
+        if let Some((callee, _)) = p.hook.callee() {
+            let place = match (&p.callee, &p.callee_file) {
+                (Some(at), Some(file)) => format!("in {file} at file offset {:#x}", at.file_offset),
+                _ => "in the process's runtime (found when attaching to a PID)".to_string(),
+            };
+            function.push_str(&format!(
+                "\n    inside the gate: {callee} {place}, entry + return"
+            ));
+        }
         out.push_str(&format!(
             "  {:<16} {hook} at file offset {locations}\n    {function}\n    reads: {}\n    yields: {}\n",
             p.name,

@@ -1,5 +1,5 @@
 //! The probe family that reads encoded protobuf messages where an SDK bridge hands them over:
-//! how the Python (and, later, TypeScript) workers are observed. sdk-core's Rust structs are
+//! how the Python and TypeScript workers are observed. sdk-core's Rust structs are
 //! never read, so no layout is needed; the wire format is stable across sdk-core versions, and
 //! the published prost types (`temporalio-protos`) decode it.
 //!
@@ -18,7 +18,7 @@ use temporalio_protos::protos::{
     temporal::api::failure::v1::{Failure, failure::FailureInfo},
 };
 
-use super::{Hook, Input, ProbePoint, ProbeSpec};
+use super::{Framing, Hook, Input, ProbePoint, ProbeSpec, Via};
 use crate::{
     events::{
         CompletionStatus, DecodeError, EventBody, EvictionReason, JobKind, Nanos, RunInit,
@@ -67,6 +67,7 @@ pub const PYTHON_PROBES: &[ProbeSpec] = &[
                  among them), replay flag; for a run's first activation its workflow type, start \
                  time and timeouts",
         record: kind::MESSAGE_CHUNK,
+        framing: Framing::Bare,
         decode: decode_activation,
     },
     ProbeSpec {
@@ -74,7 +75,7 @@ pub const PYTHON_PROBES: &[ProbeSpec] = &[
         name: "completion",
         points: &[ProbePoint {
             function: PY_COMPLETE_ACTIVATION,
-            via: Some(PY_FASTCALL_TRAMPOLINE),
+            via: Some(Via::Caller(PY_FASTCALL_TRAMPOLINE)),
             hook: Hook::Entry {
                 program: program::PYBYTES_ARGUMENT,
             },
@@ -87,6 +88,7 @@ pub const PYTHON_PROBES: &[ProbeSpec] = &[
         yields: "each completion handed back by the workflow code, whole: run id, status, its \
                  terminal command, and whether a failure's cause chain holds a timeout",
         record: kind::MESSAGE_CHUNK,
+        framing: Framing::Bare,
         decode: decode_completion,
     },
     ProbeSpec {
@@ -108,6 +110,7 @@ pub const PYTHON_PROBES: &[ProbeSpec] = &[
         required: false,
         yields: "a worker created (it runs from then on)",
         record: kind::WORKER_START,
+        framing: Framing::Bare,
         decode: decode_worker_created,
     },
     ProbeSpec {
@@ -118,7 +121,7 @@ pub const PYTHON_PROBES: &[ProbeSpec] = &[
         // cannot be told from two workers'. The SDK calls this method once per worker.
         points: &[ProbePoint {
             function: PY_INITIATE_SHUTDOWN,
-            via: Some(PY_NOARGS_TRAMPOLINE),
+            via: Some(Via::Caller(PY_NOARGS_TRAMPOLINE)),
             hook: Hook::Entry {
                 program: program::WORKER_SHUTDOWN_BARE,
             },
@@ -130,9 +133,110 @@ pub const PYTHON_PROBES: &[ProbeSpec] = &[
         required: false,
         yields: "a worker asked to shut down, by its Python object",
         record: kind::WORKER_SHUTDOWN,
+        framing: Framing::Bare,
         decode: decode_worker_shutdown,
     },
 ];
+
+/// neon's C-ABI entry of every function the TypeScript bridge exports to JavaScript, one
+/// instance per function: the function's body (argument conversion included) is inlined into it.
+pub const NEON_CALL_BOXED: &str = "neon::sys::fun::call_boxed";
+
+/// The bridge function the TypeScript SDK hands each encoded completion to (a `Buffer`).
+pub const TS_COMPLETE_ACTIVATION: &str =
+    "temporal_sdk_typescript_bridge::worker::worker_complete_workflow_activation";
+
+/// The bridge function the TypeScript SDK calls once to shut a worker down.
+pub const TS_INITIATE_SHUTDOWN: &str =
+    "temporal_sdk_typescript_bridge::worker::worker_initiate_shutdown";
+
+/// Node-API's accessor of a `Buffer`'s bytes: `(env, value, void **data, size_t *length)`,
+/// exported by the `node` executable (or `libnode`). The bridge calls it exactly once per
+/// completion, to copy the completion out of its `Buffer`; it has no DWARF-free Rust point
+/// that holds those bytes as `(pointer, length)`.
+pub const NAPI_GET_BUFFER_INFO: &str = "napi_get_buffer_info";
+
+/// The probe table for sdk-core inside the TypeScript bridge (npm `@temporalio/core-bridge`).
+pub const TYPESCRIPT_PROBES: &[ProbeSpec] = &[
+    ProbeSpec {
+        id: 21,
+        name: "activation",
+        points: PYTHON_PROBES[0].points,
+        required: true,
+        yields: PYTHON_PROBES[0].yields,
+        record: kind::MESSAGE_CHUNK,
+        framing: Framing::Bare,
+        decode: decode_activation,
+    },
+    ProbeSpec {
+        id: 22,
+        name: "completion",
+        points: &[ProbePoint {
+            function: TS_COMPLETE_ACTIVATION,
+            via: Some(Via::InstanceFor(NEON_CALL_BOXED)),
+            hook: Hook::Gated {
+                gate_open: program::GATE_OPEN,
+                gate_close: program::GATE_CLOSE,
+                callee: NAPI_GET_BUFFER_INFO,
+                entry: program::OUT_BUFFER_ENTRY,
+                exit: program::OUT_BUFFER_RETURN,
+            },
+            // The callee's `data` and `length` out pointers: a C function's registers.
+            inputs: [Input::CArgument(2), Input::CArgument(3)],
+            caveat: None,
+            count_existing_workers: false,
+        }],
+        required: true,
+        yields: PYTHON_PROBES[1].yields,
+        record: kind::MESSAGE_CHUNK,
+        // The SDK passes `WorkflowActivationCompletion.encodeDelimited(…)`.
+        framing: Framing::LengthDelimited,
+        decode: decode_delimited_completion,
+    },
+    ProbeSpec {
+        id: 23,
+        name: "worker_start",
+        points: PYTHON_PROBES[2].points,
+        required: false,
+        yields: PYTHON_PROBES[2].yields,
+        record: kind::WORKER_START,
+        framing: Framing::Bare,
+        decode: decode_worker_created,
+    },
+    ProbeSpec {
+        id: 24,
+        name: "worker_shutdown",
+        // As for Python: the SDK calls this once per worker, sdk-core's own function thrice.
+        points: &[ProbePoint {
+            function: TS_INITIATE_SHUTDOWN,
+            via: Some(Via::InstanceFor(NEON_CALL_BOXED)),
+            hook: Hook::Entry {
+                program: program::WORKER_SHUTDOWN_BARE,
+            },
+            // `(env, callback_info)`: nothing there names the worker for longer than the call.
+            inputs: [Input::None, Input::None],
+            caveat: None,
+            count_existing_workers: false,
+        }],
+        required: false,
+        yields: "a worker asked to shut down (each call is one worker)",
+        record: kind::WORKER_SHUTDOWN,
+        framing: Framing::Bare,
+        decode: decode_worker_shutdown_call,
+    },
+];
+
+/// The message inside a record's bytes, as its probe frames it.
+pub fn unframe(framing: Framing, bytes: &[u8]) -> Option<&[u8]> {
+    match framing {
+        Framing::Bare => Some(bytes),
+        Framing::LengthDelimited => {
+            let mut rest = bytes;
+            prost::encoding::decode_varint(&mut rest).ok()?;
+            Some(rest)
+        }
+    }
+}
 
 /// The run id at the start of an activation's or a completion's bytes (both hold it as field
 /// 1, and prost writes fields in field-number order), read with prost's own wire primitives
@@ -153,6 +257,16 @@ fn decode_worker_created(bytes: &[u8], _: &TargetLayout) -> Result<EventBody, De
     let e: WorkerEvent = read_record(bytes, kind::WORKER_START)?;
     Ok(EventBody::WorkerStart {
         worker: format!("{:#x}", e.worker),
+        task_queue: None,
+    })
+}
+
+/// A worker asked to shut down, where nothing names it: each call is one worker (by the time of
+/// the call).
+fn decode_worker_shutdown_call(bytes: &[u8], _: &TargetLayout) -> Result<EventBody, DecodeError> {
+    let e: WorkerEvent = read_record(bytes, kind::WORKER_SHUTDOWN)?;
+    Ok(EventBody::WorkerShutdown {
+        worker: format!("call@{}", e.header.ktime_ns),
         task_queue: None,
     })
 }
@@ -239,9 +353,19 @@ fn variant_name(variant: &impl std::fmt::Debug) -> String {
         .to_string()
 }
 
+fn decode_delimited_completion(bytes: &[u8], _: &TargetLayout) -> Result<EventBody, DecodeError> {
+    let completion = WorkflowActivationCompletion::decode_length_delimited(bytes)
+        .map_err(protobuf("WorkflowActivationCompletion (length-delimited)"))?;
+    completion_body(completion)
+}
+
 fn decode_completion(bytes: &[u8], _: &TargetLayout) -> Result<EventBody, DecodeError> {
     let completion = WorkflowActivationCompletion::decode(bytes)
         .map_err(protobuf("WorkflowActivationCompletion"))?;
+    completion_body(completion)
+}
+
+fn completion_body(completion: WorkflowActivationCompletion) -> Result<EventBody, DecodeError> {
     use workflow_activation_completion::Status;
     let (status, commands) = match &completion.status {
         Some(Status::Successful(success)) => {

@@ -2,7 +2,7 @@
 //! with the inputs it reads there, the record its program sends and the decoder of that record.
 //! A probe is declared once, in its family's table: [`structs`] reads sdk-core's Rust structs
 //! with a layout (Rust SDK workers); [`messages`] reads the encoded protobuf messages an SDK
-//! bridge hands over (Python workers). [`crate::plan`] picks the points one binary has,
+//! bridge hands over (Python and TypeScript workers). [`crate::plan`] picks the points one binary has,
 //! [`crate::kernel`] attaches them, [`crate::events`] hands each record to its probe's decoder.
 
 pub mod messages;
@@ -46,6 +46,76 @@ pub enum Hook {
         entry: &'static str,
         exit: &'static str,
     },
+    /// A per-thread gate around a call into the language runtime: `gate_open` at the point's
+    /// entry and `gate_close` at its return; inside the gate, the C function `callee` that the
+    /// runtime exports (from its executable or a library it maps) is hooked at `entry` and
+    /// `exit`. For bytes the bridge only ever sees through that runtime call.
+    Gated {
+        gate_open: &'static str,
+        gate_close: &'static str,
+        callee: &'static str,
+        entry: &'static str,
+        exit: &'static str,
+    },
+}
+
+impl Hook {
+    /// The programs hooked on the point's own functions.
+    pub fn programs(&self) -> Vec<&'static str> {
+        match *self {
+            Self::Entry { program } => vec![program],
+            Self::EntryAndReturn { entry, exit } => vec![entry, exit],
+            Self::Gated {
+                gate_open,
+                gate_close,
+                ..
+            } => vec![gate_open, gate_close],
+        }
+    }
+
+    /// The runtime function hooked inside the gate, and its programs.
+    pub fn callee(&self) -> Option<(&'static str, [&'static str; 2])> {
+        match *self {
+            Self::Gated {
+                callee,
+                entry,
+                exit,
+                ..
+            } => Some((callee, [entry, exit])),
+            _ => None,
+        }
+    }
+}
+
+/// Where a point attaches instead of `function` itself: a C-ABI function of the bridge's
+/// binding library, generic over the Rust function it serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Via {
+    /// The one instance of this name whose code refers to `function` (pyo3 gives each method
+    /// such a trampoline).
+    Caller(&'static str),
+    /// The one instance of this generic function whose type arguments name `function` (neon's
+    /// `call_boxed`, into which the function is inlined).
+    InstanceFor(&'static str),
+}
+
+impl Via {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Caller(name) | Self::InstanceFor(name) => name,
+        }
+    }
+}
+
+/// How a message probe's bytes frame the message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Framing {
+    /// A fixed record (not a message), or a message's bytes exactly.
+    Bare,
+    /// The message after its length as a varint (protobuf's `encodeDelimited`).
+    LengthDelimited,
 }
 
 /// One place a probe can attach: a function of sdk-core and where its inputs are.
@@ -53,10 +123,9 @@ pub enum Hook {
 pub struct ProbePoint {
     /// Normalized demangled path of the function (see `symbols::normalize`).
     pub function: &'static str,
-    /// Attach not to `function` itself but to its C-ABI wrapper: the one function of this name
-    /// whose code refers to `function` (pyo3 gives each method such a trampoline, all of one
-    /// name). Its registers are then the C ABI's, not guesses at rustc's.
-    pub via: Option<&'static str>,
+    /// Attach not to `function` itself but to its C-ABI wrapper (see [`Via`]). Its registers
+    /// are then the C ABI's, not guesses at rustc's.
+    pub via: Option<Via>,
     pub hook: Hook,
     pub inputs: [Input; 2],
     /// What this point misses compared with the first choice, if anything.
@@ -83,12 +152,14 @@ pub struct ProbeSpec {
     pub yields: &'static str,
     /// The kind of record its programs send (`observer_common::kind`).
     pub record: u32,
+    /// How a message record's bytes frame the message.
+    pub framing: Framing,
     /// Decodes that record.
     #[serde(skip)]
     pub decode: Decoder,
 }
 
-pub use messages::PYTHON_PROBES;
+pub use messages::{PYTHON_PROBES, TYPESCRIPT_PROBES};
 pub use structs::PROBES;
 
 /// A set of probes that observe one kind of target together.
@@ -99,6 +170,8 @@ pub enum Family {
     Structs,
     /// Encoded messages at the Python bridge's boundary: Python workers.
     PythonMessages,
+    /// Encoded messages at the TypeScript bridge's boundary: Node.js workers.
+    TypeScriptMessages,
 }
 
 impl Family {
@@ -106,6 +179,7 @@ impl Family {
         match self {
             Self::Structs => PROBES,
             Self::PythonMessages => PYTHON_PROBES,
+            Self::TypeScriptMessages => TYPESCRIPT_PROBES,
         }
     }
 
@@ -120,13 +194,14 @@ impl std::fmt::Display for Family {
         f.write_str(match self {
             Self::Structs => "sdk-core's Rust structs",
             Self::PythonMessages => "protobuf messages at the Python bridge",
+            Self::TypeScriptMessages => "protobuf messages at the TypeScript bridge",
         })
     }
 }
 
 /// Every probe of every family (ids are unique across families).
 pub fn all_probes() -> impl Iterator<Item = &'static ProbeSpec> {
-    PROBES.iter().chain(PYTHON_PROBES)
+    PROBES.iter().chain(PYTHON_PROBES).chain(TYPESCRIPT_PROBES)
 }
 
 pub fn spec_by_id(id: u32) -> Option<&'static ProbeSpec> {
@@ -149,11 +224,7 @@ mod tests {
     fn each_probe_decodes_a_record_of_its_own_kind() {
         let layout = crate::layout::sample_layout();
         let clock = crate::events::Clock::fixed(0);
-        for spec in PROBES.iter().chain(
-            PYTHON_PROBES
-                .iter()
-                .filter(|p| p.record != observer_common::kind::MESSAGE_CHUNK),
-        ) {
+        for spec in all_probes().filter(|p| p.record != observer_common::kind::MESSAGE_CHUNK) {
             let mut record = vec![0u8; 1024];
             record[0..4].copy_from_slice(&spec.record.to_le_bytes());
             record[4..8].copy_from_slice(&u32::from(spec.id).to_le_bytes());

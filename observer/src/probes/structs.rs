@@ -7,7 +7,7 @@ use observer_common::{
     program,
 };
 
-use super::{Hook, Input, ProbePoint, ProbeSpec};
+use super::{Framing, Hook, Input, ProbePoint, ProbeSpec};
 use crate::{
     events::{
         CompletionStatus, DecodeError, EventBody, EvictionReason, JobKind, RunInit, Terminal,
@@ -50,6 +50,7 @@ pub const PROBES: &[ProbeSpec] = &[
         yields: "each activation: run id, jobs, replay flag, history length; for a run's first \
                  activation its workflow type, start time and timeouts",
         record: kind::ACTIVATION,
+        framing: Framing::Bare,
         decode: decode_activation,
     },
     ProbeSpec {
@@ -64,6 +65,7 @@ pub const PROBES: &[ProbeSpec] = &[
         yields: "each completion: run id, status, its last (terminal) command, and whether a \
                  failure's cause chain holds a timeout",
         record: kind::COMPLETION,
+        framing: Framing::Bare,
         decode: decode_completion,
     },
     ProbeSpec {
@@ -77,6 +79,7 @@ pub const PROBES: &[ProbeSpec] = &[
         required: true,
         yields: "each eviction from the workflow cache: run id and reason",
         record: kind::EVICTION,
+        framing: Framing::Bare,
         decode: decode_eviction,
     },
     ProbeSpec {
@@ -90,6 +93,7 @@ pub const PROBES: &[ProbeSpec] = &[
         required: false,
         yields: "a worker asked to shut down, and its task queue",
         record: kind::WORKER_SHUTDOWN,
+        framing: Framing::Bare,
         decode: decode_worker_shutdown,
     },
     ProbeSpec {
@@ -119,6 +123,7 @@ pub const PROBES: &[ProbeSpec] = &[
         required: false,
         yields: "a worker running (its first poll, or its creation), and its task queue",
         record: kind::WORKER_START,
+        framing: Framing::Bare,
         decode: decode_worker_start,
     },
     ProbeSpec {
@@ -132,6 +137,7 @@ pub const PROBES: &[ProbeSpec] = &[
         required: false,
         yields: "each workflow task's run id and workflow type: names the runs whose start was not seen",
         record: kind::TASK,
+        framing: Framing::Bare,
         decode: decode_task,
     },
 ];

@@ -168,12 +168,14 @@ impl<S: Sink> Pipeline<S> {
                     self.decoded(decoded);
                 }
                 Assembled::Truncated {
+                    header,
                     message_len,
                     prefix,
-                    ..
                 } => {
                     self.messages_truncated += 1;
-                    let run = probes::messages::run_id_of_prefix(&prefix);
+                    let run = probes::spec_by_id(header.probe_id)
+                        .and_then(|spec| probes::messages::unframe(spec.framing, &prefix))
+                        .and_then(probes::messages::run_id_of_prefix);
                     log::warn!(
                         "a message of {message_len} bytes (run {}) is longer than \
                          --max-message-bytes: not read; the open runs are marked as affected",
