@@ -86,6 +86,10 @@ pub mod program {
     pub const OUT_BUFFER_ENTRY: &str = "out_buffer_entry";
     /// Its return (a uretprobe): on success (`0`), copies the buffer the out pointers name.
     pub const OUT_BUFFER_RETURN: &str = "out_buffer_return";
+    /// Entry of tonic's protobuf decoder for one response type (`ProstDecoder::decode(&mut self,
+    /// buf: &mut DecodeBuf)`): copies the first chunk of the response's bytes, when the response
+    /// starts with field 1 (a workflow task is in it).
+    pub const DECODE_BUF_PREFIX: &str = "decode_buf_prefix";
     /// The dynamic loader's debugger hook (`_dl_debug_state`), which it calls whenever it has
     /// mapped or unmapped a library: for `watch`, in a process that may load a bridge later.
     pub const LIBRARIES_CHANGED: &str = "libraries_changed";
@@ -94,7 +98,8 @@ pub mod program {
     /// Tracepoint `sched/sched_process_exit`, for `watch`.
     pub const PROCESS_EXIT: &str = "process_exit";
     /// Every program.
-    pub const ALL: [&str; 19] = [
+    pub const ALL: [&str; 20] = [
+        DECODE_BUF_PREFIX,
         GATE_OPEN,
         GATE_CLOSE,
         OUT_BUFFER_ENTRY,

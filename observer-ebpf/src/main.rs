@@ -79,6 +79,16 @@ static WAKEUP_BYTES: u64 = 64 * 1024;
 #[unsafe(no_mangle)]
 static MESSAGE_CHUNKS: u32 = 16;
 
+/// tonic's `DecodeBuf<'_>` (`buf: &mut BytesMut`, then `len`: the message's length) and the
+/// `bytes::BytesMut` it points to (`ptr`, then `len`). Every field is a word and the pointer is
+/// first in both, so rustc has kept this order in every build seen (rustc 1.98 and 1.99, both
+/// bridges); a record read wrongly through them fails the checks below or user space's decode
+/// (which requires field 1 first and a run id), and is counted, never counted as a task.
+const DECODE_BUF_BYTES: u64 = 0;
+const DECODE_BUF_LEN: u64 = 8;
+const BYTES_MUT_PTR: u64 = 0;
+const BYTES_MUT_LEN: u64 = 8;
+
 /// CPython's `PyBytesObject` (the stable ABI's `PyVarObject` head, then the hash): the length
 /// is `ob_size`, the bytes follow the hash.
 const PYBYTES_SIZE_OFFSET: u64 = 16;
@@ -110,6 +120,13 @@ pub fn vec_message_return(ctx: RetProbeContext) -> u32 {
 #[uprobe]
 pub fn pybytes_argument(ctx: ProbeContext) -> u32 {
     let _ = try_pybytes_argument(&ctx);
+    0
+}
+
+/// tonic's decoder of one gRPC response: the first chunk of the response's bytes.
+#[uprobe]
+pub fn decode_buf_prefix(ctx: ProbeContext) -> u32 {
+    let _ = try_decode_buf_prefix(&ctx);
     0
 }
 
@@ -590,6 +607,36 @@ fn returned_vec(slot: u64) -> Result<(u64, u64), ()> {
         bump(counter::READ_FAULTS);
         Err(())
     }
+}
+
+fn try_decode_buf_prefix(ctx: &ProbeContext) -> Result<(), ()> {
+    let p = probe(ctx);
+    let buf = arg(ctx, p.cookie.arg_a)?;
+    let len = read_u64(buf + DECODE_BUF_LEN)?;
+    // An empty response (a long poll that timed out, a completion without a next task).
+    if len == 0 {
+        return Ok(());
+    }
+    let bytes = read_u64(buf + DECODE_BUF_BYTES)?;
+    let ptr = read_u64(bytes + BYTES_MUT_PTR)?;
+    let buffered = read_u64(bytes + BYTES_MUT_LEN)?;
+    // The message is buffered whole before it is decoded.
+    if buffered < len {
+        bump(counter::READ_FAULTS);
+        return Err(());
+    }
+    // Field 1, length-delimited: a poll response's task token, or the task inside a
+    // completion's response. Anything else holds no task.
+    if read_u8(ptr)? != 0x0a {
+        return Ok(());
+    }
+    let n = if len < MESSAGE_CHUNK_BYTES as u64 {
+        len
+    } else {
+        MESSAGE_CHUNK_BYTES as u64
+    };
+    // One chunk, sent as a whole message of its own length: only the leading fields are read.
+    send_chunk_record(&header(&p, kind::MESSAGE_CHUNK), n, 0, ptr, n as u32, 0)
 }
 
 fn try_out_buffer_return(ctx: &RetProbeContext) -> Result<(), ()> {

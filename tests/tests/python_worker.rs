@@ -16,12 +16,17 @@ const PYTHON: Sdk = Sdk {
     worker: Worker::Python,
     name: "python",
     runtime_name: "cpython",
-    probes_attached: 5,
+    probes_attached: 7,
 };
 
 #[test]
 fn python_metrics_equal_the_servers_record() -> anyhow::Result<()> {
     bridges::metrics_equal_the_servers_record(&PYTHON)
+}
+
+#[test]
+fn python_runs_under_way_before_attaching_count_their_ends_but_no_start() -> anyhow::Result<()> {
+    bridges::runs_under_way_before_attaching_count_their_ends_but_no_start(&PYTHON)
 }
 
 #[test]

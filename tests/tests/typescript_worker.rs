@@ -17,13 +17,20 @@ const TYPESCRIPT: Sdk = Sdk {
     worker: Worker::TypeScript,
     name: "typescript",
     runtime_name: "nodejs",
-    // activation (2), completion (a gate of 2, napi_get_buffer_info's 2), start, shutdown.
-    probes_attached: 8,
+    // activation (2), completion (a gate of 2, napi_get_buffer_info's 2), start, shutdown, and
+    // the two task decoders.
+    probes_attached: 10,
 };
 
 #[test]
 fn typescript_metrics_equal_the_servers_record() -> anyhow::Result<()> {
     bridges::metrics_equal_the_servers_record(&TYPESCRIPT)
+}
+
+#[test]
+fn typescript_runs_under_way_before_attaching_count_their_ends_but_no_start() -> anyhow::Result<()>
+{
+    bridges::runs_under_way_before_attaching_count_their_ends_but_no_start(&TYPESCRIPT)
 }
 
 #[test]
@@ -91,26 +98,30 @@ fn inspect_of_a_typescript_worker_pid_finds_napi_in_node() -> anyhow::Result<()>
     let pid = worker.pid().to_string();
     let (status, output) = bridges::observer(&env, &["inspect", "--pid", &pid])?;
     assert!(status.success(), "{output}");
-    let (node, _) = typescript_worker()?;
-    let node = std::fs::canonicalize(node)?;
     for needle in [
         format!("binary:    PID {pid} ("),
         ": index.node)".to_string(),
-        format!("inside the gate: napi_get_buffer_info in /proc/{pid}/exe at file offset 0x"),
+        format!("inside the gate: napi_get_buffer_info in /proc/{pid}/"),
         "verdict:   can be observed".to_string(),
     ] {
         assert!(output.contains(&needle), "missing {needle:?} in:\n{output}");
     }
-    // The offset is node's own export, read here independently with `nm -D`.
+    // The file named is node's executable (`/proc/PID/exe`) or the libnode it maps (Debian's
+    // nodejs), and it exports the function, as `nm -D` reads it independently.
+    let file = output
+        .split("inside the gate: napi_get_buffer_info in ")
+        .nth(1)
+        .and_then(|rest| rest.split(" at file offset").next())
+        .ok_or_else(|| anyhow::anyhow!("no napi location in:\n{output}"))?;
     let nm = Command::new("nm")
         .args(["-D", "--defined-only"])
-        .arg(&node)
+        .arg(file)
         .output()?;
-    anyhow::ensure!(nm.status.success(), "nm -D {}: {nm:?}", node.display());
+    anyhow::ensure!(nm.status.success(), "nm -D {file}: {nm:?}");
     let exported = String::from_utf8_lossy(&nm.stdout)
         .lines()
         .any(|l| l.ends_with(" napi_get_buffer_info"));
-    assert!(exported, "{} exports napi_get_buffer_info", node.display());
+    assert!(exported, "{file} exports napi_get_buffer_info");
     Ok(())
 }
 

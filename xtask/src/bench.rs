@@ -23,18 +23,20 @@ use e2e::{
 };
 
 /// The programs a Python worker's plan runs (names as the kernel keeps them: 15 bytes).
-const PYTHON_PROGRAMS: [&str; 5] = [
+const PYTHON_PROGRAMS: [&str; 6] = [
     "activation_slot",
     "vec_message_ret",
     "pybytes_argumen",
+    "decode_buf_pref",
     "worker_created_",
     "worker_shutdown",
 ];
 
 /// The programs a TypeScript worker's plan runs: the completion is read inside a gate, from
 /// Node-API's `napi_get_buffer_info` (which the runtime also calls outside it).
-const TYPESCRIPT_PROGRAMS: [&str; 8] = [
+const TYPESCRIPT_PROGRAMS: [&str; 9] = [
     "activation_slot",
+    "decode_buf_pref",
     "vec_message_ret",
     "gate_open",
     "gate_close",

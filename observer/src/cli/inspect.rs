@@ -116,7 +116,9 @@ fn describe_inputs(planned: &PlannedProbe) -> Vec<String> {
                 Input::Address(name) => Some(format!("address of `{name}` in {register}")),
                 Input::Value(name) => Some(format!("`{name}` in {register}")),
                 Input::ReturnSlot => Some(format!("return slot in {register}, read on return")),
-                Input::CArgument(_) => Some(format!("argument in {register}{of_callee} (C ABI)")),
+                Input::CArgument(_) => Some(format!(
+                    "argument in {register}{of_callee} (calling convention)"
+                )),
             }
         })
         .collect()

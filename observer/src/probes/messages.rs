@@ -15,7 +15,10 @@ use temporalio_protos::protos::{
         workflow_commands::workflow_command,
         workflow_completion::{WorkflowActivationCompletion, workflow_activation_completion},
     },
-    temporal::api::failure::v1::{Failure, failure::FailureInfo},
+    temporal::api::{
+        common::v1::{WorkflowExecution, WorkflowType},
+        failure::v1::{Failure, failure::FailureInfo},
+    },
 };
 
 use super::{Framing, Hook, Input, ProbePoint, ProbeSpec, Via};
@@ -45,6 +48,41 @@ pub const PY_INITIATE_SHUTDOWN: &str =
 
 /// The pyo3 trampolines of methods without arguments (`self` only).
 pub const PY_NOARGS_TRAMPOLINE: &str = "pyo3::impl_::trampoline::noargs";
+
+/// tonic's decoder of the server's answer to a workflow-task poll. Called through `dyn Decoder`
+/// only, so LTO can neither inline it nor move its arguments.
+pub const DECODE_POLL_RESPONSE: &str = "<tonic_prost::codec::ProstDecoder<temporalio_protos::protos::temporal::api::workflowservice::v1::PollWorkflowTaskQueueResponse> as tonic::codec::Decoder>::decode";
+
+/// tonic's decoder of the server's answer to a completed workflow task, which may carry the
+/// run's next task (sdk-core asks for one on sticky queues) that then never passes the poll.
+pub const DECODE_COMPLETED_RESPONSE: &str = "<tonic_prost::codec::ProstDecoder<temporalio_protos::protos::temporal::api::workflowservice::v1::RespondWorkflowTaskCompletedResponse> as tonic::codec::Decoder>::decode";
+
+/// The task probes, shared by both bridges: each workflow task the server hands the worker
+/// names its run and workflow type, which the activations of a run that started before the
+/// observer attached never do (only its first activation, `InitializeWorkflow`, does).
+const fn task_point(function: &'static str) -> ProbePoint {
+    ProbePoint {
+        function,
+        via: None,
+        hook: Hook::Entry {
+            program: program::DECODE_BUF_PREFIX,
+        },
+        // `(sret, &mut self, buf: &mut DecodeBuf)`: a trait method called only through its
+        // vtable, whose signature fixes the registers; each record is checked (field 1 first, a
+        // run id and a type) before it is believed.
+        inputs: [Input::CArgument(2), Input::None],
+        caveat: None,
+        count_existing_workers: false,
+    }
+}
+
+const TASK_POINTS: [ProbePoint; 2] = [
+    task_point(DECODE_POLL_RESPONSE),
+    task_point(DECODE_COMPLETED_RESPONSE),
+];
+
+const TASK_YIELDS: &str = "each workflow task's run and workflow type, from the first bytes of \
+                           the server's response (names the runs that started before the attach)";
 
 /// The probe table for sdk-core inside the Python bridge (PyPI `temporalio`).
 pub const PYTHON_PROBES: &[ProbeSpec] = &[
@@ -136,6 +174,26 @@ pub const PYTHON_PROBES: &[ProbeSpec] = &[
         framing: Framing::Bare,
         decode: decode_worker_shutdown,
     },
+    ProbeSpec {
+        id: 15,
+        name: "task",
+        points: &[TASK_POINTS[0]],
+        required: false,
+        yields: TASK_YIELDS,
+        record: kind::MESSAGE_CHUNK,
+        framing: Framing::Bare,
+        decode: decode_polled_task,
+    },
+    ProbeSpec {
+        id: 16,
+        name: "task",
+        points: &[TASK_POINTS[1]],
+        required: false,
+        yields: TASK_YIELDS,
+        record: kind::MESSAGE_CHUNK,
+        framing: Framing::Bare,
+        decode: decode_returned_task,
+    },
 ];
 
 /// neon's C-ABI entry of every function the TypeScript bridge exports to JavaScript, one
@@ -224,6 +282,14 @@ pub const TYPESCRIPT_PROBES: &[ProbeSpec] = &[
         framing: Framing::Bare,
         decode: decode_worker_shutdown_call,
     },
+    ProbeSpec {
+        id: 25,
+        ..PYTHON_PROBES[4]
+    },
+    ProbeSpec {
+        id: 26,
+        ..PYTHON_PROBES[5]
+    },
 ];
 
 /// The message inside a record's bytes, as its probe frames it.
@@ -236,6 +302,78 @@ pub fn unframe(framing: Framing, bytes: &[u8]) -> Option<&[u8]> {
             Some(rest)
         }
     }
+}
+
+/// The run and workflow type of the workflow task whose response starts with `prefix` (the
+/// first chunk of a `PollWorkflowTaskQueueResponse`): its fields 2 (`workflow_execution`) and 3
+/// (`workflow_type`), found with prost's wire primitives and decoded with the published types;
+/// the history after them may be cut off.
+pub fn task_of_prefix(prefix: &[u8]) -> Option<(String, String)> {
+    use prost::encoding::{WireType, decode_key, decode_varint};
+    let mut buf = prefix;
+    let (mut run_id, mut workflow_type) = (None, None);
+    while run_id.is_none() || workflow_type.is_none() {
+        let (field, wire_type) = decode_key(&mut buf).ok()?;
+        match wire_type {
+            WireType::Varint => {
+                decode_varint(&mut buf).ok()?;
+            }
+            WireType::LengthDelimited => {
+                let len = usize::try_from(decode_varint(&mut buf).ok()?).ok()?;
+                let value = buf.get(..len)?;
+                match field {
+                    2 => run_id = Some(WorkflowExecution::decode(value).ok()?.run_id),
+                    3 => workflow_type = Some(WorkflowType::decode(value).ok()?.name),
+                    _ => {}
+                }
+                buf = &buf[len..];
+            }
+            WireType::SixtyFourBit => buf = buf.get(8..)?,
+            WireType::ThirtyTwoBit => buf = buf.get(4..)?,
+            WireType::StartGroup | WireType::EndGroup => return None,
+        }
+    }
+    let (run_id, workflow_type) = (run_id?, workflow_type?);
+    (is_run_id(&run_id) && !workflow_type.is_empty()).then_some((run_id, workflow_type))
+}
+
+/// A run id as the server makes them: a UUID's 36 characters.
+fn is_run_id(text: &str) -> bool {
+    text.len() == 36
+        && text.char_indices().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => c == '-',
+            _ => c.is_ascii_hexdigit(),
+        })
+}
+
+fn task_event(task: Option<(String, String)>) -> Result<EventBody, DecodeError> {
+    let (run_id, workflow_type) = task.ok_or(DecodeError::Protobuf {
+        message: "PollWorkflowTaskQueueResponse",
+        error: "no run id and workflow type in its first bytes".into(),
+    })?;
+    Ok(EventBody::Task {
+        run_id,
+        workflow_type,
+    })
+}
+
+/// A polled workflow task.
+fn decode_polled_task(bytes: &[u8], _: &TargetLayout) -> Result<EventBody, DecodeError> {
+    task_event(task_of_prefix(bytes))
+}
+
+/// The next workflow task in a completed task's response (its field 1).
+fn decode_returned_task(bytes: &[u8], _: &TargetLayout) -> Result<EventBody, DecodeError> {
+    let mut buf = bytes;
+    let inner = (|| {
+        let (field, wire_type) = prost::encoding::decode_key(&mut buf).ok()?;
+        if field != 1 || wire_type != prost::encoding::WireType::LengthDelimited {
+            return None;
+        }
+        let len = usize::try_from(prost::encoding::decode_varint(&mut buf).ok()?).ok()?;
+        Some(&buf[..len.min(buf.len())])
+    })();
+    task_event(inner.and_then(task_of_prefix))
 }
 
 /// The run id at the start of an activation's or a completion's bytes (both hold it as field
@@ -505,6 +643,62 @@ mod tests {
         assert_eq!(run_id_of_prefix(&done[..10]), None, "cut inside the run id");
         assert_eq!(run_id_of_prefix(&done).as_deref(), Some(RUN));
         assert_eq!(run_id_of_prefix(&[0x10, 0x01]), None, "field 2 first");
+    }
+
+    fn poll_response(history_bytes: usize) -> Vec<u8> {
+        use temporalio_protos::protos::temporal::api::{
+            history::v1::History, workflowservice::v1::PollWorkflowTaskQueueResponse,
+        };
+        whole(&PollWorkflowTaskQueueResponse {
+            task_token: vec![7; 117],
+            workflow_execution: Some(WorkflowExecution {
+                workflow_id: "wf-1".into(),
+                run_id: RUN.into(),
+            }),
+            workflow_type: Some(WorkflowType {
+                name: "SignalWorkflow".into(),
+            }),
+            previous_started_event_id: 3,
+            started_event_id: 7,
+            history: Some(History {
+                events: vec![Default::default(); history_bytes / 2],
+            }),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn a_task_names_its_run_and_type_from_the_first_bytes_of_the_response() {
+        let long = poll_response(100_000);
+        assert!(long.len() > 4096);
+        let expected = EventBody::Task {
+            run_id: RUN.into(),
+            workflow_type: "SignalWorkflow".into(),
+        };
+        let layout = TargetLayout::default();
+        assert_eq!(
+            decode_polled_task(&long[..4096], &layout).expect("a task"),
+            expected
+        );
+        assert_eq!(
+            decode_polled_task(&poll_response(0), &layout).expect("a task"),
+            expected
+        );
+        // The same task inside a completed task's response (field 1).
+        use temporalio_protos::protos::temporal::api::workflowservice::v1::RespondWorkflowTaskCompletedResponse;
+        let returned = whole(&RespondWorkflowTaskCompletedResponse {
+            workflow_task: Some(
+                prost::Message::decode(poll_response(100_000).as_slice()).expect("decodes"),
+            ),
+            ..Default::default()
+        });
+        assert_eq!(
+            decode_returned_task(&returned[..4096], &layout).expect("a task"),
+            expected
+        );
+        // Cut before the type, or not a task at all: an error, never a guess.
+        assert!(decode_polled_task(&long[..130], &layout).is_err());
+        assert!(decode_polled_task(&whole(&activation(vec![], false)), &layout).is_err());
     }
 
     #[test]

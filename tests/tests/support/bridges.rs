@@ -383,7 +383,7 @@ pub fn a_ring_buffer_too_small_for_one_message_is_refused(sdk: &Sdk) -> anyhow::
 }
 
 /// `inspect` on a bridge file: versions from its package, the message family, each probe at
-/// its point, and the verdict; the JSON report has the four probes in order.
+/// its point, and the verdict; the JSON report has the six probes in order.
 pub fn inspect_reads_the_bridge(
     env: &Env,
     library: &std::path::Path,
@@ -422,7 +422,9 @@ pub fn inspect_reads_the_bridge(
             "activation",
             "completion",
             "worker_start",
-            "worker_shutdown"
+            "worker_shutdown",
+            "task",
+            "task"
         ]
     );
     assert_eq!(report["package"]["name"], name);
@@ -501,5 +503,81 @@ pub fn a_bridge_without_a_required_point_is_refused(
     ] {
         assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
     }
+    Ok(())
+}
+
+/// Runs under way when the observer attaches count their ends, under their workflow type (from
+/// the task probe: their activations never name it), and no start; runs started after it count
+/// both.
+pub fn runs_under_way_before_attaching_count_their_ends_but_no_start(
+    sdk: &Sdk,
+) -> anyhow::Result<()> {
+    let env = Env::require(&format!("{}_late_attach", sdk.name))?;
+    let server = DevServer::start(&env)?;
+    let receiver = Receiver::start(Transport::Http)?;
+    let task_queue = unique(&format!("{}-late", sdk.name));
+    let worker = sdk.worker.start(&env, &server, &task_queue, &[])?;
+    // These runs start, and run their first task, before the observer exists.
+    let before = Mix {
+        signal: 3,
+        cancel: 2,
+        ..Mix::default()
+    };
+    let gate = env.logs.join(unique("gate"));
+    let early = e2e::Driver::spawn(
+        &env,
+        &server,
+        &task_queue,
+        &unique("early"),
+        &before,
+        Some(gate),
+    )?;
+    std::thread::sleep(Duration::from_secs(2));
+    let args = with(
+        export_to(&receiver),
+        &["--print-updates", "--format", "json"],
+    );
+    let observer = Observer::attach(&env, worker.pid(), &as_strs(&args))?;
+    let early_truth = early.wait()?;
+    // And these start after it attached.
+    let after = Mix {
+        complete: 2,
+        ..Mix::default()
+    };
+    let late_truth = drive(&env, &server, &task_queue, &unique("after"), &after)?;
+    receiver.wait_for(Duration::from_secs(30), "an end for every run", |r| {
+        total_ends(r) == 7
+    })?;
+    let (status, stdout, log) = observer.stop()?;
+    assert!(status.success(), "{log}");
+    let received = receiver.received();
+    for ty in ["SignalWorkflow", "CancelWorkflow"] {
+        assert_eq!(received.int(STARTED, ty), None, "no phantom starts of {ty}");
+    }
+    assert_eq!(received.int(STARTED, "CompleteWorkflow"), Some(2));
+    assert_eq!(
+        received.int(ENDS[0], "SignalWorkflow"),
+        Some(3),
+        "ends of runs started before attaching"
+    );
+    assert_eq!(
+        received.int(ENDS[2], "CancelWorkflow"),
+        Some(2),
+        "ends of runs started before attaching"
+    );
+    assert_eq!(received.int(ENDS[0], "CompleteWorkflow"), Some(2));
+    assert!(
+        received
+            .workflow_types(ENDS[0])
+            .iter()
+            .all(|t| t != "unknown"),
+        "every late run is named"
+    );
+    assert_eq!(early_truth.runs.len() + late_truth.runs.len(), 7);
+    let ended = e2e::parse_events(&stdout)?
+        .into_iter()
+        .filter(|l| l["update"] == "run_ended")
+        .count();
+    assert_eq!(ended, 7, "{stdout}");
     Ok(())
 }
