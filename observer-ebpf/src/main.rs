@@ -143,8 +143,9 @@ pub fn gate_close(_ctx: RetProbeContext) -> u32 {
     0
 }
 
-/// A runtime function that hands out a buffer through two out pointers: kept only inside a gate,
-/// so the runtime's other calls of it cost one map lookup.
+/// A runtime function that hands out a buffer through two out pointers: kept only inside a gate.
+/// The runtime's other calls of it still take this uprobe's and the return probe's traps, with a
+/// map lookup each.
 #[uprobe]
 pub fn out_buffer_entry(ctx: ProbeContext) -> u32 {
     let key = bpf_get_current_pid_tgid();
@@ -647,6 +648,11 @@ fn try_out_buffer_return(ctx: &RetProbeContext) -> Result<(), ()> {
         return Ok(());
     };
     let _ = OUT_BUFFERS.remove(&key);
+    // Kept at an entry inside the gate, but the gate is closed now: not this call's pointers.
+    // SAFETY: a read of this program's own map.
+    if unsafe { GATES.get(&key) }.is_none() {
+        return Ok(());
+    }
     let p = probe(ctx);
     // The C API's status: 0 is success; anything else wrote nothing through the pointers.
     let status: u64 = ctx.ret();

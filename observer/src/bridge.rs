@@ -62,14 +62,18 @@ pub fn bridge_runtime(path: &Path) -> Option<Runtime> {
     }
     // A native module (`*.node`) inside the `@temporalio/core-bridge` package, wherever the
     // package manager put it (npm, yarn, pnpm's `.pnpm/…/node_modules/@temporalio/…`).
-    let in_core_bridge = path.ancestors().any(|dir| {
+    (name.ends_with(".node") && core_bridge_dir(path).is_some()).then_some(Runtime::Node)
+}
+
+/// The `@temporalio/core-bridge` package directory a file is in.
+fn core_bridge_dir(path: &Path) -> Option<&Path> {
+    path.ancestors().find(|dir| {
         dir.file_name().is_some_and(|n| n == "core-bridge")
             && dir
                 .parent()
                 .and_then(Path::file_name)
                 .is_some_and(|n| n == "@temporalio")
-    });
-    (name.ends_with(".node") && in_core_bridge).then_some(Runtime::Node)
+    })
 }
 
 /// The versions installed with a bridge of this runtime.
@@ -130,25 +134,26 @@ pub fn installed_python(library: &Path) -> Installed {
 
 /// Reads the versions installed with the TypeScript bridge at `library`
 /// (`…/@temporalio/core-bridge/releases/<target>/index.node`): the package's `package.json`
-/// and the `Cargo.lock` it ships with the bridge's source, in the nearest directory above the
-/// library that has a `package.json`.
+/// (only if it names `@temporalio/core-bridge`) and the `Cargo.lock` it ships with the
+/// bridge's source, both in the package's directory.
 pub fn installed_node(library: &Path) -> Installed {
-    let Some(root) = library
-        .ancestors()
-        .skip(1)
-        .find(|dir| dir.join("package.json").is_file())
-    else {
+    const PACKAGE: &str = "@temporalio/core-bridge";
+    let Some(root) = core_bridge_dir(library) else {
         return Installed::default();
     };
     let source = root.join("package.json");
     let package = std::fs::read_to_string(&source)
         .ok()
         .and_then(|text| package_name_version(&text))
+        .filter(|(name, _)| name == PACKAGE)
         .map(|(name, version)| Package {
             name,
             version,
             source,
         });
+    if package.is_none() {
+        return Installed::default();
+    }
     let sdk_core = std::fs::read_to_string(root.join("Cargo.lock"))
         .ok()
         .and_then(|lock| locked_version(&lock, "temporalio-sdk-core"));
@@ -389,6 +394,13 @@ mod tests {
         );
         assert_eq!(found.source, package.join("package.json"));
         assert_eq!(bridge_runtime(&library), Some(Runtime::Node));
+        // Another package's manifest is not the bridge's.
+        std::fs::write(
+            package.join("package.json"),
+            r#"{"name": "my-app", "version": "3.0.0"}"#,
+        )
+        .expect("write");
+        assert_eq!(installed_node(&library), Installed::default());
     }
 
     #[test]

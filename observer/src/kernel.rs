@@ -133,15 +133,25 @@ impl Attachment {
                 arg_b: probe.registers[1],
             };
             let mut hooks: Vec<(&'static str, &Path, &FunctionSymbol)> = Vec::new();
-            for name in probe.point.hook.programs() {
-                hooks.extend(probe.functions.iter().map(|f| (name, exe, f)));
-            }
-            if let Some((callee, programs)) = probe.point.hook.callee() {
+            if let Some((callee, [entry, exit])) = probe.point.hook.callee() {
                 let found = probe
                     .callee
                     .as_ref()
                     .ok_or(AttachError::NoCallee { callee })?;
-                hooks.extend(programs.map(|name| (name, found.file.as_path(), &found.symbol)));
+                // Inside out, each return before its entry: a gate opened by a call that began
+                // before its close was attached would stay open, and any later runtime call on
+                // that thread would be read as the message. A return whose entry did not run
+                // finds nothing kept and does nothing.
+                for name in [exit, entry] {
+                    hooks.push((name, found.file.as_path(), &found.symbol));
+                }
+                for name in probe.point.hook.programs().into_iter().rev() {
+                    hooks.extend(probe.functions.iter().map(|f| (name, exe, f)));
+                }
+            } else {
+                for name in probe.point.hook.programs() {
+                    hooks.extend(probe.functions.iter().map(|f| (name, exe, f)));
+                }
             }
             for (name, file, function) in hooks {
                 let program = load_program(&mut ebpf, name)?;

@@ -153,6 +153,8 @@ pub enum PlanError {
         exe_name: String,
         searched: usize,
     },
+    #[error(transparent)]
+    Target(#[from] crate::target::TargetError),
     #[error("PID {pid} exited while its plan was made")]
     Exited { pid: u32 },
     #[error(transparent)]
@@ -192,9 +194,16 @@ pub fn resolve_target(target: &Target) -> Result<Plan, PlanError> {
 /// The runtime's exported C function `name`, in the process's executable or a library it maps.
 fn find_callee(target: &Target, name: &'static str) -> Result<Callee, PlanError> {
     let files = target.runtime_files();
+    let mut unreadable = None;
     for file in &files {
-        let Ok(opened) = std::fs::File::open(file) else {
-            continue;
+        let opened = match std::fs::File::open(file) {
+            Ok(opened) => opened,
+            // A library unmapped since the maps were read.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                unreadable.get_or_insert_with(|| crate::target::classify(target.pid, file, e));
+                continue;
+            }
         };
         // Only the dynamic symbols are read, not the whole (large) executable.
         let cache = object::ReadCache::new(opened);
@@ -207,6 +216,9 @@ fn find_callee(target: &Target, name: &'static str) -> Result<Callee, PlanError>
     }
     if !target.is_alive() {
         return Err(PlanError::Exited { pid: target.pid });
+    }
+    if let Some(error) = unreadable {
+        return Err(PlanError::Target(error));
     }
     Err(PlanError::CalleeMissing {
         callee: name,
@@ -446,7 +458,13 @@ pub fn choose(
             None if spec.required => missing.push(
                 spec.points
                     .iter()
-                    .map(|p| p.function)
+                    .map(|p| match p.via {
+                        // The function is inlined into its instance: the instance is missing.
+                        Some(Via::InstanceFor(generic)) => {
+                            format!("`{generic}` instance for {}", p.function)
+                        }
+                        _ => p.function.to_string(),
+                    })
                     .collect::<Vec<_>>()
                     .join(" or "),
             ),

@@ -15,7 +15,7 @@ pub enum TargetError {
     #[error("no process with PID {pid}")]
     NoSuchProcess { pid: u32 },
     #[error(
-        "cannot read the executable of PID {pid} ({path}): permission denied; run as root, or grant \
+        "cannot read {path} of PID {pid}: permission denied; run as root, or grant \
          CAP_SYS_PTRACE to read another user's process"
     )]
     PermissionDenied { pid: u32, path: PathBuf },
@@ -150,6 +150,14 @@ impl Target {
             }
             None => {}
         }
+        // node's executable (100 MB) is no Rust worker: not read at all.
+        if Runtime::Node.runs(&exe_name) {
+            return Err(TargetError::BridgeNotLoaded {
+                pid,
+                exe_name,
+                runtime: Runtime::Node,
+            });
+        }
         let image = std::fs::read(&exe_link).map_err(|e| classify(pid, &exe_link, e))?;
         // A Rust SDK worker links sdk-core (its symbols, or at least its panic paths).
         let links_sdk_core = memchr::memmem::find(&image, b"temporalio_sdk_core").is_some()
@@ -237,7 +245,7 @@ pub fn mapped_files(maps: &str) -> Vec<PathBuf> {
     files
 }
 
-fn classify(pid: u32, path: &Path, error: std::io::Error) -> TargetError {
+pub fn classify(pid: u32, path: &Path, error: std::io::Error) -> TargetError {
     match error.kind() {
         ErrorKind::NotFound => TargetError::NoSuchProcess { pid },
         ErrorKind::PermissionDenied => TargetError::PermissionDenied {

@@ -17,6 +17,8 @@ const PYTHON: Sdk = Sdk {
     name: "python",
     runtime_name: "cpython",
     probes_attached: 7,
+    // sdk-core's Python worker may ask again on the way out.
+    one_shutdown_call_per_worker: false,
 };
 
 #[test]

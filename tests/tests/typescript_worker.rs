@@ -20,6 +20,7 @@ const TYPESCRIPT: Sdk = Sdk {
     // activation (2), completion (a gate of 2, napi_get_buffer_info's 2), start, shutdown, and
     // the two task decoders.
     probes_attached: 10,
+    one_shutdown_call_per_worker: true,
 };
 
 #[test]
@@ -168,10 +169,19 @@ fn a_node_process_with_an_unrelated_native_module_is_refused() -> anyhow::Result
             module.to_string_lossy()
         ),
     ]);
-    bridges::a_process_without_the_bridge_is_refused(
+    bridges::a_process_without_the_bridge_is_refused_when(
         &env,
         idle,
         "has not loaded the Temporal SDK bridge (@temporalio/core-bridge's index.node",
+        |pid| {
+            // The copy is really loaded: the refusal is not for want of a module.
+            let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+            anyhow::ensure!(
+                maps.contains("other-native/index.node"),
+                "the copy is not mapped:\n{maps}"
+            );
+            Ok(())
+        },
     )
 }
 

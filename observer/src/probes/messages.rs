@@ -346,9 +346,12 @@ fn is_run_id(text: &str) -> bool {
         })
 }
 
-fn task_event(task: Option<(String, String)>) -> Result<EventBody, DecodeError> {
+fn task_event(
+    message: &'static str,
+    task: Option<(String, String)>,
+) -> Result<EventBody, DecodeError> {
     let (run_id, workflow_type) = task.ok_or(DecodeError::Protobuf {
-        message: "PollWorkflowTaskQueueResponse",
+        message,
         error: "no run id and workflow type in its first bytes".into(),
     })?;
     Ok(EventBody::Task {
@@ -359,35 +362,40 @@ fn task_event(task: Option<(String, String)>) -> Result<EventBody, DecodeError> 
 
 /// A polled workflow task.
 fn decode_polled_task(bytes: &[u8], _: &TargetLayout) -> Result<EventBody, DecodeError> {
-    task_event(task_of_prefix(bytes))
+    task_event("PollWorkflowTaskQueueResponse", task_of_prefix(bytes))
 }
 
 /// The next workflow task in a completed task's response (its field 1).
 fn decode_returned_task(bytes: &[u8], _: &TargetLayout) -> Result<EventBody, DecodeError> {
-    let mut buf = bytes;
-    let inner = (|| {
-        let (field, wire_type) = prost::encoding::decode_key(&mut buf).ok()?;
-        if field != 1 || wire_type != prost::encoding::WireType::LengthDelimited {
-            return None;
-        }
-        let len = usize::try_from(prost::encoding::decode_varint(&mut buf).ok()?).ok()?;
-        Some(&buf[..len.min(buf.len())])
-    })();
-    task_event(inner.and_then(task_of_prefix))
+    let inner = first_field(bytes).map(|(task, _)| task);
+    task_event(
+        "RespondWorkflowTaskCompletedResponse",
+        inner.and_then(task_of_prefix),
+    )
 }
 
 /// The run id at the start of an activation's or a completion's bytes (both hold it as field
 /// 1, and prost writes fields in field-number order), read with prost's own wire primitives
 /// from a message's first chunk when the whole message was too long to copy.
 pub fn run_id_of_prefix(prefix: &[u8]) -> Option<String> {
+    let (id, whole) = first_field(prefix)?;
+    let id = std::str::from_utf8(id).ok()?;
+    (whole && !id.is_empty()).then(|| id.to_string())
+}
+
+/// The bytes of a message's first field when it is field 1 and length-delimited, and whether
+/// all of them are in `prefix` (else the part that is).
+fn first_field(prefix: &[u8]) -> Option<(&[u8], bool)> {
     let mut buf = prefix;
     let (field, wire_type) = prost::encoding::decode_key(&mut buf).ok()?;
     if field != 1 || wire_type != prost::encoding::WireType::LengthDelimited {
         return None;
     }
     let len = usize::try_from(prost::encoding::decode_varint(&mut buf).ok()?).ok()?;
-    let id = std::str::from_utf8(buf.get(..len)?).ok()?;
-    (!id.is_empty()).then(|| id.to_string())
+    Some(match buf.get(..len) {
+        Some(value) => (value, true),
+        None => (buf, false),
+    })
 }
 
 /// A worker created: the record says nothing more (no struct is read).
@@ -696,9 +704,61 @@ mod tests {
             decode_returned_task(&returned[..4096], &layout).expect("a task"),
             expected
         );
-        // Cut before the type, or not a task at all: an error, never a guess.
+        // Cut inside the execution, or between it and the type, or not a task at all: an
+        // error, never a guess.
+        let type_at = long
+            .windows(14)
+            .position(|w| w == b"SignalWorkflow")
+            .expect("the type is in the first bytes");
         assert!(decode_polled_task(&long[..130], &layout).is_err());
+        assert!(decode_polled_task(&long[..type_at - 4], &layout).is_err());
+        assert!(decode_polled_task(&long[..type_at + 14], &layout).is_ok());
         assert!(decode_polled_task(&whole(&activation(vec![], false)), &layout).is_err());
+    }
+
+    #[test]
+    fn a_length_delimited_completion_decodes_and_its_prefix_names_the_run() {
+        let bare = completion(vec![workflow_command::Variant::CompleteWorkflowExecution(
+            CompleteWorkflowExecution::default(),
+        )]);
+        let message = WorkflowActivationCompletion::decode(bare.as_slice()).expect("decodes");
+        let delimited = message.encode_length_delimited_to_vec();
+        let layout = TargetLayout::default();
+        assert_eq!(
+            decode_delimited_completion(&delimited, &layout).expect("decodes"),
+            decode_completion(&bare, &layout).expect("decodes")
+        );
+        // The TypeScript completion probe is declared length-delimited, and its decoder is this.
+        let spec = TYPESCRIPT_PROBES
+            .iter()
+            .find(|p| p.name == "completion")
+            .expect("a completion probe");
+        assert_eq!(spec.framing, Framing::LengthDelimited);
+        assert!((spec.decode)(&delimited, &layout).is_ok());
+        assert!(
+            (spec.decode)(&bare, &layout).is_err(),
+            "bare bytes are not delimited"
+        );
+        // A cut message's run id, found after the length prefix.
+        let long = WorkflowActivationCompletion {
+            run_id: RUN.into(),
+            status: Some(workflow_activation_completion::Status::Failed(
+                TaskFailure {
+                    failure: Some(Failure {
+                        message: "x".repeat(100_000),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+            )),
+            ..Default::default()
+        }
+        .encode_length_delimited_to_vec();
+        let prefix = &long[..4096];
+        assert_eq!(run_id_of_prefix(prefix), None, "the length comes first");
+        let message = unframe(Framing::LengthDelimited, prefix).expect("a length");
+        assert_eq!(run_id_of_prefix(message).as_deref(), Some(RUN));
+        assert_eq!(unframe(Framing::Bare, prefix), Some(prefix));
     }
 
     #[test]
