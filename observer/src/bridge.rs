@@ -1,7 +1,8 @@
 //! SDK bridges: sdk-core built into a shared library that a language runtime loads (the Python
-//! SDK's `temporal_sdk_bridge*.so`, the TypeScript SDK's `@temporalio/core-bridge/…/index.node`). What such a library is, which versions it carries (from the
-//! package installed next to it, since the library names none), and where its C-ABI wrappers
-//! are. Pure: paths and bytes in, facts out.
+//! SDK's `temporal_sdk_bridge*.so`, the TypeScript SDK's `@temporalio/core-bridge/…/index.node`).
+//! What such a library is, which versions it carries (from the package installed next to it,
+//! since the library names none), where its C-ABI wrappers are, and what a runtime's file
+//! exports. Pure but for reading the package's files: paths and bytes in, facts out.
 
 use std::path::{Path, PathBuf};
 

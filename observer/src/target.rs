@@ -1,7 +1,7 @@
 //! The process to observe and the file its sdk-core is in: its executable (a Rust SDK worker),
-//! or an SDK bridge library it loaded (a Python or TypeScript worker), read through `/proc/<pid>/exe` and
-//! `/proc/<pid>/root` so that a binary in another mount namespace (a container) is seen as the
-//! kernel sees it.
+//! or an SDK bridge library it loaded (a Python or TypeScript worker), read through
+//! `/proc/<pid>/exe` and `/proc/<pid>/root` so that a binary in another mount namespace (a
+//! container) is seen as the kernel sees it.
 
 use std::{
     io::ErrorKind,
