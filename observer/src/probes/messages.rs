@@ -216,15 +216,10 @@ pub const NAPI_GET_BUFFER_INFO: &str = "napi_get_buffer_info";
 
 /// The probe table for sdk-core inside the TypeScript bridge (npm `@temporalio/core-bridge`).
 pub const TYPESCRIPT_PROBES: &[ProbeSpec] = &[
+    // The same activation, worker-start and task points as in the Python bridge.
     ProbeSpec {
         id: 21,
-        name: "activation",
-        points: PYTHON_PROBES[0].points,
-        required: true,
-        yields: PYTHON_PROBES[0].yields,
-        record: kind::MESSAGE_CHUNK,
-        framing: Framing::Bare,
-        decode: decode_activation,
+        ..PYTHON_PROBES[0]
     },
     ProbeSpec {
         id: 22,
@@ -253,13 +248,7 @@ pub const TYPESCRIPT_PROBES: &[ProbeSpec] = &[
     },
     ProbeSpec {
         id: 23,
-        name: "worker_start",
-        points: PYTHON_PROBES[2].points,
-        required: false,
-        yields: PYTHON_PROBES[2].yields,
-        record: kind::WORKER_START,
-        framing: Framing::Bare,
-        decode: decode_worker_created,
+        ..PYTHON_PROBES[2]
     },
     ProbeSpec {
         id: 24,
