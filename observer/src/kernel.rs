@@ -133,6 +133,7 @@ impl Attachment {
                 arg_b: probe.registers[1],
             };
             let mut hooks: Vec<(&'static str, &Path, &FunctionSymbol)> = Vec::new();
+            let mut own = probe.point.hook.programs();
             if let Some((callee, [entry, exit])) = probe.point.hook.callee() {
                 let found = probe
                     .callee
@@ -145,13 +146,10 @@ impl Attachment {
                 for name in [exit, entry] {
                     hooks.push((name, found.file.as_path(), &found.symbol));
                 }
-                for name in probe.point.hook.programs().into_iter().rev() {
-                    hooks.extend(probe.functions.iter().map(|f| (name, exe, f)));
-                }
-            } else {
-                for name in probe.point.hook.programs() {
-                    hooks.extend(probe.functions.iter().map(|f| (name, exe, f)));
-                }
+                own.reverse();
+            }
+            for name in own {
+                hooks.extend(probe.functions.iter().map(|f| (name, exe, f)));
             }
             for (name, file, function) in hooks {
                 let program = load_program(&mut ebpf, name)?;
