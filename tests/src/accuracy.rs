@@ -288,3 +288,87 @@ pub fn assert_matches_server(outcome: &Outcome) {
         Some(&outcome.worker_pid.to_string())
     );
 }
+
+/// What a late attach left: the export, and the observer's stdout (its updates, as JSON) and log.
+#[derive(Debug)]
+pub struct LateAttach {
+    pub received: Received,
+    pub stdout: String,
+    pub log: String,
+}
+
+/// The late-attach scenario on `worker` (test `name`): five runs (3 signal, 2 cancel) start
+/// and run their first task before the observer attaches, and end after it; two complete runs
+/// start after it. Checks what every worker kind must show: the runs under way count their ends
+/// under their workflow types, and no start; the later ones count both; seven ends in all.
+pub fn observe_late_attach(env: &Env, worker: &Worker, name: &str) -> anyhow::Result<LateAttach> {
+    let server = DevServer::start(env)?;
+    let receiver = Receiver::start(Transport::Http)?;
+    let task_queue = unique(name);
+    let worker = worker.start(env, &server, &task_queue, &[])?;
+    let before = Mix {
+        signal: 3,
+        cancel: 2,
+        ..Mix::default()
+    };
+    let gate = env.logs.join(unique("gate"));
+    let early = crate::Driver::spawn(
+        env,
+        &server,
+        &task_queue,
+        &unique("early"),
+        &before,
+        Some(gate),
+    )?;
+    std::thread::sleep(Duration::from_secs(2));
+    let args = with(
+        export_to(&receiver),
+        &["--print-updates", "--format", "json"],
+    );
+    let observer = Observer::attach(env, worker.pid(), &as_strs(&args))?;
+    let early_truth = early.wait()?;
+    let after = Mix {
+        complete: 2,
+        ..Mix::default()
+    };
+    let late_truth = drive(env, &server, &task_queue, &unique("after"), &after)?;
+    receiver.wait_for(Duration::from_secs(30), "an end for every run", |r| {
+        total_ends(r) == 7
+    })?;
+    let (status, stdout, log) = observer.stop()?;
+    assert!(status.success(), "{log}");
+    let received = receiver.received();
+    for ty in ["SignalWorkflow", "CancelWorkflow"] {
+        assert_eq!(received.int(STARTED, ty), None, "no phantom starts of {ty}");
+    }
+    assert_eq!(received.int(STARTED, "CompleteWorkflow"), Some(2));
+    assert_eq!(
+        received.int(ENDS[0], "SignalWorkflow"),
+        Some(3),
+        "ends of runs started before attaching"
+    );
+    assert_eq!(
+        received.int(ENDS[2], "CancelWorkflow"),
+        Some(2),
+        "ends of runs started before attaching"
+    );
+    assert_eq!(received.int(ENDS[0], "CompleteWorkflow"), Some(2));
+    assert!(
+        received
+            .workflow_types(ENDS[0])
+            .iter()
+            .all(|t| t != "unknown"),
+        "every late run is named"
+    );
+    assert_eq!(early_truth.runs.len() + late_truth.runs.len(), 7);
+    let ended = parse_events(&stdout)?
+        .into_iter()
+        .filter(|l| l["update"] == "run_ended")
+        .count();
+    assert_eq!(ended, 7, "{stdout}");
+    Ok(LateAttach {
+        received,
+        stdout,
+        log,
+    })
+}

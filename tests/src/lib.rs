@@ -404,17 +404,36 @@ pub fn start_python_worker(
     extra: &[&str],
 ) -> anyhow::Result<Guard> {
     let (python, script) = python_worker()?;
-    let (log, file) = env.log(&format!("python-worker-{task_queue}.log"))?;
     let mut command = Command::new(python);
+    command.arg(script);
+    spawn_sample_worker(
+        env,
+        ("Python sample worker", "python-worker"),
+        command,
+        (server, task_queue, extra),
+        Duration::from_secs(60),
+    )
+}
+
+/// Starts a sample worker: `command` (its program, and the script it runs) with the server's
+/// address, the task queue and `extra`, logging to `<log>-<task queue>.log`; returns once it
+/// polls, within `startup`.
+fn spawn_sample_worker(
+    env: &Env,
+    (name, log): (&str, &str),
+    mut command: Command,
+    (server, task_queue, extra): (&DevServer, &str, &[&str]),
+    startup: Duration,
+) -> anyhow::Result<Guard> {
+    let (log, file) = env.log(&format!("{log}-{task_queue}.log"))?;
     command
-        .arg(script)
         .args(["--address", &server.url(), "--task-queue", task_queue])
         .args(extra)
         .stdin(Stdio::null())
         .stdout(file.try_clone()?)
         .stderr(file);
-    let mut worker = Guard::spawn("Python sample worker", command, log)?;
-    worker.wait_for_log("polling task queue", Duration::from_secs(60))?;
+    let mut worker = Guard::spawn(name, command, log)?;
+    worker.wait_for_log("polling task queue", startup)?;
     Ok(worker)
 }
 
@@ -458,19 +477,16 @@ pub fn start_typescript_worker(
     extra: &[&str],
 ) -> anyhow::Result<Guard> {
     let (node, script) = typescript_worker()?;
-    let (log, file) = env.log(&format!("typescript-worker-{task_queue}.log"))?;
     let mut command = Command::new(node);
-    command
-        .arg(script)
-        .args(["--address", &server.url(), "--task-queue", task_queue])
-        .args(extra)
-        .stdin(Stdio::null())
-        .stdout(file.try_clone()?)
-        .stderr(file);
-    let mut worker = Guard::spawn("TypeScript sample worker", command, log)?;
-    // Worker.create bundles the workflow code first (webpack): seconds on these machines.
-    worker.wait_for_log("polling task queue", Duration::from_secs(120))?;
-    Ok(worker)
+    command.arg(script);
+    spawn_sample_worker(
+        env,
+        ("TypeScript sample worker", "typescript-worker"),
+        command,
+        (server, task_queue, extra),
+        // Worker.create bundles the workflow code first (webpack): seconds on these machines.
+        Duration::from_secs(120),
+    )
 }
 
 /// Like [`start_worker`], with another build of the worker.
@@ -481,17 +497,13 @@ pub fn start_worker_binary(
     task_queue: &str,
     extra: &[&str],
 ) -> anyhow::Result<Guard> {
-    let (log, file) = env.log(&format!("worker-{task_queue}.log"))?;
-    let mut command = Command::new(binary);
-    command
-        .args(["--address", &server.url(), "--task-queue", task_queue])
-        .args(extra)
-        .stdin(Stdio::null())
-        .stdout(file.try_clone()?)
-        .stderr(file);
-    let mut worker = Guard::spawn("sample worker", command, log)?;
-    worker.wait_for_log("polling task queue", Duration::from_secs(30))?;
-    Ok(worker)
+    spawn_sample_worker(
+        env,
+        ("sample worker", "worker"),
+        Command::new(binary),
+        (server, task_queue, extra),
+        Duration::from_secs(30),
+    )
 }
 
 /// Like [`start_worker_binary`], in its own PID and mount namespaces (as a container runs it),
@@ -502,7 +514,6 @@ pub fn start_worker_in_namespaces(
     server: &DevServer,
     task_queue: &str,
 ) -> anyhow::Result<(Guard, u32)> {
-    let (log, file) = env.log(&format!("worker-{task_queue}.log"))?;
     let mut command = Command::new("unshare");
     command
         .args([
@@ -512,13 +523,14 @@ pub fn start_worker_in_namespaces(
             "--mount-proc",
             "--kill-child=SIGTERM",
         ])
-        .arg(binary)
-        .args(["--address", &server.url(), "--task-queue", task_queue])
-        .stdin(Stdio::null())
-        .stdout(file.try_clone()?)
-        .stderr(file);
-    let mut worker = Guard::spawn("sample worker (unshare)", command, log)?;
-    worker.wait_for_log("polling task queue", Duration::from_secs(30))?;
+        .arg(binary);
+    let worker = spawn_sample_worker(
+        env,
+        ("sample worker (unshare)", "worker"),
+        command,
+        (server, task_queue, &[]),
+        Duration::from_secs(30),
+    )?;
     let unshare = worker.pid();
     let child = std::fs::read_dir("/proc")?
         .filter_map(Result::ok)

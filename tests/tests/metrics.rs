@@ -8,15 +8,15 @@ use replay::assert_replay_equals_export;
 use std::time::Duration;
 
 use e2e::{
-    DevServer, Driver, Env, GroundTruth, Mix, Observer,
+    DevServer, Env, GroundTruth, Mix, Observer, Worker,
     accuracy::{
-        DURATION, ENDS, STARTED, as_strs, assert_matches_server, expected, export_to, observe, with,
+        DURATION, ENDS, as_strs, assert_matches_server, expected, export_to, observe,
+        observe_late_attach, with,
     },
     drive,
     otlp::{Receiver, Transport},
     parse_events, start_worker, unique,
 };
-use serde_json::Value;
 
 #[test]
 fn metrics_over_grpc_equal_the_servers_record() -> anyhow::Result<()> {
@@ -86,77 +86,7 @@ fn evictions_from_a_cache_of_one_never_count_twice() -> anyhow::Result<()> {
 #[test]
 fn runs_under_way_before_attaching_count_their_ends_but_no_start() -> anyhow::Result<()> {
     let env = Env::require("metrics_late_attach")?;
-    let server = DevServer::start(&env)?;
-    let receiver = Receiver::start(Transport::Http)?;
-    let task_queue = unique("late");
-    let worker = start_worker(&env, &server, &task_queue, &[])?;
-    // These runs start, and run their first task, before the observer exists.
-    let before = Mix {
-        signal: 3,
-        cancel: 2,
-        ..Mix::default()
-    };
-    let gate = env.logs.join("gate");
-    let early = Driver::spawn(
-        &env,
-        &server,
-        &task_queue,
-        &unique("early"),
-        &before,
-        Some(gate),
-    )?;
-    std::thread::sleep(Duration::from_secs(1));
-    let args = with(
-        export_to(&receiver),
-        &["--print-updates", "--format", "json"],
-    );
-    let observer = Observer::attach(&env, worker.pid(), &as_strs(&args))?;
-    let early_truth = early.wait()?;
-    // And these start after it attached.
-    let after = Mix {
-        complete: 2,
-        ..Mix::default()
-    };
-    let late_truth = drive(&env, &server, &task_queue, &unique("after"), &after)?;
-    let (status, stdout, log) = observer.stop()?;
-    assert!(status.success(), "{log}");
-    let received = receiver.received();
-
-    assert_eq!(
-        received.int(STARTED, "SignalWorkflow"),
-        None,
-        "no phantom starts"
-    );
-    assert_eq!(
-        received.int(STARTED, "CancelWorkflow"),
-        None,
-        "no phantom starts"
-    );
-    assert_eq!(received.int(STARTED, "CompleteWorkflow"), Some(2));
-    assert_eq!(
-        received.int(ENDS[0], "SignalWorkflow"),
-        Some(3),
-        "ends of runs started before attaching"
-    );
-    assert_eq!(
-        received.int(ENDS[2], "CancelWorkflow"),
-        Some(2),
-        "ends of runs started before attaching"
-    );
-    assert_eq!(received.int(ENDS[0], "CompleteWorkflow"), Some(2));
-    assert!(
-        received
-            .workflow_types(ENDS[0])
-            .iter()
-            .all(|t| t != "unknown"),
-        "every late run is named"
-    );
-    assert_eq!(early_truth.runs.len() + late_truth.runs.len(), 7);
-    let ended: Vec<Value> = parse_events(&stdout)?
-        .into_iter()
-        .filter(|l| l["update"] == "run_ended")
-        .collect();
-    assert_eq!(ended.len(), 7, "{ended:?}");
+    observe_late_attach(&env, &Worker::Rust(env.worker.clone()), "late")?;
     Ok(())
 }
 

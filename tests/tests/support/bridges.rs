@@ -12,7 +12,7 @@ use e2e::{
     DevServer, Env, GroundTruth, Guard, Mix, Observer, Worker,
     accuracy::{
         ENDS, STARTED, as_strs, assert_counts_match, assert_matches_server, expected, export_to,
-        observe_worker, observe_worker_until, total_ends, with,
+        observe_late_attach, observe_worker, observe_worker_until, total_ends, with,
     },
     drive,
     otlp::{Received, Receiver, Transport},
@@ -62,6 +62,20 @@ pub fn drive_every_end_state(
         part.is_some_and(|p| total_ends(p) == runs)
     })?;
     Ok(truth)
+}
+
+/// Test `test` of this SDK: its environment, a dev server, an OTLP receiver and a task queue of
+/// its own.
+fn scenario(
+    sdk: &Sdk,
+    test: &str,
+    transport: Transport,
+) -> anyhow::Result<(Env, DevServer, Receiver, String)> {
+    let env = Env::require(&format!("{}_{test}", sdk.name))?;
+    let server = DevServer::start(&env)?;
+    let receiver = Receiver::start(transport)?;
+    let task_queue = unique(&format!("{}-{test}", sdk.name).replace('_', "-"));
+    Ok((env, server, receiver, task_queue))
 }
 
 /// Observer arguments that print every event as JSON.
@@ -266,10 +280,7 @@ pub fn watch_attaches_within_a_second_of_the_bridge_loading(
 }
 
 pub fn workers_created_and_shut_down_while_observed_count_exactly(sdk: &Sdk) -> anyhow::Result<()> {
-    let env = Env::require(&format!("{}_workers", sdk.name))?;
-    let server = DevServer::start(&env)?;
-    let receiver = Receiver::start(Transport::Grpc)?;
-    let task_queue = unique(&format!("{}-workers", sdk.name));
+    let (env, server, receiver, task_queue) = scenario(sdk, "workers", Transport::Grpc)?;
     // The main worker runs throughout; a second one is created and shut down three times,
     // after the observer attached.
     let mut worker = sdk.worker.start(
@@ -319,10 +330,7 @@ pub fn workers_created_and_shut_down_while_observed_count_exactly(sdk: &Sdk) -> 
 }
 
 pub fn queries_on_closed_runs_never_count_again(sdk: &Sdk) -> anyhow::Result<()> {
-    let env = Env::require(&format!("{}_closed_queries", sdk.name))?;
-    let server = DevServer::start(&env)?;
-    let receiver = Receiver::start(Transport::Http)?;
-    let task_queue = unique(&format!("{}-queries", sdk.name));
+    let (env, server, receiver, task_queue) = scenario(sdk, "closed_queries", Transport::Http)?;
     let worker = sdk.worker.start(&env, &server, &task_queue, &[])?;
     let observer = Observer::attach(
         &env,
@@ -534,84 +542,19 @@ pub fn a_bridge_without_a_required_point_is_refused(
 
 /// Runs under way when the observer attaches count their ends, under their workflow type (from
 /// the task probe: their activations never name it), and no start; runs started after it count
-/// both.
+/// both. And every task record decoded: no run was marked affected.
 pub fn runs_under_way_before_attaching_count_their_ends_but_no_start(
     sdk: &Sdk,
 ) -> anyhow::Result<()> {
     let env = Env::require(&format!("{}_late_attach", sdk.name))?;
-    let server = DevServer::start(&env)?;
-    let receiver = Receiver::start(Transport::Http)?;
-    let task_queue = unique(&format!("{}-late", sdk.name));
-    let worker = sdk.worker.start(&env, &server, &task_queue, &[])?;
-    // These runs start, and run their first task, before the observer exists.
-    let before = Mix {
-        signal: 3,
-        cancel: 2,
-        ..Mix::default()
-    };
-    let gate = env.logs.join(unique("gate"));
-    let early = e2e::Driver::spawn(
-        &env,
-        &server,
-        &task_queue,
-        &unique("early"),
-        &before,
-        Some(gate),
-    )?;
-    std::thread::sleep(Duration::from_secs(2));
-    let args = with(
-        export_to(&receiver),
-        &["--print-updates", "--format", "json"],
-    );
-    let observer = Observer::attach(&env, worker.pid(), &as_strs(&args))?;
-    let early_truth = early.wait()?;
-    // And these start after it attached.
-    let after = Mix {
-        complete: 2,
-        ..Mix::default()
-    };
-    let late_truth = drive(&env, &server, &task_queue, &unique("after"), &after)?;
-    receiver.wait_for(Duration::from_secs(30), "an end for every run", |r| {
-        total_ends(r) == 7
-    })?;
-    let (status, stdout, log) = observer.stop()?;
-    assert!(status.success(), "{log}");
-    let received = receiver.received();
-    for ty in ["SignalWorkflow", "CancelWorkflow"] {
-        assert_eq!(received.int(STARTED, ty), None, "no phantom starts of {ty}");
-    }
-    assert_eq!(received.int(STARTED, "CompleteWorkflow"), Some(2));
+    let late = observe_late_attach(&env, &sdk.worker, &format!("{}-late", sdk.name))?;
     assert_eq!(
-        received.int(ENDS[0], "SignalWorkflow"),
-        Some(3),
-        "ends of runs started before attaching"
-    );
-    assert_eq!(
-        received.int(ENDS[2], "CancelWorkflow"),
-        Some(2),
-        "ends of runs started before attaching"
-    );
-    assert_eq!(received.int(ENDS[0], "CompleteWorkflow"), Some(2));
-    assert!(
-        received
-            .workflow_types(ENDS[0])
-            .iter()
-            .all(|t| t != "unknown"),
-        "every late run is named"
-    );
-    assert_eq!(early_truth.runs.len() + late_truth.runs.len(), 7);
-    assert_eq!(
-        received
+        late.received
             .int("temporal_observer_runs_affected_by_loss_total", "")
             .unwrap_or(0),
         0,
         "every task record decoded"
     );
-    assert_every_message_whole(&log);
-    let ended = e2e::parse_events(&stdout)?
-        .into_iter()
-        .filter(|l| l["update"] == "run_ended")
-        .count();
-    assert_eq!(ended, 7, "{stdout}");
+    assert_every_message_whole(&late.log);
     Ok(())
 }
