@@ -44,6 +44,13 @@ pub mod kind {
     pub const LIBRARIES_CHANGED: u32 = 10;
 }
 
+/// Bits of [`EventHeader::flags`].
+pub mod flags {
+    /// Some target memory of this record could not be read (counted in
+    /// [`crate::counter::READ_FAULTS`]): its fields may hold stand-ins, not what the target has.
+    pub const READ_FAULT: u8 = 1;
+}
+
 /// Bytes of a message one [`MessageChunk`] carries.
 pub const MESSAGE_CHUNK_BYTES: usize = 4096;
 /// The most chunks one message may take: the ceiling of `--max-message-bytes`.
@@ -56,6 +63,10 @@ pub const MAX_FAILURE_DEPTH: usize = 8;
 pub mod program {
     pub const COMPLETION: &str = "completion";
     pub const EVICTION: &str = "eviction";
+    /// Core asked to evict a run (`ManagedRun::request_eviction(&mut self, info:
+    /// RequestEvictMsg)`): reads the run id and reason from the message; where
+    /// `create_evict_activation` is not in the binary.
+    pub const EVICTION_REQUEST: &str = "eviction_request";
     pub const WORKER_SHUTDOWN: &str = "worker_shutdown";
     pub const WORKER_START: &str = "worker_start";
     /// A worker's creation (its config, not yet the worker): where `worker_start` is inlined.
@@ -98,7 +109,7 @@ pub mod program {
     /// Tracepoint `sched/sched_process_exit`, for `watch`.
     pub const PROCESS_EXIT: &str = "process_exit";
     /// Every program.
-    pub const ALL: [&str; 20] = [
+    pub const ALL: [&str; 21] = [
         DECODE_BUF_PREFIX,
         GATE_OPEN,
         GATE_CLOSE,
@@ -111,6 +122,7 @@ pub mod program {
         WORKER_SHUTDOWN_BARE,
         COMPLETION,
         EVICTION,
+        EVICTION_REQUEST,
         WORKER_SHUTDOWN,
         WORKER_START,
         WORKER_CREATED,
@@ -158,7 +170,8 @@ pub mod map {
     ];
 }
 
-/// The attach cookie: which probe fired and which argument registers hold its inputs.
+/// The attach cookie: which probe fired, which argument registers hold its inputs, and which
+/// candidate layout it reads with.
 ///
 /// Register use of internal Rust functions is not an ABI (LTO moves arguments), so the argument
 /// indices travel with each attachment instead of being compiled into the program.
@@ -169,11 +182,17 @@ pub struct Cookie {
     pub arg_a: u8,
     /// Argument index of a second input, where the probe has one.
     pub arg_b: u8,
+    /// The candidate (layout and registers) this attachment reads with: a target whose layout
+    /// is not yet verified has each point attached once per candidate (see [`MAX_CANDIDATES`]).
+    pub candidate: u8,
 }
 
 impl Cookie {
     pub const fn encode(self) -> u64 {
-        (self.probe_id as u64) | ((self.arg_a as u64) << 16) | ((self.arg_b as u64) << 24)
+        (self.probe_id as u64)
+            | ((self.arg_a as u64) << 16)
+            | ((self.arg_b as u64) << 24)
+            | ((self.candidate as u64) << 32)
     }
 
     pub const fn decode(raw: u64) -> Self {
@@ -181,8 +200,25 @@ impl Cookie {
             probe_id: raw as u16,
             arg_a: (raw >> 16) as u8,
             arg_b: (raw >> 24) as u8,
+            candidate: (raw >> 32) as u8,
         }
     }
+}
+
+/// The most candidate layouts one target is read with at once, while the live records decide.
+pub const MAX_CANDIDATES: usize = 8;
+
+/// The `LAYOUTS` key of a process's candidate: process ids stay below 2^22 (`pid_max`), so the
+/// candidate fits in the top byte.
+pub const fn layout_key(pid: u32, candidate: u8) -> u32 {
+    pid | ((candidate as u32) << 24)
+}
+
+/// A per-thread or per-worker map key (a `pid_tgid`, whose tgid is below 2^22, or a user-space
+/// address, below 2^47), made distinct per candidate: each candidate's attachment keeps its own
+/// entries, so one never consumes another's.
+pub const fn candidate_key(key: u64, candidate: u8) -> u64 {
+    key | ((candidate as u64) << 56)
 }
 
 /// Matches an enum's raw tag value: `lo <= tag <= hi`, or outside that range when `invert` is 1.
@@ -330,6 +366,13 @@ kernel_layout! {
         task_workflow_type,
         /// `WorkerConfig.task_queue`, for probes that see the config, not the worker.
         config_task_queue,
+        /// `RequestEvictMsg.run_id` (a `String`). (Tables and recordings made before it existed
+        /// read it as 0.)
+        #[cfg_attr(feature = "user", serde(default))]
+        evict_request_run_id,
+        /// `RequestEvictMsg.reason` (an `EvictionReason`, an `i32`).
+        #[cfg_attr(feature = "user", serde(default))]
+        evict_request_reason,
     }
     tags {
         /// Job tag values that mean `InitializeWorkflow`.
@@ -372,7 +415,13 @@ pub struct EventHeader {
     /// One of [`kind`].
     pub kind: u32,
     /// The probe table's id of the probe that fired.
-    pub probe_id: u32,
+    pub probe_id: u16,
+    /// The candidate layout the record was read with (its attachment's [`Cookie::candidate`]);
+    /// 0 where there is one.
+    pub candidate: u8,
+    /// [`flags`] of this record. (`candidate` and `flags` were once the top half of a `u32`
+    /// probe id: records of candidate 0 without flags read the same.)
+    pub flags: u8,
     /// Process (thread group) id.
     pub pid: u32,
     /// Thread id.
@@ -481,6 +530,7 @@ pub mod counter {
 
 const _: () = {
     assert!(core::mem::size_of::<TagMatch>() == 24);
+    assert!(MAX_CANDIDATES <= 256);
     // No implicit padding: the tags (8-byte aligned) follow the offsets directly.
     assert!(
         core::mem::size_of::<Offsets<u32>>().is_multiple_of(8),

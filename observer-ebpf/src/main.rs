@@ -28,29 +28,34 @@ use aya_ebpf::{
 use observer_common::{
     ActivationEvent, CompletionEvent, Cookie, EventHeader, EvictionEvent, Layout,
     MAX_FAILURE_DEPTH, MAX_JOBS, MAX_MESSAGE_CHUNKS, MESSAGE_CHUNK_BYTES, MessageChunk,
-    OPTION_TIME_WINDOW, Str, TaskEvent, WorkerEvent, counter, kind,
+    OPTION_TIME_WINDOW, Str, TaskEvent, WorkerEvent, candidate_key, counter, flags, kind,
+    layout_key,
 };
 
 /// The ring buffer; user space sets its real size at load time.
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 
-/// How to read sdk-core's structs, per observed process (tgid).
+/// How to read sdk-core's structs, per observed process (tgid) and candidate
+/// (`observer_common::layout_key`).
 #[map]
 static LAYOUTS: HashMap<u32, Layout> = HashMap::with_max_entries(1024, 0);
 
-/// Workers already reported as started. `mark_started` runs on every poll; only the first one
-/// per worker makes a record. Shutdown removes the entry.
+/// Workers already reported as started, by worker address and candidate
+/// (`candidate_key`). `mark_started` runs on every poll; only the first one per worker makes a
+/// record. Shutdown removes the entry.
 #[map]
 static STARTED_WORKERS: LruHashMap<u64, u8> = LruHashMap::with_max_entries(4096, 0);
 
 /// Return slots kept between the entry and the return of a function that returns an
-/// activation, by thread (pid_tgid). LRU: a slot whose return never comes (a panic unwinding
-/// through it) ages out instead of filling the map.
+/// activation, by thread and candidate (`candidate_key(pid_tgid, candidate)`). LRU: a slot
+/// whose return never comes (a panic unwinding through it) ages out instead of filling the map.
 #[map]
 static RETURN_SLOTS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16384, 0);
 
-/// Threads inside a gate function (`gate_open` … `gate_close`), by pid_tgid. LRU for the same
+/// Threads inside a gate function (`gate_open` … `gate_close`), by pid_tgid. Not per
+/// candidate: gates serve the message probes, whose plans have one candidate (user space
+/// refuses more). LRU for the same
 /// reason as `RETURN_SLOTS`.
 #[map]
 static GATES: LruHashMap<u64, u8> = LruHashMap::with_max_entries(16384, 0);
@@ -98,7 +103,7 @@ const PYBYTES_DATA_OFFSET: u64 = 32;
 pub fn activation_slot(ctx: ProbeContext) -> u32 {
     let p = probe(&ctx);
     if let Ok(slot) = arg(&ctx, p.cookie.arg_a) {
-        let _ = RETURN_SLOTS.insert(&bpf_get_current_pid_tgid(), &slot, 0);
+        let _ = RETURN_SLOTS.insert(&thread_key(&p), &slot, 0);
     }
     0
 }
@@ -194,6 +199,12 @@ pub fn eviction(ctx: ProbeContext) -> u32 {
 }
 
 #[uprobe]
+pub fn eviction_request(ctx: ProbeContext) -> u32 {
+    let _ = try_eviction_request(&ctx);
+    0
+}
+
+#[uprobe]
 pub fn worker_shutdown(ctx: ProbeContext) -> u32 {
     let _ = try_worker(&ctx, kind::WORKER_SHUTDOWN);
     0
@@ -221,6 +232,9 @@ struct Probe {
     cookie: Cookie,
     pid: u32,
     tid: u32,
+    /// This CPU's read-fault count when the program began: a record whose reads faulted is
+    /// flagged (see `seal`). Programs do not migrate while they run.
+    faults_at_start: u64,
 }
 
 #[inline(always)]
@@ -232,6 +246,22 @@ fn probe<C: EbpfContext>(ctx: &C) -> Probe {
         cookie,
         pid: (pid_tgid >> 32) as u32,
         tid: pid_tgid as u32,
+        faults_at_start: read_faults(),
+    }
+}
+
+/// This CPU's read-fault count.
+#[inline(always)]
+fn read_faults() -> u64 {
+    COUNTERS.get(counter::READ_FAULTS).copied().unwrap_or(0)
+}
+
+/// Flags a record whose reads faulted since its program began, so that user space never takes
+/// its stand-in values for the target's.
+#[inline(always)]
+fn seal(header: &mut EventHeader, p: &Probe) {
+    if read_faults() != p.faults_at_start {
+        header.flags |= flags::READ_FAULT;
     }
 }
 
@@ -239,7 +269,9 @@ fn probe<C: EbpfContext>(ctx: &C) -> Probe {
 fn header(p: &Probe, event_kind: u32) -> EventHeader {
     EventHeader {
         kind: event_kind,
-        probe_id: p.cookie.probe_id as u32,
+        probe_id: p.cookie.probe_id,
+        candidate: p.cookie.candidate,
+        flags: 0,
         pid: p.pid,
         tid: p.tid,
         // SAFETY: reads the monotonic clock; no memory is touched.
@@ -329,9 +361,16 @@ fn read_window(dst: &mut [u8; OPTION_TIME_WINDOW], addr: u64) {
 }
 
 #[inline(always)]
-fn layout_for(pid: u32) -> Result<&'static Layout, ()> {
+fn layout_for(p: &Probe) -> Result<&'static Layout, ()> {
+    let key = layout_key(p.pid, p.cookie.candidate);
     // SAFETY: map values are only written by user space before attaching; reads are plain loads.
-    unsafe { LAYOUTS.get(&pid) }.ok_or(())
+    unsafe { LAYOUTS.get(&key) }.ok_or(())
+}
+
+/// This thread's key in a per-thread map, for this attachment's candidate.
+#[inline(always)]
+fn thread_key(p: &Probe) -> u64 {
+    candidate_key(bpf_get_current_pid_tgid(), p.cookie.candidate)
 }
 
 /// Reserves a zeroed record; a full buffer is counted as lost.
@@ -363,7 +402,7 @@ fn submit_flags() -> u64 {
 
 fn try_activation_return(ctx: &RetProbeContext) -> Result<(), ()> {
     let p = probe(ctx);
-    let key = bpf_get_current_pid_tgid();
+    let key = thread_key(&p);
     // SAFETY: a read of this program's own map; the value is copied out before the removal.
     let activation = unsafe { RETURN_SLOTS.get(&key) }.copied().ok_or(())?;
     let _ = RETURN_SLOTS.remove(&key);
@@ -374,7 +413,7 @@ fn try_activation_return(ctx: &RetProbeContext) -> Result<(), ()> {
 /// lifecycle needs (core makes such empty ones while it looks for work) and is not sent.
 #[inline(always)]
 fn emit_activation(p: &Probe, activation: u64) -> Result<(), ()> {
-    let layout = layout_for(p.pid)?;
+    let layout = layout_for(p)?;
     let jobs = activation + layout.offsets.activation_jobs as u64;
     let job_count = read_u64(jobs + layout.offsets.vec_len as u64)?;
     if job_count == 0 {
@@ -432,13 +471,14 @@ fn emit_activation(p: &Probe, activation: u64) -> Result<(), ()> {
             init + layout.offsets.init_start_time as u64,
         );
     }
+    seal(&mut e.header, p);
     entry.submit(submit_flags());
     Ok(())
 }
 
 fn try_completion(ctx: &ProbeContext) -> Result<(), ()> {
     let p = probe(ctx);
-    let layout = layout_for(p.pid)?;
+    let layout = layout_for(&p)?;
     let completion = arg(ctx, p.cookie.arg_a)?;
     let mut entry = reserve::<CompletionEvent>()?;
     // SAFETY: `entry` is a reserved, zeroed, properly aligned record.
@@ -466,13 +506,14 @@ fn try_completion(ctx: &ProbeContext) -> Result<(), ()> {
             }
         }
     }
+    seal(&mut e.header, &p);
     entry.submit(submit_flags());
     Ok(())
 }
 
 fn try_eviction(ctx: &ProbeContext) -> Result<(), ()> {
     let p = probe(ctx);
-    let layout = layout_for(p.pid)?;
+    let layout = layout_for(&p)?;
     let run_id = arg(ctx, p.cookie.arg_a)?;
     let reason = arg(ctx, p.cookie.arg_b)?;
     let mut entry = reserve::<EvictionEvent>()?;
@@ -481,6 +522,29 @@ fn try_eviction(ctx: &ProbeContext) -> Result<(), ()> {
     e.header = header(&p, kind::EVICTION);
     let _ = read_string(&mut e.run_id, run_id, layout);
     e.reason = reason as u32;
+    seal(&mut e.header, &p);
+    entry.submit(submit_flags());
+    Ok(())
+}
+
+/// The run id and reason of the eviction request (`RequestEvictMsg`) at the main input.
+fn try_eviction_request(ctx: &ProbeContext) -> Result<(), ()> {
+    let p = probe(ctx);
+    let layout = layout_for(&p)?;
+    let request = arg(ctx, p.cookie.arg_a)?;
+    let mut entry = reserve::<EvictionEvent>()?;
+    // SAFETY: `entry` is a reserved, zeroed, properly aligned record.
+    let e = unsafe { &mut *entry.as_mut_ptr() };
+    e.header = header(&p, kind::EVICTION);
+    let _ = read_string(
+        &mut e.run_id,
+        request + layout.offsets.evict_request_run_id as u64,
+        layout,
+    );
+    // An unreadable reason is sent as one no reason has, never as a real one (and the record
+    // is flagged).
+    e.reason = read_u32(request + layout.offsets.evict_request_reason as u64).unwrap_or(u32::MAX);
+    seal(&mut e.header, &p);
     entry.submit(submit_flags());
     Ok(())
 }
@@ -509,7 +573,7 @@ fn failure_has_timeout(command: u64, layout: &Layout) -> bool {
 
 fn try_task(ctx: &ProbeContext) -> Result<(), ()> {
     let p = probe(ctx);
-    let layout = layout_for(p.pid)?;
+    let layout = layout_for(&p)?;
     let task = arg(ctx, p.cookie.arg_a)?;
     let mut entry = reserve::<TaskEvent>()?;
     // SAFETY: `entry` is a reserved, zeroed, properly aligned record.
@@ -525,22 +589,24 @@ fn try_task(ctx: &ProbeContext) -> Result<(), ()> {
         task + layout.offsets.task_workflow_type as u64,
         layout,
     );
+    seal(&mut e.header, &p);
     entry.submit(submit_flags());
     Ok(())
 }
 
 fn try_worker(ctx: &ProbeContext, event_kind: u32) -> Result<(), ()> {
     let p = probe(ctx);
-    let layout = layout_for(p.pid)?;
+    let layout = layout_for(&p)?;
     let worker = arg(ctx, p.cookie.arg_a)?;
+    let started = candidate_key(worker, p.cookie.candidate);
     if event_kind == kind::WORKER_START {
         // SAFETY: a read of this program's own map.
-        if unsafe { STARTED_WORKERS.get(&worker) }.is_some() {
+        if unsafe { STARTED_WORKERS.get(&started) }.is_some() {
             return Ok(());
         }
-        let _ = STARTED_WORKERS.insert(&worker, &1, 0);
+        let _ = STARTED_WORKERS.insert(&started, &1, 0);
     } else {
-        let _ = STARTED_WORKERS.remove(&worker);
+        let _ = STARTED_WORKERS.remove(&started);
     }
     let mut entry = reserve::<WorkerEvent>()?;
     // SAFETY: `entry` is a reserved, zeroed, properly aligned record.
@@ -552,6 +618,7 @@ fn try_worker(ctx: &ProbeContext, event_kind: u32) -> Result<(), ()> {
         worker + layout.offsets.worker_task_queue as u64,
         layout,
     );
+    seal(&mut e.header, &p);
     entry.submit(submit_flags());
     Ok(())
 }
@@ -560,7 +627,7 @@ fn try_worker(ctx: &ProbeContext, event_kind: u32) -> Result<(), ()> {
 /// carries the task queue and the config's address (user space identifies workers by queue).
 fn try_worker_created(ctx: &ProbeContext) -> Result<(), ()> {
     let p = probe(ctx);
-    let layout = layout_for(p.pid)?;
+    let layout = layout_for(&p)?;
     let config = arg(ctx, p.cookie.arg_a)?;
     let mut entry = reserve::<WorkerEvent>()?;
     // SAFETY: `entry` is a reserved, zeroed, properly aligned record.
@@ -572,13 +639,14 @@ fn try_worker_created(ctx: &ProbeContext) -> Result<(), ()> {
         config + layout.offsets.config_task_queue as u64,
         layout,
     );
+    seal(&mut e.header, &p);
     entry.submit(submit_flags());
     Ok(())
 }
 
 fn try_vec_message_return(ctx: &RetProbeContext) -> Result<(), ()> {
     let p = probe(ctx);
-    let key = bpf_get_current_pid_tgid();
+    let key = thread_key(&p);
     // SAFETY: a read of this program's own map; the value is copied out before the removal.
     let slot = unsafe { RETURN_SLOTS.get(&key) }.copied();
     let _ = RETURN_SLOTS.remove(&key);
@@ -856,6 +924,8 @@ fn process_event(event_kind: u32, leader_only: bool) {
                 entry.as_mut_ptr().write(EventHeader {
                     kind: event_kind,
                     probe_id: 0,
+                    candidate: 0,
+                    flags: 0,
                     pid,
                     tid,
                     ktime_ns: bpf_ktime_get_ns(),

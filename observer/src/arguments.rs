@@ -47,11 +47,6 @@ pub enum ArgumentsError {
          with debug info for sdk-core (see README, \"Builds\"), or add its profile to the table"
     )]
     UnknownBuild { present: String, known: String },
-    #[error(
-        "the table's builds {0} have the same probe functions as this binary but disagree on \
-         their registers; build the worker with debug info for sdk-core"
-    )]
-    Ambiguous(String),
 }
 
 /// The x86-64 argument register a DWARF register number names, if it is one.
@@ -121,19 +116,30 @@ pub fn present<'f>(
         .collect()
 }
 
-/// For a binary without DWARF: the table's build with exactly the binary's set of probe
-/// functions. Which functions LTO inlines away tells the builds apart; builds with the same set
-/// must agree on every register, or the binary is refused rather than guessed at.
-pub fn select<'a>(
-    builds: &'a [BuildArguments],
+/// For a binary without DWARF: the table's builds that may be the binary's, with the registers
+/// of the binary's probe functions. A build with exactly the binary's set of probe functions is
+/// the strongest static evidence there is (which functions LTO inlined away tells the builds
+/// apart), so those are taken when there are any (`exact`); else every build that has all of
+/// the binary's functions (one that lost a probed function, as sdk-core 0.11 did), for the live
+/// records to verify. Builds that give the same registers are one; builds that disagree are
+/// each a candidate.
+pub fn matching(
+    builds: &[BuildArguments],
     present: &BTreeSet<String>,
-) -> Result<&'a BuildArguments, ArgumentsError> {
-    let matching: Vec<&BuildArguments> = builds
-        .iter()
-        .filter(|b| b.functions.keys().cloned().collect::<BTreeSet<_>>() == *present)
-        .collect();
-    match matching.as_slice() {
-        [] => Err(ArgumentsError::UnknownBuild {
+) -> Result<(Vec<BuildArguments>, bool), ArgumentsError> {
+    let functions = |b: &BuildArguments| b.functions.keys().cloned().collect::<BTreeSet<_>>();
+    let exact: Vec<&BuildArguments> = builds.iter().filter(|b| functions(b) == *present).collect();
+    let (chosen, is_exact) = if exact.is_empty() {
+        let covering: Vec<&BuildArguments> = builds
+            .iter()
+            .filter(|b| functions(b).is_superset(present))
+            .collect();
+        (covering, false)
+    } else {
+        (exact, true)
+    };
+    if chosen.is_empty() {
+        return Err(ArgumentsError::UnknownBuild {
             present: present.iter().cloned().collect::<Vec<_>>().join(", "),
             known: if builds.is_empty() {
                 "none".into()
@@ -144,21 +150,24 @@ pub fn select<'a>(
                     .collect::<Vec<_>>()
                     .join(", ")
             },
-        }),
-        [first, rest @ ..] => {
-            if rest.iter().all(|b| b.functions == first.functions) {
-                Ok(first)
-            } else {
-                Err(ArgumentsError::Ambiguous(
-                    matching
-                        .iter()
-                        .map(|b| b.build.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                ))
-            }
+        });
+    }
+    let mut out: Vec<BuildArguments> = Vec::new();
+    for build in chosen {
+        let restricted = BuildArguments {
+            build: build.build.clone(),
+            functions: build
+                .functions
+                .iter()
+                .filter(|(f, _)| present.contains(*f))
+                .map(|(f, p)| (f.clone(), p.clone()))
+                .collect(),
+        };
+        if !out.iter().any(|o| o.functions == restricted.functions) {
+            out.push(restricted);
         }
     }
+    Ok((out, is_exact))
 }
 
 #[cfg(test)]
@@ -234,31 +243,49 @@ mod tests {
         functions.iter().map(|f| f.to_string()).collect()
     }
 
+    fn names(found: &(Vec<BuildArguments>, bool)) -> (Vec<&str>, bool) {
+        (found.0.iter().map(|b| b.build.as_str()).collect(), found.1)
+    }
+
     #[test]
-    fn the_build_with_the_same_functions_is_selected() {
+    fn the_build_with_the_same_functions_is_taken() {
         let builds = [
             build("release", &[("a", 0), ("inlined_by_lto", 1)]),
             build("lto", &[("a", 2)]),
         ];
-        assert_eq!(select(&builds, &set(&["a"])).expect("lto").build, "lto");
-        assert_eq!(
-            select(&builds, &set(&["a", "inlined_by_lto"]))
-                .expect("release")
-                .build,
-            "release"
-        );
-        let unknown = select(&builds, &set(&["b"])).expect_err("no such build");
+        let lto = matching(&builds, &set(&["a"])).expect("lto");
+        assert_eq!(names(&lto), (vec!["lto"], true));
+        let release = matching(&builds, &set(&["a", "inlined_by_lto"])).expect("release");
+        assert_eq!(names(&release), (vec!["release"], true));
+        let unknown = matching(&builds, &set(&["b"])).expect_err("no such build");
         assert!(unknown.to_string().contains("release, lto"), "{unknown}");
     }
 
     #[test]
-    fn builds_that_look_alike_but_disagree_are_refused() {
+    fn without_an_exact_build_every_covering_build_is_a_candidate() {
+        // The binary lost `gone` (a newer sdk-core): builds that have all of its functions are
+        // candidates, with the registers of its functions only.
+        let builds = [
+            build("release", &[("a", 0), ("b", 1), ("gone", 2)]),
+            build("other", &[("a", 3), ("b", 1), ("gone", 2)]),
+            build("lto", &[("a", 0), ("gone", 2)]),
+        ];
+        let found = matching(&builds, &set(&["a", "b"])).expect("covering builds");
+        assert_eq!(names(&found), (vec!["release", "other"], false));
+        assert!(found.0.iter().all(|b| !b.functions.contains_key("gone")));
+    }
+
+    #[test]
+    fn builds_that_agree_are_one_candidate_and_builds_that_disagree_are_two() {
         let agree = [build("one", &[("a", 0)]), build("two", &[("a", 0)])];
-        assert!(select(&agree, &set(&["a"])).is_ok());
+        assert_eq!(
+            names(&matching(&agree, &set(&["a"])).expect("one")),
+            (vec!["one"], true)
+        );
         let disagree = [build("one", &[("a", 0)]), build("two", &[("a", 1)])];
-        assert!(matches!(
-            select(&disagree, &set(&["a"])),
-            Err(ArgumentsError::Ambiguous(_))
-        ));
+        assert_eq!(
+            names(&matching(&disagree, &set(&["a"])).expect("two")),
+            (vec!["one", "two"], true)
+        );
     }
 }

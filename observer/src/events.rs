@@ -329,7 +329,7 @@ pub enum DecodeError {
     #[error("record of unknown kind {0}")]
     UnknownKind(u32),
     #[error("record from an unknown probe {probe}")]
-    UnknownProbe { probe: u32 },
+    UnknownProbe { probe: u16 },
     #[error("probe {probe} sent a record of kind {kind}, which is not its kind")]
     WrongKind { probe: &'static str, kind: u32 },
     #[error("the bytes are not a {message}: {error}")]
@@ -588,7 +588,9 @@ mod tests {
             probe_id: probes::PROBES
                 .iter()
                 .find(|p| p.record == kind)
-                .map_or(0, |p| u32::from(p.id)),
+                .map_or(0, |p| p.id),
+            candidate: 0,
+            flags: 0,
             pid: 10,
             tid: 11,
             ktime_ns: 5_000_000_000,

@@ -12,7 +12,7 @@ use aya::{
         uprobe::UProbeLink, uprobe::UProbeScope,
     },
 };
-use observer_common::{Cookie, Layout, counter, map, program};
+use observer_common::{Cookie, Layout, MAX_CANDIDATES, counter, layout_key, map, program};
 use serde::Serialize;
 
 use crate::{plan::PlannedProbe, symbols::FunctionSymbol};
@@ -69,6 +69,8 @@ pub enum AttachError {
     },
     #[error("PID 0 cannot be observed")]
     BadPid,
+    #[error("the probe plan is inconsistent: {0}")]
+    Plan(String),
 }
 
 /// Settings of the kernel side.
@@ -82,22 +84,34 @@ pub struct KernelSettings {
     pub message_chunks: u32,
 }
 
+/// One candidate layout to attach with: the kernel layout (for the programs that read structs)
+/// and the argument registers of each planned probe under it.
+#[derive(Clone, Copy, Debug)]
+pub struct AttachCandidate<'a> {
+    pub layout: Option<&'a Layout>,
+    pub registers: &'a [[u8; 2]],
+}
+
 /// Loaded programs with their probes attached. Dropping it detaches everything.
 #[derive(Debug)]
 pub struct Attachment {
     ebpf: Ebpf,
+    pid: u32,
+    /// Every attached point: its candidate, program, and link.
+    links: Vec<(u8, &'static str, aya::programs::uprobe::UProbeLinkId)>,
     pub attached: usize,
 }
 
 impl Attachment {
     /// Loads the programs and attaches every planned probe to one process, in the file `exe`
-    /// (its executable, or the library its sdk-core is in). `layout` is for the programs that
-    /// read structs; a plan whose probes read messages has none.
+    /// (its executable, or the library its sdk-core is in), once per candidate: each attachment
+    /// carries its candidate in its cookie and reads with that candidate's layout (a plan whose
+    /// probes read messages has none) and registers.
     pub fn attach(
         exe: &Path,
         pid: u32,
         planned: &[PlannedProbe],
-        layout: Option<&Layout>,
+        candidates: &[AttachCandidate<'_>],
         settings: KernelSettings,
     ) -> Result<Self, AttachError> {
         if EBPF_OBJECT.is_empty() {
@@ -109,66 +123,122 @@ impl Attachment {
             .override_global(map::WAKEUP_BYTES, &settings.wakeup_bytes, true)
             .override_global(map::MESSAGE_CHUNKS, &settings.message_chunks, true)
             .load(EBPF_OBJECT)?;
-        if let Some(layout) = layout {
-            let map = ebpf
-                .map_mut(map::LAYOUTS)
-                .ok_or(AttachError::MissingMap(map::LAYOUTS))?;
-            let mut layouts: BpfHashMap<_, u32, Layout> =
-                BpfHashMap::try_from(map).map_err(|source| AttachError::Map {
-                    name: map::LAYOUTS,
-                    source,
-                })?;
-            layouts
-                .insert(pid, layout, 0)
-                .map_err(|source| AttachError::Map {
-                    name: map::LAYOUTS,
-                    source,
-                })?;
+        if candidates.len() > MAX_CANDIDATES {
+            return Err(AttachError::Plan(format!(
+                "{} candidate layouts; at most {MAX_CANDIDATES} can be attached",
+                candidates.len()
+            )));
         }
-        let mut attached = 0;
-        for probe in planned {
-            let cookie = Cookie {
-                probe_id: probe.spec.id,
-                arg_a: probe.registers[0],
-                arg_b: probe.registers[1],
-            };
-            let mut hooks: Vec<(&'static str, &Path, &FunctionSymbol)> = Vec::new();
-            let mut own = probe.point.hook.programs();
-            if let Some((callee, [entry, exit])) = probe.point.hook.callee() {
-                let found = probe
-                    .callee
-                    .as_ref()
-                    .ok_or(AttachError::NoCallee { callee })?;
-                // Inside out, each return before its entry: a gate opened by a call that began
-                // before its close was attached would stay open, and any later runtime call on
-                // that thread would be read as the message. A return whose entry did not run
-                // finds nothing kept and does nothing.
-                for name in [exit, entry] {
-                    hooks.push((name, found.file.as_path(), &found.symbol));
-                }
-                own.reverse();
-            }
-            for name in own {
-                hooks.extend(probe.functions.iter().map(|f| (name, exe, f)));
-            }
-            for (name, file, function) in hooks {
-                let program = load_program(&mut ebpf, name)?;
-                let point = UProbeAttachPoint {
-                    location: UProbeAttachLocation::AbsoluteOffset(function.file_offset),
-                    cookie: Some(cookie.encode()),
-                };
-                program
-                    .attach(point, file, scope)
-                    .map_err(|source| AttachError::Attach {
-                        probe: probe.spec.name,
-                        function: function.path.clone(),
-                        offset: function.file_offset,
-                        source: Box::new(source),
+        // Gates and runtime out pointers are kept per thread only: one candidate.
+        if candidates.len() > 1 && planned.iter().any(|p| p.point.hook.callee().is_some()) {
+            return Err(AttachError::Plan(
+                "a gated probe point cannot be read through several candidate layouts".into(),
+            ));
+        }
+        if let Some(short) = candidates
+            .iter()
+            .find(|c| c.registers.len() != planned.len())
+        {
+            return Err(AttachError::Plan(format!(
+                "a candidate has registers for {} probes, the plan has {}",
+                short.registers.len(),
+                planned.len()
+            )));
+        }
+        let mut links = Vec::new();
+        for (index, candidate) in candidates.iter().enumerate() {
+            let index = index as u8;
+            if let Some(layout) = candidate.layout {
+                layouts(&mut ebpf)?
+                    .insert(layout_key(pid, index), layout, 0)
+                    .map_err(|source| AttachError::Map {
+                        name: map::LAYOUTS,
+                        source,
                     })?;
-                attached += 1;
+            }
+            for (probe, registers) in planned.iter().zip(candidate.registers) {
+                let cookie = Cookie {
+                    probe_id: probe.spec.id,
+                    arg_a: registers[0],
+                    arg_b: registers[1],
+                    candidate: index,
+                };
+                let mut hooks: Vec<(&'static str, &Path, &FunctionSymbol)> = Vec::new();
+                let mut own = probe.point.hook.programs();
+                if let Some((callee, [entry, exit])) = probe.point.hook.callee() {
+                    let found = probe
+                        .callee
+                        .as_ref()
+                        .ok_or(AttachError::NoCallee { callee })?;
+                    // Inside out, each return before its entry: a gate opened by a call that
+                    // began before its close was attached would stay open, and any later
+                    // runtime call on that thread would be read as the message. A return whose
+                    // entry did not run finds nothing kept and does nothing.
+                    for name in [exit, entry] {
+                        hooks.push((name, found.file.as_path(), &found.symbol));
+                    }
+                    own.reverse();
+                }
+                for name in own {
+                    hooks.extend(probe.functions.iter().map(|f| (name, exe, f)));
+                }
+                for (name, file, function) in hooks {
+                    let program = load_program(&mut ebpf, name)?;
+                    let point = UProbeAttachPoint {
+                        location: UProbeAttachLocation::AbsoluteOffset(function.file_offset),
+                        cookie: Some(cookie.encode()),
+                    };
+                    let link = program.attach(point, file, scope).map_err(|source| {
+                        AttachError::Attach {
+                            probe: probe.spec.name,
+                            function: function.path.clone(),
+                            offset: function.file_offset,
+                            source: Box::new(source),
+                        }
+                    })?;
+                    links.push((index, name, link));
+                }
             }
         }
-        Ok(Self { ebpf, attached })
+        let attached = links.len();
+        Ok(Self {
+            ebpf,
+            pid,
+            links,
+            attached,
+        })
+    }
+
+    /// Keeps only `chosen`'s attachments: the live records picked its layout, so the others'
+    /// probes and layouts go.
+    pub fn keep_only(&mut self, chosen: usize) -> Result<(), AttachError> {
+        let (keep, drop): (Vec<_>, Vec<_>) = std::mem::take(&mut self.links)
+            .into_iter()
+            .partition(|(candidate, _, _)| usize::from(*candidate) == chosen);
+        self.links = keep;
+        self.attached = self.links.len();
+        // Every link is tried, even after one fails; the first failure is reported.
+        let mut first_error = None;
+        let mut dropped = std::collections::BTreeSet::new();
+        for (candidate, name, link) in drop {
+            dropped.insert(candidate);
+            let detached = load_program(&mut self.ebpf, name).and_then(|program| {
+                program.detach(link).map_err(|source| AttachError::Program {
+                    program: name,
+                    source: Box::new(source),
+                })
+            });
+            if let Err(e) = detached {
+                first_error.get_or_insert(e);
+            }
+        }
+        for candidate in dropped {
+            // Absent for a plan without layouts.
+            if let Ok(mut layouts) = layouts(&mut self.ebpf) {
+                let _ = layouts.remove(&layout_key(self.pid, candidate));
+            }
+        }
+        first_error.map_or(Ok(()), Err)
     }
 
     /// Takes the ring buffer to read events from.
@@ -180,6 +250,17 @@ impl Attachment {
     pub fn counters(&self) -> Result<KernelCounters, AttachError> {
         read_counters(&self.ebpf)
     }
+}
+
+/// The `LAYOUTS` map of a loaded object.
+fn layouts(ebpf: &mut Ebpf) -> Result<BpfHashMap<&mut MapData, u32, Layout>, AttachError> {
+    let map = ebpf
+        .map_mut(map::LAYOUTS)
+        .ok_or(AttachError::MissingMap(map::LAYOUTS))?;
+    BpfHashMap::try_from(map).map_err(|source| AttachError::Map {
+        name: map::LAYOUTS,
+        source,
+    })
 }
 
 /// The `COUNTERS` map of one loaded object, summed over CPUs.

@@ -24,4 +24,5 @@ pub mod reassembly;
 pub mod session;
 pub mod symbols;
 pub mod target;
+pub mod verify;
 pub mod versions;

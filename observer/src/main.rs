@@ -6,12 +6,12 @@ fn main() -> std::process::ExitCode {
         .format_target(false)
         .init();
     let cli = Cli::parse();
-    let result = match &cli.command {
+    let result = cli.apply_global().and_then(|()| match &cli.command {
         Command::Attach(args) => attach::run(args),
         Command::Watch(args) => watch::run(args),
         Command::Layout(args) => layout::run(args),
         Command::Inspect(args) => inspect::run(args),
-    };
+    });
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {

@@ -17,28 +17,70 @@ use crate::{
     probes::{self, Family, Input, ProbePoint, ProbeSpec, Via},
     symbols::{FunctionSymbol, SymbolError, SymbolIndex},
     target::{Probed, Target},
+    verify::Verification,
     versions::{self, BinaryVersions},
 };
 
 /// Where a layout came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LayoutSource {
     /// The target's own DWARF.
     Dwarf,
-    /// The table shipped with the observer.
-    Table,
+    /// A row of the layout table, generated from a build by this rustc.
+    Table { sdk_core: String, rustc: String },
     /// None is needed: the probes read encoded messages, not structs.
     NotNeeded,
 }
 
 impl std::fmt::Display for LayoutSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Dwarf => "the binary's DWARF",
-            Self::Table => "the shipped table",
-            Self::NotNeeded => "none needed (the probes read protobuf messages, not structs)",
-        })
+        match self {
+            Self::Dwarf => f.write_str("the binary's DWARF"),
+            Self::Table { sdk_core, rustc } => {
+                write!(f, "the table's row for sdk-core {sdk_core} + rustc {rustc}")
+            }
+            Self::NotNeeded => {
+                f.write_str("none needed (the probes read protobuf messages, not structs)")
+            }
+        }
+    }
+}
+
+/// One way the binary may be laid out: a layout, where it and the registers came from, and the
+/// argument registers of each planned probe under it (in the order of [`Plan::probes`]).
+#[derive(Clone, Debug, Serialize)]
+pub struct Candidate {
+    #[serde(skip)]
+    pub layout: TargetLayout,
+    pub layout_source: LayoutSource,
+    pub arguments_source: ArgumentsSource,
+    pub registers: Vec<[u8; 2]>,
+    /// Other rows that say exactly the same (merged into this candidate), by rustc.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub same_as: Vec<String>,
+}
+
+impl Candidate {
+    /// How logs and errors name it.
+    pub fn label(&self) -> String {
+        let same = if self.same_as.is_empty() {
+            String::new()
+        } else {
+            format!(" (= rustc {})", self.same_as.join(", "))
+        };
+        format!(
+            "{}{same}, argument registers from {}",
+            self.layout_source, self.arguments_source
+        )
+    }
+
+    /// What the records are decided with.
+    pub fn for_verifier(&self) -> crate::verify::Candidate {
+        crate::verify::Candidate {
+            label: self.label(),
+            layout: self.layout.clone(),
+        }
     }
 }
 
@@ -61,8 +103,6 @@ pub struct PlannedProbe {
     pub spec: ProbeSpec,
     pub point: ProbePoint,
     pub functions: Vec<FunctionSymbol>,
-    /// Argument register (0 = rdi) of each input.
-    pub registers: [u8; 2],
     /// For a gated point ([`probes::Hook::Gated`]): the runtime function hooked inside the gate,
     /// found in the process (`None` for a file resolved without one).
     pub callee: Option<Callee>,
@@ -96,9 +136,13 @@ pub struct Plan {
     pub family: Family,
     /// The probes to attach, each at the point chosen for this binary.
     pub probes: Vec<PlannedProbe>,
-    pub layout: TargetLayout,
-    pub layout_source: LayoutSource,
-    pub arguments_source: ArgumentsSource,
+    /// The layouts (with registers) the binary may have: exactly one unless `verification` is
+    /// [`Verification::Live`].
+    pub candidates: Vec<Candidate>,
+    /// Whether the live records must pick one of them.
+    pub verification: Verification,
+    /// What the binary itself said about its layout (for `inspect` and the logs).
+    pub evidence: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -254,40 +298,56 @@ pub fn resolve_bridge(
         Runtime::Node => Family::TypeScriptMessages,
     };
     let choices = choose(&symbols, image, family, versions.sdk_core.as_deref())?;
-    let probes = planned(choices, |_| Params::new())?;
+    let registers = registers_of(&choices, &BTreeMap::new())?;
     Ok(Plan {
         versions,
         family,
-        probes,
-        layout: TargetLayout::default(),
-        layout_source: LayoutSource::NotNeeded,
-        arguments_source: ArgumentsSource::CallingConvention,
+        probes: planned(choices),
+        candidates: vec![Candidate {
+            layout: TargetLayout::default(),
+            layout_source: LayoutSource::NotNeeded,
+            arguments_source: ArgumentsSource::CallingConvention,
+            registers,
+            same_as: Vec::new(),
+        }],
+        verification: Verification::Off,
+        evidence: Vec::new(),
     })
 }
 
-/// The chosen points with the registers of their inputs, from each function's parameters.
-fn planned(
-    choices: Vec<Choice>,
-    params_of: impl Fn(&str) -> Params,
-) -> Result<Vec<PlannedProbe>, PlanError> {
+/// The chosen points, to attach.
+fn planned(choices: Vec<Choice>) -> Vec<PlannedProbe> {
     choices
         .into_iter()
-        .map(|choice| {
-            let registers = registers(&choice.point, &params_of(choice.point.function))?;
-            Ok(PlannedProbe {
-                spec: choice.spec,
-                point: choice.point,
-                functions: choice.functions,
-                registers,
-                callee: None,
-            })
+        .map(|choice| PlannedProbe {
+            spec: choice.spec,
+            point: choice.point,
+            functions: choice.functions,
+            callee: None,
         })
         .collect()
 }
 
-/// Resolves a Rust SDK worker against the probe table and the shipped layout table.
+/// The registers of each chosen point's inputs, from its function's parameters.
+fn registers_of(
+    choices: &[Choice],
+    params: &BTreeMap<String, Params>,
+) -> Result<Vec<[u8; 2]>, PlanError> {
+    choices
+        .iter()
+        .map(|c| {
+            registers(
+                &c.point,
+                params.get(c.point.function).unwrap_or(&Params::new()),
+            )
+        })
+        .collect()
+}
+
+/// Resolves a Rust SDK worker against the probe table and the layout table in use (the
+/// shipped one unless `--layout-table` gave another).
 pub fn resolve(image: &[u8]) -> Result<Plan, PlanError> {
-    resolve_with_table(image, layout::SHIPPED_TABLE)
+    resolve_with_table(image, layout::active_table())
 }
 
 pub fn resolve_with_table(image: &[u8], table: &str) -> Result<Plan, PlanError> {
@@ -301,19 +361,131 @@ pub fn resolve_with_table(image: &[u8], table: &str) -> Result<Plan, PlanError> 
     )?;
     let sections = DwarfSections::load(image).ok();
     let types = sections.as_ref().and_then(|s| s.types().ok());
-    let (layout, layout_source) = layout_for(types.as_ref(), &versions, table)?;
-    let (params, arguments_source) = arguments_for(&symbols, types.as_ref(), &layout, &choices)?;
-    let plan = planned(choices, |function| {
-        params.get(function).cloned().unwrap_or_default()
-    })?;
+    let (layouts, verification) = layout_candidates(types.as_ref(), &versions, table)?;
+    let mut evidence = vec![format!(
+        "rustc {} (from the binary's .comment), sdk-core {}; {}",
+        versions.rustc.as_deref().unwrap_or("unknown"),
+        versions.sdk_core.as_deref().unwrap_or("unknown"),
+        match (&layouts[..], verification) {
+            ([(_, LayoutSource::Dwarf)], _) => "its DWARF describes sdk-core's types".to_string(),
+            (_, Verification::Certain) => "the table has a row for exactly this pair".to_string(),
+            (rows, _) => format!(
+                "no DWARF and no row for this rustc: the {} row(s) of this sdk-core release line \
+                 are candidates",
+                rows.len()
+            ),
+        }
+    )];
+    let mut candidates: Vec<Candidate> = Vec::new();
+    let mut refused = None;
+    let mut verification = verification;
+    for (layout, layout_source) in layouts {
+        // A row without a build of this binary's shape is no candidate (static evidence).
+        let (builds, certain) = match arguments_for(&symbols, types.as_ref(), &layout, &choices) {
+            Ok((builds, certain)) => {
+                if !certain {
+                    verification = Verification::Live;
+                }
+                (builds, certain)
+            }
+            Err(e) => {
+                evidence.push(format!("{layout_source}: not a candidate: {e}"));
+                refused.get_or_insert(e.into());
+                continue;
+            }
+        };
+        for (params, arguments_source) in builds {
+            let registers = match registers_of(&choices, &params) {
+                Ok(registers) => registers,
+                Err(e) => {
+                    evidence.push(format!(
+                        "{layout_source} with registers from {arguments_source}: not a \
+                         candidate: {e}"
+                    ));
+                    refused.get_or_insert(e);
+                    continue;
+                }
+            };
+            if let ArgumentsSource::Table { build } = &arguments_source {
+                evidence.push(format!(
+                    "{layout_source}: its `{build}` build has {} this binary's probe functions, \
+                     so its registers for them are a candidate",
+                    if certain { "exactly" } else { "all of" }
+                ));
+            }
+            let candidate = Candidate {
+                layout: layout.clone(),
+                layout_source: layout_source.clone(),
+                arguments_source,
+                registers,
+                same_as: Vec::new(),
+            };
+            match candidates.iter_mut().find(|c| reads_alike(c, &candidate)) {
+                Some(same) => {
+                    // Two builds of one row that agree are one candidate, and say nothing new.
+                    if candidate.layout.rustc != same.layout.rustc {
+                        evidence.push(format!(
+                            "{}: reads every field as {} does (one candidate)",
+                            candidate.layout_source, same.layout_source
+                        ));
+                        same.same_as.push(candidate.layout.rustc.clone());
+                    }
+                }
+                None => candidates.push(candidate),
+            }
+        }
+    }
+    if candidates.len() > 1 {
+        verification = Verification::Live;
+    }
+    if candidates.is_empty() {
+        return Err(
+            refused.unwrap_or(PlanError::Layout(LayoutError::UnknownVersion {
+                what: "sdk-core",
+            })),
+        );
+    }
+    if verification == Verification::Live && candidates.len() > 1 {
+        let functions: Vec<&FunctionSymbol> = choices.iter().flat_map(|c| &c.functions).collect();
+        let layouts: Vec<&TargetLayout> = candidates.iter().map(|c| &c.layout).collect();
+        let found = crate::verify::code_constants(image, &functions, &layouts);
+        for (candidate, found) in candidates.iter().zip(found) {
+            for (what, value, function) in found {
+                evidence.push(format!(
+                    "{}: the code of {function} loads {value:#x}, its value of {what} (the \
+                     other candidates' differs; a hint, the live records decide)",
+                    candidate.layout_source
+                ));
+            }
+        }
+    }
+    if candidates.len() > observer_common::MAX_CANDIDATES {
+        evidence.push(format!(
+            "{} candidate layouts; only the first {} are tried",
+            candidates.len(),
+            observer_common::MAX_CANDIDATES
+        ));
+        candidates.truncate(observer_common::MAX_CANDIDATES);
+    }
     Ok(Plan {
         versions,
         family: Family::Structs,
-        probes: plan,
-        layout,
-        layout_source,
-        arguments_source,
+        probes: planned(choices),
+        candidates,
+        verification,
+        evidence,
     })
+}
+
+/// Two candidates that read every record the same way: the same offsets, tags and registers.
+fn reads_alike(a: &Candidate, b: &Candidate) -> bool {
+    let facts = |c: &Candidate| TargetLayout {
+        sdk_core: String::new(),
+        rustc: String::new(),
+        arguments: Vec::new(),
+        ..c.layout.clone()
+    };
+    a.registers == b.registers && facts(a) == facts(b)
 }
 
 impl Plan {
@@ -348,27 +520,34 @@ pub fn not_covered(family: Family, plan: &[PlannedProbe]) -> Vec<String> {
     out
 }
 
+/// The entry parameters of each probe function, and where they came from.
+pub type BuildRegisters = (BTreeMap<String, Params>, ArgumentsSource);
+
 /// The chosen functions' entry parameters: from the binary's DWARF when it describes all of
-/// them, else from the table's build with the same set of probe functions.
+/// them (one answer, certain), else from each of the row's builds that may be this binary's
+/// (see [`arguments::matching`]); `true` when those are certain: one build with exactly the
+/// binary's probe functions.
 pub fn arguments_for(
     symbols: &SymbolIndex,
     types: Option<&DwarfTypes<'_>>,
     layout: &TargetLayout,
     choices: &[Choice],
-) -> Result<(BTreeMap<String, Params>, ArgumentsSource), ArgumentsError> {
+) -> Result<(Vec<BuildRegisters>, bool), ArgumentsError> {
     if let Some(types) = types {
         let read = arguments::read(symbols, types, probes::probe_functions())?;
         if choices.iter().all(|c| read.contains_key(c.point.function)) {
-            return Ok((read, ArgumentsSource::Dwarf));
+            return Ok((vec![(read, ArgumentsSource::Dwarf)], true));
         }
     }
     let present = arguments::present(symbols, probes::probe_functions());
-    let build = arguments::select(&layout.arguments, &present)?;
+    let (builds, exact) = arguments::matching(&layout.arguments, &present)?;
+    let certain = exact && builds.len() == 1;
     Ok((
-        build.functions.clone(),
-        ArgumentsSource::Table {
-            build: build.build.clone(),
-        },
+        builds
+            .into_iter()
+            .map(|b| (b.functions, ArgumentsSource::Table { build: b.build }))
+            .collect(),
+        certain,
     ))
 }
 
@@ -382,12 +561,14 @@ pub fn symbols(image: &[u8], versions: &BinaryVersions) -> Result<SymbolIndex, P
     })
 }
 
-/// The target's DWARF when it describes sdk-core's types, else the table entry for its versions.
-pub fn layout_for(
+/// The layouts the binary may have: its DWARF when that describes sdk-core's types, or the
+/// table's row for its exact sdk-core and rustc (each known for certain); else every row of its
+/// sdk-core, for the live records to decide among.
+pub fn layout_candidates(
     types: Option<&DwarfTypes<'_>>,
     versions: &BinaryVersions,
     table: &str,
-) -> Result<(TargetLayout, LayoutSource), LayoutError> {
+) -> Result<(Vec<(TargetLayout, LayoutSource)>, Verification), LayoutError> {
     let sdk_core = versions.sdk_core.as_deref().unwrap_or("unknown");
     let rustc = versions.rustc.as_deref().unwrap_or("unknown");
     if let Some(types) = types {
@@ -399,7 +580,7 @@ pub fn layout_for(
                 {
                     layout.arguments = entry.arguments;
                 }
-                return Ok((layout, LayoutSource::Dwarf));
+                return Ok((vec![(layout, LayoutSource::Dwarf)], Verification::Certain));
             }
             Err(e) => log::debug!("DWARF present but not usable for layouts: {e}"),
         }
@@ -408,13 +589,25 @@ pub fn layout_for(
         .sdk_core
         .as_deref()
         .ok_or(LayoutError::UnknownVersion { what: "sdk-core" })?;
-    let rustc = versions
-        .rustc
-        .as_deref()
-        .ok_or(LayoutError::UnknownVersion { what: "rustc" })?;
+    let source = |row: &TargetLayout| LayoutSource::Table {
+        sdk_core: row.sdk_core.clone(),
+        rustc: row.rustc.clone(),
+    };
+    if let Some(rustc) = versions.rustc.as_deref()
+        && let Ok(row) = layout::from_table(table, sdk_core, rustc)
+    {
+        let source = source(&row);
+        return Ok((vec![(row, source)], Verification::Certain));
+    }
+    let rows = layout::rows_for(table, sdk_core, versions.rustc.as_deref())?;
     Ok((
-        layout::from_table(table, sdk_core, rustc)?,
-        LayoutSource::Table,
+        rows.into_iter()
+            .map(|row| {
+                let source = source(&row);
+                (row, source)
+            })
+            .collect(),
+        Verification::Live,
     ))
 }
 /// A probe point chosen for this binary, before its registers are known.

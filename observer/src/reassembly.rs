@@ -160,7 +160,7 @@ fn read_chunk(record: &[u8]) -> Result<MessageChunk, DecodeError> {
 /// The ring-buffer records a probe hit sends for `message` (tests, and the recorded sessions'
 /// builders): chunks of `MESSAGE_CHUNK_BYTES`, or one truncated chunk past `max_chunks`.
 pub fn chunk_records(
-    probe_id: u32,
+    probe_id: u16,
     thread: (u32, u32),
     ktime_ns: u64,
     message: &[u8],
@@ -169,6 +169,8 @@ pub fn chunk_records(
     let header = EventHeader {
         kind: kind::MESSAGE_CHUNK,
         probe_id,
+        candidate: 0,
+        flags: 0,
         pid: thread.0,
         tid: thread.1,
         ktime_ns,

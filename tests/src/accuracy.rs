@@ -301,7 +301,13 @@ pub struct LateAttach {
 /// and run their first task before the observer attaches, and end after it; two complete runs
 /// start after it. Checks what every worker kind must show: the runs under way count their ends
 /// under their workflow types, and no start; the later ones count both; seven ends in all.
-pub fn observe_late_attach(env: &Env, worker: &Worker, name: &str) -> anyhow::Result<LateAttach> {
+/// `observer_args` are passed to the observer too.
+pub fn observe_late_attach(
+    env: &Env,
+    worker: &Worker,
+    name: &str,
+    observer_args: &[&str],
+) -> anyhow::Result<LateAttach> {
     let server = DevServer::start(env)?;
     let receiver = Receiver::start(Transport::Http)?;
     let task_queue = unique(name);
@@ -325,6 +331,7 @@ pub fn observe_late_attach(env: &Env, worker: &Worker, name: &str) -> anyhow::Re
         export_to(&receiver),
         &["--print-updates", "--format", "json"],
     );
+    let args = with(args, observer_args);
     let observer = Observer::attach(env, worker.pid(), &as_strs(&args))?;
     let early_truth = early.wait()?;
     let after = Mix {

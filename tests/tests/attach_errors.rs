@@ -124,10 +124,14 @@ fn a_worker_without_symbols_and_a_user_without_privileges() -> anyhow::Result<()
     Ok(())
 }
 
-/// A worker built by a rustc the table has no entry for, without DWARF: refused, naming both
-/// versions and what to do. (Made by rewriting the release worker's `.comment`.)
+/// A worker built by a rustc the table has no entry for, without DWARF, and of an sdk-core
+/// release line the table has no row of: refused, naming both versions and what to do. (Made
+/// by rewriting the release worker's `.comment`, with a table whose rows are all of sdk-core
+/// 0.9; a rustc without a row but with rows of its sdk-core is read through verified
+/// candidates, see `any_rustc.rs`.)
 #[test]
-fn a_worker_from_an_unknown_rustc_is_refused_naming_the_versions() -> anyhow::Result<()> {
+fn a_worker_from_an_unknown_rustc_and_sdk_core_line_is_refused_naming_the_versions()
+-> anyhow::Result<()> {
     let env = Env::require("attach_errors")?;
     let server = DevServer::start(&env)?;
     let comment = env.logs.join("comment");
@@ -142,12 +146,32 @@ fn a_worker_from_an_unknown_rustc_is_refused_naming_the_versions() -> anyhow::Re
         objcopy.is_ok_and(|s| s.success()),
         "objcopy (binutils) is needed to make the worker"
     );
+    let mut rows: Vec<serde_json::Value> =
+        serde_json::from_str(temporal_observer::layout::SHIPPED_TABLE)?;
+    for row in &mut rows {
+        row["sdk_core"] = "0.9.0".into();
+    }
+    let table = env.logs.join("table-of-0.9.json");
+    std::fs::write(&table, serde_json::to_string(&rows)?)?;
     let worker = start_worker_binary(&env, &unknown, &server, &unique("unknown-rustc"), &[])?;
-    let (status, stderr) = run_observer(&env, &["attach", "--pid", &worker.pid().to_string()])?;
+    let (status, stderr) = run_observer(
+        &env,
+        &[
+            "--layout-table",
+            &table.to_string_lossy(),
+            "attach",
+            "--pid",
+            &worker.pid().to_string(),
+        ],
+    )?;
     assert_refused(
         status,
         &stderr,
         "no layout for sdk-core 0.10.1 built by rustc 1.99.9, and the binary has no DWARF",
+    );
+    assert!(
+        stderr.contains("no row for this sdk-core release line"),
+        "{stderr}"
     );
     assert!(stderr.contains("gen-layouts"), "{stderr}");
     Ok(())

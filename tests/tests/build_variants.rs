@@ -52,7 +52,7 @@ fn the_build_variant_is_observed_exactly_or_refused() -> anyhow::Result<()> {
                 report["probes"].as_array().is_some_and(|p| !p.is_empty()),
                 "{report}"
             );
-            assert!(report["layout_source"].is_string(), "{report}");
+            assert!(!report["layout_source"].is_null(), "{report}");
         }
     }
     let result = match refusal {
@@ -68,17 +68,26 @@ fn the_build_variant_is_observed_exactly_or_refused() -> anyhow::Result<()> {
 fn observed_exactly(env: &Env, binary: &std::path::Path) -> anyhow::Result<serde_json::Value> {
     let outcome = observe_binary(env, binary, Transport::Grpc, &[], &Mix::every_end_state())?;
     assert_matches_server(&outcome);
-    let attached = outcome
-        .log
-        .lines()
-        .find_map(|l| {
+    // After a live decision, the chosen candidate's probes stay.
+    let stayed = outcome.log.lines().find_map(|l| {
+        l.split_once("probes are detached (")?
+            .1
+            .split(' ')
+            .next()?
+            .parse::<u32>()
+            .ok()
+    });
+    let attached = stayed
+        .into_iter()
+        .chain(outcome.log.lines().filter_map(|l| {
             l.split("attached ")
                 .nth(1)?
                 .split(' ')
                 .next()?
                 .parse::<u32>()
                 .ok()
-        })
+        }))
+        .next()
         .context("the observer's log has no 'attached N probes' line")?;
     let registers = outcome
         .log
@@ -86,8 +95,29 @@ fn observed_exactly(env: &Env, binary: &std::path::Path) -> anyhow::Result<serde
         .find_map(|l| l.split("argument registers from ").nth(1))
         .unwrap_or("?")
         .to_string();
+    // `layout from <source>`, or for a candidate the live records picked, `layout verified
+    // after N records: <source>`.
+    let layout = outcome
+        .log
+        .lines()
+        .find_map(|l| {
+            l.split_once("layout verified after ")
+                .map(|(_, rest)| format!("verified candidate ({rest})"))
+                .or_else(|| {
+                    l.split_once(": layout from ")
+                        .map(|(_, rest)| rest.to_string())
+                })
+        })
+        .map(|l| {
+            l.split(", argument registers")
+                .next()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .unwrap_or_else(|| "?".into());
     Ok(serde_json::json!({
         "probes_attached": attached,
+        "layout": layout,
         "registers": registers,
         "runs": outcome.truth.runs.len(),
         "result": format!("exact ({} runs, every end state)", outcome.truth.runs.len()),

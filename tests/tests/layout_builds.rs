@@ -15,6 +15,7 @@ use temporal_observer::{
     plan::{ArgumentsSource, LayoutSource, resolve},
     probes,
     symbols::SymbolIndex,
+    verify::Verification,
 };
 
 fn fixture(profile: &str) -> anyhow::Result<Vec<u8>> {
@@ -55,8 +56,15 @@ fn dwarf_of_the_layout_build_gives_exactly_the_shipped_layout() -> anyhow::Resul
     );
     // And a worker with that DWARF is resolved from it rather than from the table.
     let resolved = resolve(&image)?;
-    assert_eq!(resolved.layout_source, LayoutSource::Dwarf);
-    assert_eq!(resolved.arguments_source, ArgumentsSource::Dwarf);
+    assert_eq!(resolved.verification, Verification::Certain);
+    let [only] = resolved.candidates.as_slice() else {
+        anyhow::bail!(
+            "{} candidates for a binary with DWARF",
+            resolved.candidates.len()
+        );
+    };
+    assert_eq!(only.layout_source, LayoutSource::Dwarf);
+    assert_eq!(only.arguments_source, ArgumentsSource::Dwarf);
     Ok(())
 }
 

@@ -86,7 +86,7 @@ fn evictions_from_a_cache_of_one_never_count_twice() -> anyhow::Result<()> {
 #[test]
 fn runs_under_way_before_attaching_count_their_ends_but_no_start() -> anyhow::Result<()> {
     let env = Env::require("metrics_late_attach")?;
-    observe_late_attach(&env, &Worker::Rust(env.worker.clone()), "late")?;
+    observe_late_attach(&env, &Worker::Rust(env.worker.clone()), "late", &[])?;
     Ok(())
 }
 

@@ -6,10 +6,25 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use object::{Object as _, ObjectSection as _};
 use temporal_observer::{
-    plan::{ArgumentsSource, LayoutSource, resolve},
+    plan::{ArgumentsSource, LayoutSource, Plan, resolve, resolve_with_table},
     probes::PROBES,
     symbols::SymbolIndex,
+    verify::Verification,
 };
+
+/// The one candidate of a plan known for certain.
+fn certain(plan: &Plan) -> &temporal_observer::plan::Candidate {
+    assert_eq!(plan.verification, Verification::Certain);
+    assert_eq!(plan.candidates.len(), 1);
+    &plan.candidates[0]
+}
+
+fn table_row(rustc: &str) -> LayoutSource {
+    LayoutSource::Table {
+        sdk_core: "0.10.1".into(),
+        rustc: rustc.into(),
+    }
+}
 
 fn fixture(profile: &str) -> anyhow::Result<Vec<u8>> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -30,14 +45,15 @@ fn the_release_worker_resolves_every_probe_once_with_the_shipped_layout() -> any
     let resolved = resolve(&image)?;
     assert_eq!(resolved.versions.sdk_core.as_deref(), Some("0.10.1"));
     assert_eq!(resolved.versions.rustc.as_deref(), Some("1.95.0"));
+    let candidate = certain(&resolved);
     assert_eq!(
-        resolved.layout_source,
-        LayoutSource::Table,
+        candidate.layout_source,
+        table_row("1.95.0"),
         "a default release build has no DWARF"
     );
     assert_eq!(resolved.probes.len(), PROBES.len());
     assert_eq!(
-        resolved.arguments_source,
+        candidate.arguments_source,
         ArgumentsSource::Table {
             build: "release".into()
         }
@@ -51,8 +67,9 @@ fn the_release_worker_resolves_every_probe_once_with_the_shipped_layout() -> any
         resolved
             .probes
             .iter()
-            .find(|p| p.spec.name == name)
-            .map(|p| (p.point.function, p.registers))
+            .zip(&candidate.registers)
+            .find(|(p, _)| p.spec.name == name)
+            .map(|(p, r)| (p.point.function, *r))
     };
     // The registers the DWARF of this build gives (see SDK-CORE.md): the activation's return
     // slot in rdi, the completion in rsi, the eviction's run id and reason in rsi and rcx.
@@ -112,9 +129,10 @@ fn the_release_worker_resolves_every_probe_once_with_the_shipped_layout() -> any
 fn the_lto_worker_resolves_with_the_lto_registers() -> anyhow::Result<()> {
     let image = fixture("lto")?;
     let resolved = resolve(&image)?;
-    assert_eq!(resolved.layout_source, LayoutSource::Table);
+    let candidate = certain(&resolved);
+    assert_eq!(candidate.layout_source, table_row("1.95.0"));
     assert_eq!(
-        resolved.arguments_source,
+        candidate.arguments_source,
         ArgumentsSource::Table {
             build: "lto".into()
         }
@@ -162,7 +180,8 @@ fn inspect_reports_versions_layout_source_and_every_probe() -> anyhow::Result<()
     assert_eq!(report["rustc"], "1.95.0");
     assert_eq!(report["sdk_core"], "0.10.1");
     assert_eq!(report["mangling"], "legacy");
-    assert_eq!(report["layout_source"], "table");
+    assert_eq!(report["layout_source"]["table"]["rustc"], "1.95.0");
+    assert_eq!(report["verification"], "certain");
     assert_eq!(report["refused"], serde_json::Value::Null);
     let probes = report["probes"].as_array().context("probes")?;
     assert_eq!(probes.len(), PROBES.len());
@@ -177,7 +196,7 @@ fn inspect_reports_versions_layout_source_and_every_probe() -> anyhow::Result<()
 
     let (ok, report) = inspect(&fixture_path("lto"))?;
     assert!(ok, "{report}");
-    assert_eq!(report["layout_source"], "table");
+    assert_eq!(report["layout_source"]["table"]["rustc"], "1.95.0");
     assert_eq!(report["arguments_source"]["table"]["build"], "lto");
     let probes = report["probes"].as_array().context("probes")?;
     assert_eq!(probes.len(), PROBES.len());
@@ -238,4 +257,51 @@ fn scratch_dir() -> anyhow::Result<PathBuf> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/e2e-logs/inspect");
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
+}
+
+/// The shipped layout table without the rows of these rustcs, as a file for `--layout-table`.
+fn table_without(rustcs: &[&str]) -> anyhow::Result<String> {
+    let mut rows: Vec<serde_json::Value> =
+        serde_json::from_str(temporal_observer::layout::SHIPPED_TABLE)?;
+    rows.retain(|r| !rustcs.iter().any(|v| r["rustc"] == *v));
+    Ok(serde_json::to_string(&rows)?)
+}
+
+/// A worker whose rustc the table has no row for: every row of its sdk-core is a candidate, each
+/// with the registers of its build of the same shape, for the live records to decide.
+#[test]
+fn without_a_row_for_its_rustc_the_rows_of_its_sdk_core_are_candidates() -> anyhow::Result<()> {
+    let held_out = table_without(&["1.95.0"])?;
+    let resolved = resolve_with_table(&fixture("release")?, &held_out)?;
+    assert_eq!(resolved.verification, Verification::Live);
+    let sources: Vec<LayoutSource> = resolved
+        .candidates
+        .iter()
+        .map(|c| c.layout_source.clone())
+        .collect();
+    assert_eq!(sources, [table_row("1.96.0"), table_row("1.97.0-nightly")]);
+    for c in &resolved.candidates {
+        assert_eq!(
+            c.arguments_source,
+            ArgumentsSource::Table {
+                build: "release".into()
+            }
+        );
+    }
+    assert!(
+        resolved
+            .evidence
+            .iter()
+            .any(|e| e.contains("no DWARF and no row for this rustc")),
+        "{:?}",
+        resolved.evidence
+    );
+    // Only the 1.95 row has an LTO build: without it no row has a build of the LTO worker's
+    // shape (static evidence), and the binary is refused, not guessed at.
+    let err = resolve_with_table(&fixture("lto")?, &held_out).expect_err("no lto build");
+    assert!(
+        err.to_string().contains("its build matches no build"),
+        "{err}"
+    );
+    Ok(())
 }

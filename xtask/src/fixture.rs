@@ -15,6 +15,11 @@ use crate::{cargo, paths, sh};
 /// rustc mangles symbols as v0 and lays out niches differently.
 pub const NIGHTLY: &str = "nightly";
 
+/// Debian's own rustc (`rustc-web`'s `/usr/bin/rustc`, 1.96), a third compiler that users have:
+/// not a rustup toolchain, so the default toolchain's cargo drives it through `RUSTC`.
+pub const DEBIAN: &str = "debian";
+const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
+
 /// Where the sample worker built with `profile` (by `toolchain`, default if `None`) lands.
 pub fn worker_binary(toolchain: Option<&str>, profile: &str) -> PathBuf {
     let target = paths().fixtures.join("target");
@@ -42,9 +47,22 @@ pub fn build_worker(toolchain: Option<&str>, profile: &str) -> anyhow::Result<Pa
     Ok(worker_binary(toolchain, profile))
 }
 
-/// `cargo` of another rustup toolchain (through the rustup proxy), building into its own target
-/// directory so that its artifacts never replace the default toolchain's.
+/// `cargo` of another toolchain (a rustup toolchain through the rustup proxy, or [`DEBIAN`]),
+/// building into its own target directory so that its artifacts never replace the default
+/// toolchain's.
 pub fn cargo_of(toolchain: &str, fixtures: &Path) -> anyhow::Result<Command> {
+    if toolchain == DEBIAN {
+        ensure!(
+            Path::new(DEBIAN_RUSTC).exists(),
+            "{DEBIAN_RUSTC} (Debian's rustc, package `rustc-web`) is missing; `cargo xtask setup` \
+             installs it"
+        );
+        let mut command = cargo();
+        command
+            .env("RUSTC", DEBIAN_RUSTC)
+            .env("CARGO_TARGET_DIR", fixtures.join("target").join(toolchain));
+        return Ok(command);
+    }
     let probe = Command::new("rustup")
         .args(["run", toolchain, "rustc", "--version"])
         .output();
@@ -58,4 +76,26 @@ pub fn cargo_of(toolchain: &str, fixtures: &Path) -> anyhow::Result<Command> {
         .env("RUSTUP_TOOLCHAIN", toolchain)
         .env("CARGO_TARGET_DIR", fixtures.join("target").join(toolchain));
     Ok(command)
+}
+
+/// `rustc` of a toolchain (the default if `None`), as the fixture's builds run it.
+pub fn rustc_of(toolchain: Option<&str>, fixtures: &Path) -> anyhow::Result<Command> {
+    Ok(match toolchain {
+        None => {
+            let mut c = Command::new("rustc");
+            c.current_dir(fixtures);
+            c
+        }
+        Some(DEBIAN) => {
+            // Fails with how to install it when it is missing.
+            cargo_of(DEBIAN, fixtures)?;
+            Command::new(DEBIAN_RUSTC)
+        }
+        Some(t) => {
+            cargo_of(t, fixtures)?;
+            let mut c = Command::new("rustup");
+            c.args(["run", t, "rustc"]);
+            c
+        }
+    })
 }

@@ -1,9 +1,9 @@
 //! `cargo xtask gen-layouts`: the shipped layout table, generated from DWARF builds of the sample
 //! worker, and the record of the inputs it was generated from.
 //!
-//! Regenerating the table takes three full builds of the sample worker (about 30 minutes on two
+//! Regenerating the table takes four full builds of the sample worker (about 40 minutes on two
 //! cores). Its output depends only on its inputs: the fixture's sources and lock file, the
-//! generator's code and the two toolchains. So `observer/layouts.inputs.json` records a digest
+//! generator's code and the toolchains. So `observer/layouts.inputs.json` records a digest
 //! of each input, written together with the table; the check compares digests first and rebuilds
 //! only when an input changed. A changed input never passes silently: the check then regenerates
 //! the table and fails unless the table is unchanged *and* the record is brought up to date.
@@ -20,7 +20,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::{
     cargo,
-    fixture::{NIGHTLY, build_worker, cargo_of},
+    fixture::{DEBIAN, NIGHTLY, build_worker, rustc_of},
     paths, sh,
 };
 
@@ -31,6 +31,7 @@ const LAYOUT_BUILDS: &[(Option<&str>, &str, &str)] = &[
     (None, "layout-gen", "release"),
     (None, "lto-layout-gen", "lto"),
     (Some(NIGHTLY), "layout-gen", "release"),
+    (Some(DEBIAN), "layout-gen", "release"),
 ];
 
 /// Files and directories (from the repository root) whose content decides the table: what is
@@ -93,7 +94,7 @@ pub fn run(check: bool, force: bool) -> anyhow::Result<()> {
             why.push(format!("{TABLE} itself is not the file that was generated"));
         }
         eprintln!(
-            "xtask: {} since {TABLE} was generated; regenerating it to compare (three builds of \
+            "xtask: {} since {TABLE} was generated; regenerating it to compare (four builds of \
              the sample worker)",
             why.join(", ")
         );
@@ -198,20 +199,7 @@ pub fn digests(root: &Path) -> anyhow::Result<BTreeMap<String, String>> {
             continue;
         }
         seen.push(toolchain);
-        let mut rustc = match toolchain {
-            None => {
-                let mut c = Command::new("rustc");
-                c.current_dir(&fixtures);
-                c
-            }
-            Some(t) => {
-                // Fails with how to install the toolchain when it is missing.
-                cargo_of(t, &fixtures)?;
-                let mut c = Command::new("rustup");
-                c.args(["run", t, "rustc"]);
-                c
-            }
-        };
+        let mut rustc = rustc_of(toolchain, &fixtures)?;
         let version = rustc.arg("-vV").output().context("running rustc -vV")?;
         ensure!(version.status.success(), "rustc -vV failed");
         let name = format!("toolchain {}", toolchain.unwrap_or("default"));

@@ -7,7 +7,7 @@ use anyhow::{Context as _, ensure};
 
 use crate::{
     cargo,
-    fixture::{NIGHTLY, build_worker, worker_binary},
+    fixture::{DEBIAN, NIGHTLY, build_worker, worker_binary},
     paths, sh,
 };
 
@@ -33,6 +33,9 @@ struct Variant {
     make: Make,
     /// The binary must be refused, with a message containing this.
     refused_with: Option<&'static str>,
+    /// Observed with the shipped layout table minus this rustc's row (the toolchain that built
+    /// the binary): its layout must come from the live verification of the other rows.
+    hold_out: Option<&'static str>,
 }
 
 const VARIANTS: &[Variant] = &[
@@ -44,6 +47,7 @@ const VARIANTS: &[Variant] = &[
             toolchain: None,
         },
         refused_with: None,
+        hold_out: None,
     },
     Variant {
         name: "lto",
@@ -53,6 +57,7 @@ const VARIANTS: &[Variant] = &[
             toolchain: None,
         },
         refused_with: None,
+        hold_out: None,
     },
     Variant {
         name: "debug-info",
@@ -62,6 +67,7 @@ const VARIANTS: &[Variant] = &[
             toolchain: None,
         },
         refused_with: None,
+        hold_out: None,
     },
     Variant {
         name: "strip-debuginfo",
@@ -71,6 +77,7 @@ const VARIANTS: &[Variant] = &[
             args: &["--strip-debug"],
         },
         refused_with: None,
+        hold_out: None,
     },
     Variant {
         name: "strip-symbols",
@@ -80,6 +87,7 @@ const VARIANTS: &[Variant] = &[
             args: &["--strip-all"],
         },
         refused_with: Some("strip = \"symbols\""),
+        hold_out: None,
     },
     Variant {
         name: "nightly-v0",
@@ -89,8 +97,55 @@ const VARIANTS: &[Variant] = &[
             toolchain: Some(NIGHTLY),
         },
         refused_with: None,
+        hold_out: None,
+    },
+    Variant {
+        name: "debian-rustc",
+        setting: "default `--release`, Debian's rustc (`rustc-web`)",
+        make: Make::Profile {
+            profile: "release",
+            toolchain: Some(DEBIAN),
+        },
+        refused_with: None,
+        hold_out: None,
+    },
+    // A toolchain held out of the table: its worker is read through the rows of the others,
+    // verified live. Not nightly's: it is the only row of its niche scheme, so without it no
+    // candidate fits its worker, which is rejected live (see README, "Any rustc").
+    Variant {
+        name: "hold-out-1.95",
+        setting: "default `--release`; table without the rustc 1.95.0 row",
+        make: Make::Profile {
+            profile: "release",
+            toolchain: None,
+        },
+        refused_with: None,
+        hold_out: Some("1.95.0"),
+    },
+    Variant {
+        name: "hold-out-1.96",
+        setting: "default `--release`, Debian's rustc; table without the rustc 1.96.0 row",
+        make: Make::Profile {
+            profile: "release",
+            toolchain: Some(DEBIAN),
+        },
+        refused_with: None,
+        hold_out: Some("1.96.0"),
     },
 ];
+
+/// The shipped layout table without `rustc`'s row, written for `--layout-table`.
+fn table_without(rustc: &str) -> anyhow::Result<PathBuf> {
+    let p = paths();
+    let table = std::fs::read_to_string(p.root.join("observer/layouts.json"))?;
+    let mut rows: Vec<serde_json::Value> = serde_json::from_str(&table)?;
+    rows.retain(|r| r["rustc"] != rustc);
+    let dir = p.root.join("target/e2e-logs/matrix");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join(format!("table-without-{rustc}.json"));
+    std::fs::write(&path, serde_json::to_string_pretty(&rows)?)?;
+    Ok(path)
+}
 
 fn binary_of(name: &str) -> anyhow::Result<PathBuf> {
     let fixtures = paths().fixtures;
@@ -165,7 +220,12 @@ pub fn run(only: &[String]) -> anyhow::Result<()> {
     let mut rows = Vec::new();
     for variant in selected {
         let binary = make(variant)?;
-        let inspect = Command::new(&p.observer)
+        let table = variant.hold_out.map(table_without).transpose()?;
+        let mut inspect = Command::new(&p.observer);
+        if let Some(table) = &table {
+            inspect.env("TEMPORAL_OBSERVER_LAYOUT_TABLE", table);
+        }
+        let inspect = inspect
             .args(["inspect", "--output", "json"])
             .arg(&binary)
             .output()
@@ -195,6 +255,10 @@ pub fn run(only: &[String]) -> anyhow::Result<()> {
             ]);
         if let Some(message) = variant.refused_with {
             test.env("E2E_EXPECT_REFUSAL", message);
+        }
+        if let Some(table) = &table {
+            // The observer the test starts reads it from its environment.
+            test.env("TEMPORAL_OBSERVER_LAYOUT_TABLE", table);
         }
         let result = sh(&mut test).and_then(|()| {
             let text = std::fs::read_to_string(&result_file)
@@ -242,13 +306,26 @@ fn render(rows: &[Row]) -> String {
             Ok(r) => (text(&r["probes_attached"]), text(&r["result"])),
             Err(e) => ("-".into(), format!("FAILED: {e:#}")),
         };
+        // What attaching used (a verified candidate is known only then), else what inspect said.
+        let layout = row
+            .result
+            .as_ref()
+            .ok()
+            .and_then(|r| r["layout"].as_str().map(str::to_string))
+            .unwrap_or_else(|| match &row.inspect["layout_source"] {
+                serde_json::Value::Object(o) => o
+                    .get("table")
+                    .map(|t| format!("table row (rustc {})", text(&t["rustc"])))
+                    .unwrap_or_default(),
+                other => text(other),
+            });
         out.push_str(&format!(
             "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
             row.name,
             row.setting,
             text(&row.inspect["rustc"]),
             text(&row.inspect["mangling"]),
-            text(&row.inspect["layout_source"]),
+            layout,
             registers,
             probes,
             result.replace('|', "\\|"),

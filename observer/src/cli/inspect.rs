@@ -13,6 +13,7 @@ use crate::{
     probes::{self, Family, Hook, Input, Via},
     symbols::FunctionSymbol,
     target::Target,
+    verify::{self, Verification},
     versions,
 };
 
@@ -49,9 +50,18 @@ pub struct Report {
     pub family: Option<Family>,
     /// `legacy`, `v0`, or `none` (no sdk-core symbol).
     pub mangling: &'static str,
+    /// Where the layout comes from (the first candidate's, when the live records decide).
     pub layout_source: Option<LayoutSource>,
-    /// Where the probe functions' argument registers come from.
+    /// Where the probe functions' argument registers come from (likewise).
     pub arguments_source: Option<ArgumentsSource>,
+    /// Whether the layout is known for certain or is picked by the live records.
+    pub verification: Option<Verification>,
+    /// The candidate layouts (one when it is known for certain).
+    pub candidates: Vec<plan::Candidate>,
+    /// What the binary itself says about its layout, before any record.
+    pub static_evidence: Vec<String>,
+    /// What the first records are checked for, when they decide.
+    pub verified_live: Vec<&'static str>,
     /// The probes that would be attached, each at the point chosen for this binary.
     pub probes: Vec<ProbeReport>,
     /// Lifecycle facts the observer cannot see in this binary, or sees only in part, and why.
@@ -97,7 +107,7 @@ impl From<&FunctionSymbol> for Location {
 
 const REGISTERS: [&str; 6] = ["rdi", "rsi", "rdx", "rcx", "r8", "r9"];
 
-fn describe_inputs(planned: &PlannedProbe) -> Vec<String> {
+fn describe_inputs(planned: &PlannedProbe, registers: [u8; 2]) -> Vec<String> {
     let of_callee = planned
         .point
         .hook
@@ -108,7 +118,7 @@ fn describe_inputs(planned: &PlannedProbe) -> Vec<String> {
         .point
         .inputs
         .iter()
-        .zip(planned.registers)
+        .zip(registers)
         .filter_map(|(input, register)| {
             let register = REGISTERS.get(usize::from(register)).unwrap_or(&"?");
             match input {
@@ -146,6 +156,10 @@ pub fn report(name: String, image: &[u8], resolved: Result<Plan, PlanError>) -> 
         mangling: "none",
         layout_source: None,
         arguments_source: None,
+        verification: None,
+        candidates: Vec::new(),
+        static_evidence: Vec::new(),
+        verified_live: Vec::new(),
         probes: Vec::new(),
         not_covered: Vec::new(),
         refused: None,
@@ -166,13 +180,21 @@ pub fn report(name: String, image: &[u8], resolved: Result<Plan, PlanError>) -> 
     report.sdk_core = plan.versions.sdk_core.clone();
     report.package = plan.versions.package.clone();
     report.family = Some(plan.family);
-    report.layout_source = Some(plan.layout_source);
-    report.arguments_source = Some(plan.arguments_source.clone());
+    let first = plan.candidates.first();
+    report.layout_source = first.map(|c| c.layout_source.clone());
+    report.arguments_source = first.map(|c| c.arguments_source.clone());
+    report.verification = Some(plan.verification);
+    report.candidates = plan.candidates.clone();
+    report.static_evidence = plan.evidence.clone();
+    if plan.verification == Verification::Live {
+        report.verified_live = verify::RULES.to_vec();
+    }
     report.not_covered = plan.not_covered();
     report.probes = plan
         .probes
         .iter()
-        .map(|planned| ProbeReport {
+        .enumerate()
+        .map(|(i, planned)| ProbeReport {
             name: planned.spec.name,
             function: planned.point.function,
             via: planned.point.via,
@@ -182,14 +204,24 @@ pub fn report(name: String, image: &[u8], resolved: Result<Plan, PlanError>) -> 
                 .callee
                 .as_ref()
                 .map(|c| c.file.display().to_string()),
-            inputs: describe_inputs(planned),
+            inputs: describe_inputs(
+                planned,
+                first
+                    .and_then(|c| c.registers.get(i))
+                    .copied()
+                    .unwrap_or_default(),
+            ),
             required: planned.spec.required,
             yields: planned.spec.yields,
             locations: planned.functions.iter().map(Location::from).collect(),
         })
         .collect();
     if plan.family.needs_layout()
-        && let Err(e) = TargetLayout::kernel_layout(&plan.layout)
+        && let Some(Err(e)) = plan
+            .candidates
+            .iter()
+            .map(|c| TargetLayout::kernel_layout(&c.layout))
+            .find(Result::is_err)
     {
         report.refused = Some(e.to_string());
     }
@@ -244,14 +276,34 @@ fn render(r: &Report) -> String {
     if let Some(family) = r.family {
         out.push_str(&format!("reads:     {family}\n"));
     }
-    out.push_str(&format!(
-        "layout:    {}\n",
-        or_none(r.layout_source.map(|s| s.to_string()))
-    ));
-    out.push_str(&format!(
-        "registers: {}\n",
-        or_none(r.arguments_source.as_ref().map(ToString::to_string))
-    ));
+    if r.verification == Some(Verification::Live) {
+        out.push_str(&format!(
+            "layout:    not known for certain: {} candidate(s), read live until the first \
+             records pick exactly one (nothing counts before that)\n",
+            r.candidates.len()
+        ));
+        for (i, c) in r.candidates.iter().enumerate() {
+            out.push_str(&format!("  candidate {i}: {}\n", c.label()));
+        }
+        for fact in &r.static_evidence {
+            out.push_str(&format!("  static evidence: {fact}\n"));
+        }
+        for rule in &r.verified_live {
+            out.push_str(&format!("  verified live: {rule}\n"));
+        }
+    } else {
+        out.push_str(&format!(
+            "layout:    {}\n",
+            or_none(r.layout_source.as_ref().map(ToString::to_string))
+        ));
+        out.push_str(&format!(
+            "registers: {}\n",
+            or_none(r.arguments_source.as_ref().map(ToString::to_string))
+        ));
+        for fact in &r.static_evidence {
+            out.push_str(&format!("  static evidence: {fact}\n"));
+        }
+    }
     if !r.probes.is_empty() {
         out.push_str("probes:\n");
     }

@@ -23,8 +23,32 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 #[derive(Debug, Parser)]
 #[command(name = "temporal-observer", version, propagate_version = true)]
 pub struct Cli {
+    /// A layout table to use instead of the one built in: a JSON array of rows as
+    /// `cargo xtask gen-layouts` writes them (observer/layouts.json), for example with a row
+    /// generated for your own rustc. Without DWARF and without a row for the binary's exact
+    /// rustc, every row of its sdk-core is a candidate and the live records pick one.
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        env = "TEMPORAL_OBSERVER_LAYOUT_TABLE"
+    )]
+    pub layout_table: Option<std::path::PathBuf>,
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// Applies the options every subcommand shares.
+    pub fn apply_global(&self) -> anyhow::Result<()> {
+        if let Some(path) = &self.layout_table {
+            let table = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the layout table {}", path.display()))?;
+            crate::layout::use_table(table)
+                .with_context(|| format!("the layout table {}", path.display()))?;
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Subcommand)]

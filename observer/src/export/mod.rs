@@ -48,6 +48,8 @@ pub mod name {
     pub const RUNS_AFFECTED: &str = "temporal_observer_runs_affected_by_loss_total";
     pub const RECORDS_TRUNCATED: &str = "temporal_observer_records_truncated_total";
     pub const MESSAGES_INCOMPLETE: &str = "temporal_observer_messages_incomplete_total";
+    pub const RECORDS_UNVERIFIED: &str = "temporal_observer_records_unverified_total";
+    pub const LAYOUT_REJECTED: &str = "temporal_observer_layout_rejected_total";
 }
 
 /// A counter fed from a cumulative total: each report adds what is new since the last.
@@ -167,6 +169,8 @@ pub struct Metrics {
     runs_affected: Cumulative,
     records_truncated: Cumulative,
     messages_incomplete: Cumulative,
+    records_unverified: Cumulative,
+    layouts_rejected: Cumulative,
     mirror: Mirror,
 }
 
@@ -262,6 +266,14 @@ impl Metrics {
                 name::MESSAGES_INCOMPLETE,
                 "Messages that lost a chunk, not read (the open runs count as affected)",
             ),
+            records_unverified: cumulative(
+                name::RECORDS_UNVERIFIED,
+                "Probe records not counted because no candidate layout was verified for them",
+            ),
+            layouts_rejected: cumulative(
+                name::LAYOUT_REJECTED,
+                "Targets no longer observed: their live records fit none of the candidate layouts",
+            ),
             mirror: Mirror::default(),
             provider,
         }
@@ -330,6 +342,8 @@ impl Metrics {
         self.runs_affected.report(health.runs_affected);
         self.records_truncated.report(health.records_truncated);
         self.messages_incomplete.report(health.messages_incomplete);
+        self.records_unverified.report(health.records_unverified);
+        self.layouts_rejected.report(health.layouts_rejected);
         self.probes_attached.record(health.probes_attached, &[]);
         self.targets_observed.record(health.targets_observed, &[]);
         self.runs_tracked.record(health.runs_tracked, &[]);
@@ -368,6 +382,10 @@ pub struct Health {
     pub probes_attached: i64,
     pub targets_observed: i64,
     pub runs_tracked: i64,
+    /// Records never counted because the target's layout was not (or could not be) verified.
+    pub records_unverified: u64,
+    /// Targets whose candidate layouts the live records all contradicted.
+    pub layouts_rejected: u64,
 }
 
 /// Resource attributes: where the numbers come from, never metric attributes.

@@ -204,8 +204,8 @@ pub fn all_probes() -> impl Iterator<Item = &'static ProbeSpec> {
     PROBES.iter().chain(PYTHON_PROBES).chain(TYPESCRIPT_PROBES)
 }
 
-pub fn spec_by_id(id: u32) -> Option<&'static ProbeSpec> {
-    all_probes().find(|p| u32::from(p.id) == id)
+pub fn spec_by_id(id: u16) -> Option<&'static ProbeSpec> {
+    all_probes().find(|p| p.id == id)
 }
 
 /// Every function any probe point of the struct family names (the functions whose arguments

@@ -71,11 +71,29 @@ pub const PROBES: &[ProbeSpec] = &[
     ProbeSpec {
         id: 3,
         name: "eviction",
-        points: &[entry(
-            "temporalio_protos::protos::coresdk::workflow_activation::sdk_helpers::create_evict_activation",
-            program::EVICTION,
-            [Input::Address("run_id"), Input::Value("reason")],
-        )],
+        points: &[
+            entry(
+                "temporalio_protos::protos::coresdk::workflow_activation::sdk_helpers::create_evict_activation",
+                program::EVICTION,
+                [Input::Address("run_id"), Input::Value("reason")],
+            ),
+            // sdk-core 0.11 removed `create_evict_activation` (and LTO may inline it): every
+            // eviction is first requested here, with its run id and reason.
+            ProbePoint {
+                function: "temporalio_sdk_core::worker::workflow::managed_run::ManagedRun::request_eviction",
+                via: None,
+                hook: Hook::Entry {
+                    program: program::EVICTION_REQUEST,
+                },
+                inputs: [Input::Address("info"), Input::None],
+                caveat: Some(
+                    "evictions are read as core is asked for them (`create_evict_activation` is \
+                     not in this binary): a run asked to leave the cache again before it left is \
+                     seen once per request",
+                ),
+                count_existing_workers: false,
+            },
+        ],
         required: true,
         yields: "each eviction from the workflow cache: run id and reason",
         record: kind::EVICTION,

@@ -24,10 +24,11 @@ pub use pipeline::{NullSink, Pipeline, Sink};
 use crate::{
     events::{self, Clock},
     export::{ExportSettings, Health, Metrics},
-    kernel::{Attachment, KernelCounters, KernelSettings},
+    kernel::{AttachCandidate, Attachment, KernelCounters, KernelSettings},
     lifecycle::{Limits, Update},
     plan::Plan,
     target::{Probed, Target, WORKER_THREAD},
+    verify::{Verification, Verifier},
 };
 
 /// How one process is observed: what `attach` and `watch` set from their flags, and what is
@@ -78,6 +79,8 @@ pub enum StopReason {
     Execd,
     /// Whoever could stop the session is gone.
     Abandoned,
+    /// The live records fit none of the candidate layouts.
+    LayoutRejected,
 }
 
 impl std::fmt::Display for StopReason {
@@ -89,6 +92,7 @@ impl std::fmt::Display for StopReason {
             Self::TargetExited => "the worker exited",
             Self::Execd => "the process exec'd a new program",
             Self::Abandoned => "stopped",
+            Self::LayoutRejected => "its records fit none of the candidate layouts",
         })
     }
 }
@@ -124,17 +128,32 @@ pub fn log_plan(target: &Target, plan: &Plan) {
         .map(|p| format!("{} {}, ", p.name, p.version))
         .unwrap_or_default();
     info!(
-        "PID {} ({}, probes in {}): {package}sdk-core {}, rustc {}; reads {}; layout from {}, \
-         argument registers from {}",
+        "PID {} ({}, probes in {}): {package}sdk-core {}, rustc {}; reads {}",
         target.pid,
         target.exe_name,
         target.probed_name(),
         plan.versions.sdk_core.as_deref().unwrap_or("?"),
         plan.versions.rustc.as_deref().unwrap_or("?"),
         plan.family,
-        plan.layout_source,
-        plan.arguments_source,
     );
+    match plan.verification {
+        Verification::Live => {
+            info!(
+                "PID {}: no layout is known for certain; {} candidate(s), each read live until \
+                 the records pick exactly one (nothing counts before that):",
+                target.pid,
+                plan.candidates.len()
+            );
+            for (i, candidate) in plan.candidates.iter().enumerate() {
+                info!("PID {}:   candidate {i}: {}", target.pid, candidate.label());
+            }
+        }
+        Verification::Certain | Verification::Off => {
+            if let Some(candidate) = plan.candidates.first() {
+                info!("PID {}: layout from {}", target.pid, candidate.label());
+            }
+        }
+    }
     for planned in &plan.probes {
         info!(
             "PID {}: probe {}: {} ({} location(s))",
@@ -170,6 +189,20 @@ pub enum SessionError {
     Wait(std::io::Error),
     #[error(transparent)]
     Recording(#[from] recording::RecordingError),
+    #[error(
+        "PID {pid} ({exe}, sdk-core {sdk_core}, rustc {rustc}) is no longer observed: {rejection}. \
+         Nothing was counted from records that did not fit. Build the worker with debug info for \
+         sdk-core, or add a layout-table row for this rustc (`cargo xtask gen-layouts`); if the \
+         layout came from the binary's own DWARF or its exact row, please report it with a \
+         recording (`attach --record-to FILE`)"
+    )]
+    LayoutRejected {
+        pid: u32,
+        exe: String,
+        sdk_core: String,
+        rustc: String,
+        rejection: crate::verify::Rejection,
+    },
 }
 
 /// The metric instruments as a sink of the pipeline.
@@ -254,16 +287,30 @@ pub async fn observe(
             ring: config.kernel.ring_buffer_bytes,
         });
     }
-    let kernel_layout = if plan.family.needs_layout() {
-        Some(plan.layout.kernel_layout()?)
-    } else {
-        None
-    };
+    let kernel_layouts = plan
+        .candidates
+        .iter()
+        .map(|c| {
+            plan.family
+                .needs_layout()
+                .then(|| c.layout.kernel_layout())
+                .transpose()
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let attach_candidates: Vec<AttachCandidate<'_>> = plan
+        .candidates
+        .iter()
+        .zip(&kernel_layouts)
+        .map(|(c, layout)| AttachCandidate {
+            layout: layout.as_ref(),
+            registers: &c.registers,
+        })
+        .collect();
     let mut attachment = match Attachment::attach(
         &target.attach_path(),
         target.pid,
         &plan.probes,
-        kernel_layout.as_ref(),
+        &attach_candidates,
         config.kernel,
     ) {
         Ok(attachment) => attachment,
@@ -283,8 +330,13 @@ pub async fn observe(
             format!(" ({ms:.1} ms after {})", noticed.event)
         })
         .unwrap_or_default();
+    let per_candidate = if plan.candidates.len() > 1 {
+        format!(" (one set per candidate layout, {})", plan.candidates.len())
+    } else {
+        String::new()
+    };
     info!(
-        "attached {} probes to PID {}{latency}; Ctrl-C detaches",
+        "attached {} probes{per_candidate} to PID {}{latency}; Ctrl-C detaches",
         attachment.attached, target.pid
     );
 
@@ -294,6 +346,7 @@ pub async fn observe(
     let mut ring =
         unsafe { AsyncFd::register(ring) }.map_err(|e| SessionError::Poll(e.into_parts().1))?;
     let clock = Clock::now();
+    let verifier_candidates: Vec<_> = plan.candidates.iter().map(|c| c.for_verifier()).collect();
     let mut recording = Recording(match &config.record_to {
         Some(path) => Some(recording::Recorder::create(
             path,
@@ -303,7 +356,9 @@ pub async fn observe(
                 executable: target.exe_name.clone(),
                 realtime_minus_monotonic: clock.realtime_minus_monotonic(),
                 probes_attached: attachment.attached as i64,
-                layout: plan.layout.clone(),
+                layout: verifier_candidates[0].layout.clone(),
+                candidates: verifier_candidates.clone(),
+                verification: plan.verification,
                 max_open_runs: config.limits.max_open_runs,
                 timeout_grace_nanos: config.limits.timeout_grace_nanos,
                 configured_workers: config.configured_workers,
@@ -314,7 +369,7 @@ pub async fn observe(
     let mirror = metrics.mirror();
     let printer = Printer::new(config.print_events, config.print_updates, config.format);
     let mut pipeline = Pipeline::new(
-        plan.layout.clone(),
+        Verifier::new(verifier_candidates, plan.verification),
         clock,
         config.limits,
         config.configured_workers,
@@ -362,7 +417,31 @@ pub async fn observe(
         });
         pipeline.health(counters, targets);
     };
+    let mut losers_detached = false;
     let reason = loop {
+        if pipeline.verifier().rejection().is_some() {
+            break StopReason::LayoutRejected;
+        }
+        if !losers_detached
+            && plan.verification == Verification::Live
+            && let Some(chosen) = pipeline.verifier().chosen_index()
+        {
+            losers_detached = true;
+            let kept = attachment.keep_only(chosen);
+            info!(
+                "PID {}: layout verified after {} records: {}; {}",
+                target.pid,
+                pipeline.verifier().checked(),
+                plan.candidates[chosen].label(),
+                match kept {
+                    Ok(()) => format!(
+                        "the other candidates' probes are detached ({} probes stay)",
+                        attachment.attached
+                    ),
+                    Err(e) => format!("detaching the other candidates' probes failed: {e}"),
+                }
+            );
+        }
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard.map_err(SessionError::Wait)?;
@@ -390,6 +469,13 @@ pub async fn observe(
                 if !config.print_events && Instant::now() >= status_at {
                     status_at = Instant::now() + Duration::from_secs(10);
                     info!("PID {}: {}", target.pid, pipeline.summary(attachment.counters().ok()));
+                    if pipeline.verifier().chosen_index().is_none() {
+                        info!(
+                            "PID {}: layout not verified yet (nothing counts until it is): {}",
+                            target.pid,
+                            pipeline.verifier().standing()
+                        );
+                    }
                 }
             }
             changed = stop.changed() => {
@@ -412,12 +498,15 @@ pub async fn observe(
         recording.write(&recording::Input::ProcessExit);
         pipeline.process_exit();
     }
-    health(
-        &mut pipeline,
-        &mut recording,
-        counters,
-        if exited { 0 } else { 1 },
-    );
+    recording.write(&recording::Input::SessionEnd);
+    if let Some(standing) = pipeline.finish_verification() {
+        warn!(
+            "PID {}: the layout was never verified, so nothing was counted: {standing}",
+            target.pid
+        );
+    }
+    let observed = !exited && reason != StopReason::LayoutRejected;
+    health(&mut pipeline, &mut recording, counters, i64::from(observed));
     info!(
         "PID {}: {reason}; {}",
         target.pid,
@@ -432,6 +521,7 @@ pub async fn observe(
     drop(ring);
     drop(attachment);
     info!("detached from PID {}", target.pid);
+    let rejection = pipeline.verifier().rejection().cloned();
     let (mut metrics, _) = pipeline.into_sink();
     if config.print_metrics.is_some() {
         print_table(&mirror.snapshot(), redraw);
@@ -443,7 +533,16 @@ pub async fn observe(
         Ok(Err(e)) => warn!("the final metric export failed: {e}"),
         Err(e) => warn!("the final metric export did not finish: {e}"),
     }
-    Ok(())
+    match rejection {
+        Some(rejection) => Err(SessionError::LayoutRejected {
+            pid: target.pid,
+            exe: target.exe_name.clone(),
+            sdk_core: plan.versions.sdk_core.clone().unwrap_or_else(|| "?".into()),
+            rustc: plan.versions.rustc.clone().unwrap_or_else(|| "?".into()),
+            rejection,
+        }),
+        None => Ok(()),
+    }
 }
 
 fn wall_now() -> i128 {
@@ -479,6 +578,49 @@ mod tests {
         PathBuf::from(env!("CARGO_MANIFEST_DIR"))
             .join("../tests/fixtures/recordings")
             .join(name)
+    }
+
+    /// The same recording, as a worker without a row for its rustc delivers it: every record
+    /// once per candidate (the other niche scheme's row first). The live records pick the
+    /// right row, and the values are exactly those of the session read with its own layout.
+    #[test]
+    fn a_recording_read_through_two_candidates_replays_to_the_same_values() {
+        let (header, inputs) =
+            recording::read(&fixture("every-end-state.rec")).expect("the recording reads");
+        let nightly =
+            crate::layout::from_table(crate::layout::SHIPPED_TABLE, "0.10.1", "1.97.0-nightly")
+                .expect("row");
+        let mut live = header.clone();
+        live.candidates = vec![
+            crate::verify::Candidate {
+                label: "nightly".into(),
+                layout: nightly,
+            },
+            crate::verify::Candidate {
+                label: "stable".into(),
+                layout: header.layout.clone(),
+            },
+        ];
+        live.verification = crate::verify::Verification::Live;
+        let at = std::mem::offset_of!(observer_common::EventHeader, candidate);
+        let doubled: Vec<recording::Input> = inputs
+            .iter()
+            .flat_map(|input| match input {
+                recording::Input::Record(bytes) => (0u8..2)
+                    .map(|c| {
+                        let mut copy = bytes.clone();
+                        copy[at] = c;
+                        recording::Input::Record(copy)
+                    })
+                    .collect(),
+                other => vec![other.clone()],
+            })
+            .collect();
+        let certain = recording::replay(&header, &inputs, Metrics::in_memory()).snapshot();
+        let verified = recording::replay(&live, &doubled, Metrics::in_memory()).snapshot();
+        assert!(!certain.counters.is_empty());
+        assert_eq!(verified.counters, certain.counters);
+        assert_eq!(verified.workers_running, certain.workers_running);
     }
 
     /// A session recorded from the real sample worker (`attach --record-to`) while the workload

@@ -10,10 +10,10 @@ use crate::{
     events::{self, Clock, Event, read_record},
     export::Health,
     kernel::KernelCounters,
-    layout::TargetLayout,
     lifecycle::{Engine, Limits, Update},
     probes,
     reassembly::{Assembled, Reassembly},
+    verify::{Admit, Verifier},
 };
 
 /// Where a session's results go: the metric instruments, printers, a test's collector. Every
@@ -68,7 +68,8 @@ impl<A: Sink, B: Sink> Sink for (A, B) {
 
 /// Decoded events flow through here, to the lifecycle engine and the sinks.
 pub struct Pipeline<S> {
-    layout: TargetLayout,
+    /// Which candidate layout the records are decoded with, once the records decided it.
+    verifier: Verifier,
     clock: Clock,
     engine: Engine,
     sink: S,
@@ -102,7 +103,7 @@ impl<S> std::fmt::Debug for Pipeline<S> {
 
 impl<S: Sink> Pipeline<S> {
     pub fn new(
-        layout: TargetLayout,
+        verifier: Verifier,
         clock: Clock,
         limits: Limits,
         configured_workers: Option<i64>,
@@ -110,7 +111,7 @@ impl<S: Sink> Pipeline<S> {
         sink: S,
     ) -> Self {
         let mut pipeline = Self {
-            layout,
+            verifier,
             clock,
             engine: Engine::new(limits),
             sink,
@@ -144,8 +145,46 @@ impl<S: Sink> Pipeline<S> {
             self.chunk(bytes);
             return;
         }
-        let decoded = events::decode(bytes, &self.layout, &self.clock);
-        self.decoded(decoded);
+        match self.verifier.admit(bytes) {
+            Admit::Now(candidate) => {
+                let decoded = events::decode(bytes, self.verifier.layout(candidate), &self.clock);
+                self.decoded(decoded);
+            }
+            Admit::Decided {
+                chosen,
+                records,
+                lost,
+            } => {
+                // Records dropped for room while undecided held some run's news: as if lost.
+                if lost {
+                    self.engine.on_loss();
+                }
+                // One set of probes stays: the other candidates' are detached.
+                self.probes_attached /= self.verifier.candidates().len().max(1) as i64;
+                for record in records {
+                    let decoded =
+                        events::decode(&record, self.verifier.layout(chosen), &self.clock);
+                    self.decoded(decoded);
+                }
+            }
+            Admit::Rejected => {
+                if let Some(rejection) = self.verifier.rejection() {
+                    log::error!("{rejection}");
+                }
+            }
+            Admit::Held | Admit::Dropped => {}
+        }
+    }
+
+    /// The decision among the candidate layouts.
+    pub fn verifier(&self) -> &Verifier {
+        &self.verifier
+    }
+
+    /// The session ends: records still held for an undecided layout are counted as unverified.
+    /// Returns where the decision stood, if it was never made.
+    pub fn finish_verification(&mut self) -> Option<String> {
+        self.verifier.finish()
     }
 
     /// One chunk of a message: decoded once the message is whole. A message that will never be
@@ -160,7 +199,12 @@ impl<S: Sink> Pipeline<S> {
             match message {
                 Assembled::Whole { header, bytes } => {
                     self.message_bytes += bytes.len() as u64;
-                    let decoded = events::decode_message(header, &bytes, &self.layout, &self.clock);
+                    let decoded = events::decode_message(
+                        header,
+                        &bytes,
+                        self.verifier.layout(0),
+                        &self.clock,
+                    );
                     // A message that does not decode held some run's news: as if lost.
                     if decoded.is_err() {
                         self.engine.on_loss();
@@ -249,6 +293,8 @@ impl<S: Sink> Pipeline<S> {
             probes_attached: if targets > 0 { self.probes_attached } else { 0 },
             targets_observed: targets,
             runs_tracked: self.engine.open_runs() as i64,
+            records_unverified: self.verifier.unverified(),
+            layouts_rejected: u64::from(self.verifier.rejection().is_some()),
         };
         self.sink.health(&health);
         self.flush();

@@ -15,7 +15,17 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use super::{Pipeline, Sink};
-use crate::{events::Clock, kernel::KernelCounters, layout::TargetLayout, lifecycle::Limits};
+use crate::{
+    events::Clock,
+    kernel::KernelCounters,
+    layout::TargetLayout,
+    lifecycle::Limits,
+    verify::{Candidate, Verification, Verifier},
+};
+
+fn certain() -> Verification {
+    Verification::Certain
+}
 
 const MAGIC: &str = "temporal-observer-recording 1";
 const RECORD: u8 = 1;
@@ -23,6 +33,7 @@ const TICK: u8 = 2;
 const EXISTING_WORKERS: u8 = 3;
 const PROCESS_EXIT: u8 = 4;
 const HEALTH: u8 = 5;
+const SESSION_END: u8 = 6;
 
 /// What decoding the records needs.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -34,7 +45,14 @@ pub struct Header {
     /// Wall-clock minus monotonic time when the session started (see [`crate::events::Clock`]).
     pub realtime_minus_monotonic: i128,
     pub probes_attached: i64,
+    /// The layout of a session with one (recordings made before candidates were, too).
     pub layout: TargetLayout,
+    /// The candidate layouts the records were read with, by the records' candidate index;
+    /// empty: `layout` alone, known for certain.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub candidates: Vec<Candidate>,
+    #[serde(default = "certain")]
+    pub verification: Verification,
     /// The session's lifecycle settings and configured workers, which the values depend on.
     pub max_open_runs: usize,
     pub timeout_grace_nanos: i128,
@@ -60,6 +78,8 @@ pub enum Input {
     ExistingWorkers(usize),
     /// The observed process exited.
     ProcessExit,
+    /// The session ends: records still held for an undecided layout count as unverified.
+    SessionEnd,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -145,6 +165,7 @@ impl Recorder {
                 (EXISTING_WORKERS, (*count as u64).to_le_bytes().to_vec())
             }
             Input::ProcessExit => (PROCESS_EXIT, Vec::new()),
+            Input::SessionEnd => (SESSION_END, Vec::new()),
         };
         self.frame(kind, &payload)
     }
@@ -179,8 +200,24 @@ pub fn replay<S: Sink>(header: &Header, inputs: &[Input], sink: S) -> S {
         timeout_grace_nanos: header.timeout_grace_nanos,
         ..Limits::default()
     };
+    let (candidates, verification) = if header.candidates.is_empty() {
+        // Made before candidates were: one layout, or none for a target whose records are
+        // encoded messages.
+        let verification = if header.layout == TargetLayout::default() {
+            Verification::Off
+        } else {
+            header.verification
+        };
+        let recorded = Candidate {
+            label: "the recorded layout".into(),
+            layout: header.layout.clone(),
+        };
+        (vec![recorded], verification)
+    } else {
+        (header.candidates.clone(), header.verification)
+    };
     let mut pipeline = Pipeline::new(
-        header.layout.clone(),
+        Verifier::new(candidates, verification),
         Clock::fixed(header.realtime_minus_monotonic),
         limits,
         header.configured_workers,
@@ -197,6 +234,9 @@ pub fn replay<S: Sink>(header: &Header, inputs: &[Input], sink: S) -> S {
             Input::Health { counters, targets } => pipeline.health(Some(*counters), *targets),
             Input::ExistingWorkers(count) => pipeline.existing_workers(*count),
             Input::ProcessExit => pipeline.process_exit(),
+            Input::SessionEnd => {
+                pipeline.finish_verification();
+            }
         }
     }
     pipeline.into_sink()
@@ -266,6 +306,7 @@ fn parse_frames(mut body: &[u8]) -> Result<Vec<Input>, usize> {
                 number(0..8)?.try_into().map_err(|_| index)?,
             ) as usize),
             PROCESS_EXIT if length == 0 => Input::ProcessExit,
+            SESSION_END if length == 0 => Input::SessionEnd,
             _ => return Err(index),
         });
     }
@@ -287,6 +328,11 @@ mod tests {
             realtime_minus_monotonic: -5,
             probes_attached: 3,
             layout: crate::layout::sample_layout(),
+            candidates: vec![Candidate {
+                label: "a".into(),
+                layout: crate::layout::sample_layout(),
+            }],
+            verification: Verification::Live,
             max_open_runs: 10,
             timeout_grace_nanos: 1_000_000_000,
             configured_workers: None,
@@ -303,6 +349,7 @@ mod tests {
             Input::Record(Vec::new()),
             Input::ExistingWorkers(2),
             Input::ProcessExit,
+            Input::SessionEnd,
             Input::Health {
                 counters: KernelCounters::default(),
                 targets: 0,
@@ -319,7 +366,8 @@ mod tests {
         assert_eq!(read_inputs, inputs);
 
         let bytes = std::fs::read(&path).expect("bytes");
-        std::fs::write(&path, &bytes[..bytes.len() - 57]).expect("cut");
+        // Into frame 1 (the last frames: health, process exit, session end).
+        std::fs::write(&path, &bytes[..bytes.len() - 62]).expect("cut");
         let err = read(&path).expect_err("cut");
         assert!(
             matches!(err, RecordingError::Frame { index: 1, .. }),

@@ -547,7 +547,7 @@ pub fn runs_under_way_before_attaching_count_their_ends_but_no_start(
     sdk: &Sdk,
 ) -> anyhow::Result<()> {
     let env = Env::require(&format!("{}_late_attach", sdk.name))?;
-    let late = observe_late_attach(&env, &sdk.worker, &format!("{}-late", sdk.name))?;
+    let late = observe_late_attach(&env, &sdk.worker, &format!("{}-late", sdk.name), &[])?;
     assert_eq!(
         late.received
             .int("temporal_observer_runs_affected_by_loss_total", "")
