@@ -31,6 +31,12 @@ use crate::{
 /// as unverified.
 pub const HOLD_RECORDS: usize = 16_384;
 
+/// Before the decision, a candidate whose reads faulted this many times more than those of the
+/// candidate with the fewest faults is contradicted: the right layout reads memory the worker
+/// has just written, so its reads (nearly) never fault, while offsets that point elsewhere often
+/// leave the target's data. A few faults of its own never contradict the only candidate.
+const FAULT_MARGIN: u64 = 3;
+
 /// The values a niche-encoded enum's dataful variant can hold in its tag field: that field is
 /// a length or capacity, a discriminant, a flag or a user-space pointer, all below 2^47 on
 /// x86-64. A value in the niche area read as the dataful variant means the wrong niche scheme.
@@ -363,6 +369,8 @@ pub fn check(bytes: &[u8], layout: &TargetLayout) -> Result<Fit, Misfit> {
 struct Evidence {
     contradicted: Option<Misfit>,
     fitting: u64,
+    /// Its records whose reads faulted (flagged by the kernel).
+    faulted: u64,
     confirmed: bool,
     /// Run ids of activations seen through it, until it is confirmed.
     activations: BTreeSet<String>,
@@ -574,7 +582,10 @@ impl Verifier {
                 // Its copies will never be passed on, and must not take the others' room.
                 self.held.retain(|r| candidate_of(r) != Some(candidate));
             }
-            Ok(Fit::Unread) => {}
+            Ok(Fit::Unread) => {
+                evidence.faulted += 1;
+                self.weigh_faults();
+            }
             Ok(fit) => {
                 evidence.fitting += 1;
                 match fit {
@@ -593,6 +604,21 @@ impl Verifier {
                     }
                     _ => {}
                 }
+            }
+        }
+    }
+
+    /// Contradicts the candidates whose reads faulted far more often than another's.
+    fn weigh_faults(&mut self) {
+        let fewest = self.evidence.iter().map(|e| e.faulted).min().unwrap_or(0);
+        for (c, evidence) in self.evidence.iter_mut().enumerate() {
+            if evidence.contradicted.is_none() && evidence.faulted >= fewest + FAULT_MARGIN {
+                evidence.contradicted = Some(misfit(format!(
+                    "{} of its records could not be read (another candidate's: {fewest}): its \
+                     offsets point outside the target's data",
+                    evidence.faulted
+                )));
+                self.held.retain(|r| candidate_of(r) != Some(c));
             }
         }
     }
@@ -847,6 +873,25 @@ mod tests {
         );
         assert_eq!(live.admit(&stand_in), Admit::Held);
         assert!(live.rejection().is_none());
+        // Reads that fault far more often through one candidate than through another contradict
+        // it: its offsets lead out of the target's data.
+        let mut two = Verifier::new(
+            vec![
+                candidate("off", header.layout.clone()),
+                candidate("right", header.layout.clone()),
+            ],
+            Verification::Live,
+        );
+        for _ in 0..FAULT_MARGIN {
+            two.admit(&as_candidate(&stand_in, 0));
+            two.admit(&as_candidate(activation, 1));
+        }
+        let standing = two.standing();
+        assert!(
+            standing.contains("off") && standing.contains("could not be read"),
+            "{standing}"
+        );
+        assert!(!standing.contains("right [contradicted"), "{standing}");
     }
 
     #[test]

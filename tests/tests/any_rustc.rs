@@ -240,12 +240,16 @@ fn wrong_candidates_are_rejected_live_and_nothing_is_counted() -> anyhow::Result
         "sdk-core 0.10.1, rustc 1.95.0",
         "no candidate layout fits",
         "rustc 1.95.0-moved",
-        "an activation's run id",
         "rustc 1.97.0-nightly",
         "completion status tag",
     ] {
         assert!(error.contains(must), "`{must}` missing from: {error}");
     }
+    // The moved run id reads a wrong length or leads out of the worker's data.
+    assert!(
+        error.contains("an activation's run id") || error.contains("could not be read"),
+        "{error}"
+    );
     let received = receiver.wait_for(Duration::from_secs(10), "the rejection", |r| {
         r.int("temporal_observer_layout_rejected_total", "") == Some(1)
     })?;

@@ -356,7 +356,10 @@ pub async fn observe(
                 executable: target.exe_name.clone(),
                 realtime_minus_monotonic: clock.realtime_minus_monotonic(),
                 probes_attached: attachment.attached as i64,
-                layout: verifier_candidates[0].layout.clone(),
+                layout: verifier_candidates
+                    .first()
+                    .map(|c| c.layout.clone())
+                    .unwrap_or_default(),
                 candidates: verifier_candidates.clone(),
                 verification: plan.verification,
                 max_open_runs: config.limits.max_open_runs,
