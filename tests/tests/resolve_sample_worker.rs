@@ -296,9 +296,30 @@ fn without_a_row_for_its_rustc_the_rows_of_its_sdk_core_are_candidates() -> anyh
         "{:?}",
         resolved.evidence
     );
-    // Only the 1.95 row has an LTO build: without it no row has a build of the LTO worker's
-    // shape (static evidence), and the binary is refused, not guessed at.
-    let err = resolve_with_table(&fixture("lto")?, &held_out).expect_err("no lto build");
+    // Only the 1.95 row has an LTO build. Without it, the release builds of the other rows have
+    // all of the LTO worker's probe functions (LTO only inlined some away): their registers for
+    // those are candidates, to be verified live, never taken as certain.
+    let lto = resolve_with_table(&fixture("lto")?, &held_out)?;
+    assert_eq!(lto.verification, Verification::Live);
+    assert_eq!(lto.candidates.len(), 2);
+    assert!(
+        lto.evidence
+            .iter()
+            .any(|e| e.contains("its `release` build has all of this binary's probe functions")),
+        "{:?}",
+        lto.evidence
+    );
+    // A table whose builds all lack one of the binary's functions: refused, not guessed at.
+    let mut rows: Vec<serde_json::Value> = serde_json::from_str(&held_out)?;
+    for row in &mut rows {
+        for build in row["arguments"].as_array_mut().into_iter().flatten() {
+            if let Some(functions) = build["functions"].as_object_mut() {
+                functions.retain(|f, _| !f.ends_with("validate_completion"));
+            }
+        }
+    }
+    let err = resolve_with_table(&fixture("release")?, &serde_json::to_string(&rows)?)
+        .expect_err("no build has validate_completion");
     assert!(
         err.to_string().contains("its build matches no build"),
         "{err}"
