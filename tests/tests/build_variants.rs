@@ -97,22 +97,25 @@ fn observed_exactly(env: &Env, binary: &std::path::Path) -> anyhow::Result<serde
         .to_string();
     // `layout from <source>`, or for a candidate the live records picked, `layout verified
     // after N records: <source>`.
+    let source = |text: &str| {
+        text.split(", argument registers")
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    };
     let layout = outcome
         .log
         .lines()
         .find_map(|l| {
-            l.split_once("layout verified after ")
-                .map(|(_, rest)| format!("verified candidate ({rest})"))
-                .or_else(|| {
-                    l.split_once(": layout from ")
-                        .map(|(_, rest)| rest.to_string())
-                })
-        })
-        .map(|l| {
-            l.split(", argument registers")
-                .next()
-                .unwrap_or_default()
-                .to_string()
+            if let Some((_, rest)) = l.split_once("layout verified after ") {
+                let (records, row) = rest.split_once(" records: ")?;
+                Some(format!(
+                    "verified candidate: {} (after {records} records)",
+                    source(row)
+                ))
+            } else {
+                l.split_once(": layout from ").map(|(_, rest)| source(rest))
+            }
         })
         .unwrap_or_else(|| "?".into());
     Ok(serde_json::json!({
