@@ -4,8 +4,9 @@
 //! A binary without DWARF and without a table row for its exact rustc has several candidates
 //! (the table's rows for its sdk-core); the kernel reads every probe hit once per candidate,
 //! each copy tagged with its candidate. Every record is checked against the rules below for the
-//! candidate it was read with: a record that breaks one contradicts that candidate for good. A
-//! candidate is confirmed by a run seen whole through it: an activation, then a successful
+//! candidate it was read with: a record that breaks one contradicts that candidate for good; a
+//! record whose reads faulted says nothing by its contents, but a candidate whose reads fault far
+//! more often than another's is contradicted. A candidate is confirmed by a run seen whole through it: an activation, then a successful
 //! completion of the same run id that carries a command. The records are held (bounded) until
 //! exactly one candidate is confirmed and every other is contradicted; then the chosen one's
 //! records go on, in order, and the others' are dropped. When every candidate is contradicted the
