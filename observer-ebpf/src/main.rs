@@ -516,15 +516,7 @@ fn try_eviction(ctx: &ProbeContext) -> Result<(), ()> {
     let layout = layout_for(&p)?;
     let run_id = arg(ctx, p.cookie.arg_a)?;
     let reason = arg(ctx, p.cookie.arg_b)?;
-    let mut entry = reserve::<EvictionEvent>()?;
-    // SAFETY: `entry` is a reserved, zeroed, properly aligned record.
-    let e = unsafe { &mut *entry.as_mut_ptr() };
-    e.header = header(&p, kind::EVICTION);
-    let _ = read_string(&mut e.run_id, run_id, layout);
-    e.reason = reason as u32;
-    seal(&mut e.header, &p);
-    entry.submit(submit_flags());
-    Ok(())
+    send_eviction(&p, layout, run_id, reason as u32)
 }
 
 /// The run id and reason of the eviction request (`RequestEvictMsg`) at the main input.
@@ -532,19 +524,27 @@ fn try_eviction_request(ctx: &ProbeContext) -> Result<(), ()> {
     let p = probe(ctx);
     let layout = layout_for(&p)?;
     let request = arg(ctx, p.cookie.arg_a)?;
+    // An unreadable reason is sent as one no reason has, never as a real one (and the record
+    // is flagged).
+    let reason = read_u32(request + layout.offsets.evict_request_reason as u64).unwrap_or(u32::MAX);
+    send_eviction(
+        &p,
+        layout,
+        request + layout.offsets.evict_request_run_id as u64,
+        reason,
+    )
+}
+
+/// An eviction record: the run id `String` at `run_id`, and the reason.
+#[inline(always)]
+fn send_eviction(p: &Probe, layout: &Layout, run_id: u64, reason: u32) -> Result<(), ()> {
     let mut entry = reserve::<EvictionEvent>()?;
     // SAFETY: `entry` is a reserved, zeroed, properly aligned record.
     let e = unsafe { &mut *entry.as_mut_ptr() };
-    e.header = header(&p, kind::EVICTION);
-    let _ = read_string(
-        &mut e.run_id,
-        request + layout.offsets.evict_request_run_id as u64,
-        layout,
-    );
-    // An unreadable reason is sent as one no reason has, never as a real one (and the record
-    // is flagged).
-    e.reason = read_u32(request + layout.offsets.evict_request_reason as u64).unwrap_or(u32::MAX);
-    seal(&mut e.header, &p);
+    e.header = header(p, kind::EVICTION);
+    let _ = read_string(&mut e.run_id, run_id, layout);
+    e.reason = reason;
+    seal(&mut e.header, p);
     entry.submit(submit_flags());
     Ok(())
 }
