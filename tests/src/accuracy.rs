@@ -130,8 +130,21 @@ pub fn observe_worker(
     worker_args: &[&str],
     mix: &Mix,
 ) -> anyhow::Result<Outcome> {
-    let every_end = |r: &Received, truth: &GroundTruth| total_ends(r) == truth.runs.len() as i64;
-    observe_worker_until(env, kind, transport, worker_args, &[], mix, &every_end)
+    observe_worker_until(
+        env,
+        kind,
+        transport,
+        worker_args,
+        &[],
+        mix,
+        &every_run_ended,
+    )
+}
+
+/// Whether the export counts an end for every run the server recorded: when
+/// [`observe_worker`] stops waiting.
+pub fn every_run_ended(received: &Received, truth: &GroundTruth) -> bool {
+    total_ends(received) == truth.runs.len() as i64
 }
 
 /// Like [`observe_worker`], with more observer arguments, waiting (at most 30 s after the

@@ -14,7 +14,9 @@ use std::{path::PathBuf, time::Duration};
 use anyhow::Context as _;
 use e2e::{
     DevServer, Env, Mix, Observer, Worker,
-    accuracy::{as_strs, assert_matches_server, export_to, observe_worker_until, total_ends, with},
+    accuracy::{
+        as_strs, assert_matches_server, every_run_ended, export_to, observe_worker_until, with,
+    },
     drive,
     otlp::{Receiver, Transport},
     unique,
@@ -105,9 +107,6 @@ fn a_worker_of_a_held_out_rustc_is_verified_live_and_observed_exactly() -> anyho
         "{report}"
     );
 
-    let every_end = |r: &e2e::otlp::Received, truth: &ground_truth::GroundTruth| {
-        total_ends(r) == truth.runs.len() as i64
-    };
     let worker = Worker::Rust(binary);
     let through_candidates = ["--layout-table", table_arg.as_str()];
     // Cache pressure: a cache of one evicts runs for room and replays them from history.
@@ -118,7 +117,7 @@ fn a_worker_of_a_held_out_rustc_is_verified_live_and_observed_exactly() -> anyho
         &["--max-cached-workflows", "1"],
         &through_candidates,
         &cache_of_one(),
-        &every_end,
+        &every_run_ended,
     )?;
     assert_matches_server(&pressure);
     assert!(
@@ -140,7 +139,7 @@ fn a_worker_of_a_held_out_rustc_is_verified_live_and_observed_exactly() -> anyho
         &[],
         &through_candidates,
         &Mix::every_end_state(),
-        &every_end,
+        &every_run_ended,
     )?;
     assert_matches_server(&outcome);
     let verified = outcome
@@ -334,9 +333,6 @@ fn without_create_evict_activation_evictions_come_from_eviction_requests() -> an
     );
     assert_eq!(report["verification"], "live", "{report}");
 
-    let every_end = |r: &e2e::otlp::Received, truth: &ground_truth::GroundTruth| {
-        total_ends(r) == truth.runs.len() as i64
-    };
     for (worker_args, mix) in [
         (&[][..], Mix::every_end_state()),
         (&["--max-cached-workflows", "1"][..], cache_of_one()),
@@ -348,7 +344,7 @@ fn without_create_evict_activation_evictions_come_from_eviction_requests() -> an
             worker_args,
             &[],
             &mix,
-            &every_end,
+            &every_run_ended,
         )?;
         assert_matches_server(&outcome);
         assert!(

@@ -155,13 +155,7 @@ fn an_otlp_endpoint_down_then_back_gets_exact_cumulative_values() -> anyhow::Res
         ..Mix::default()
     };
     let ends = |truth: &GroundTruth| truth.runs.len() as i64;
-    let total_ends = |r: &e2e::otlp::Received| -> i64 {
-        e2e::accuracy::ENDS
-            .iter()
-            .flat_map(|m| r.workflow_types(m).into_iter().map(move |t| (m, t)))
-            .map(|(m, t)| r.int(m, &t).unwrap_or(0))
-            .sum()
-    };
+    let total_ends = e2e::accuracy::total_ends;
     let before = drive(&env, &server, &task_queue, &unique("before"), &mix)?;
     receiver.wait_for(Duration::from_secs(10), "the first runs' ends", |r| {
         total_ends(r) == ends(&before)
