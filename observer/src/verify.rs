@@ -176,15 +176,19 @@ fn misfit(what: impl Into<String>) -> Misfit {
     Misfit(what.into())
 }
 
+/// A run id that passed the rules: its 36 bytes, kept without an allocation (every record is
+/// checked, also after the decision).
+pub type RunId = [u8; RUN_ID_LEN as usize];
+
 /// What a record that fits says.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Fit {
     Activation {
-        run_id: String,
+        run_id: RunId,
     },
     /// A successful completion that carries at least one command.
     CompletionWithCommands {
-        run_id: String,
+        run_id: RunId,
     },
     Other,
     /// Some of its memory could not be read (the kernel flagged it): it says nothing either way.
@@ -208,7 +212,7 @@ fn tag_fits(tag: Tag, raw: u64) -> bool {
     }
 }
 
-fn run_id<const N: usize>(s: &Str<N>, what: &str) -> Result<String, Misfit> {
+fn run_id<const N: usize>(s: &Str<N>, what: &str) -> Result<RunId, Misfit> {
     if s.len != RUN_ID_LEN {
         return Err(misfit(format!(
             "{what} run id is {} bytes long (run ids are {RUN_ID_LEN})",
@@ -223,7 +227,9 @@ fn run_id<const N: usize>(s: &Str<N>, what: &str) -> Result<String, Misfit> {
     if !uuid {
         return Err(misfit(format!("{what} run id is not a UUID")));
     }
-    Ok(String::from_utf8_lossy(bytes).into_owned())
+    let mut id = [0; RUN_ID_LEN as usize];
+    id.copy_from_slice(bytes);
+    Ok(id)
 }
 
 fn name<const N: usize>(s: &Str<N>, what: &str) -> Result<(), Misfit> {
@@ -374,7 +380,7 @@ struct Evidence {
     faulted: u64,
     confirmed: bool,
     /// Run ids of activations seen through it, until it is confirmed.
-    activations: BTreeSet<String>,
+    activations: BTreeSet<RunId>,
 }
 
 /// How the pipeline should treat a record it offered.
