@@ -285,12 +285,6 @@ fn render(r: &Report) -> String {
         for (i, c) in r.candidates.iter().enumerate() {
             out.push_str(&format!("  candidate {i}: {}\n", c.label()));
         }
-        for fact in &r.static_evidence {
-            out.push_str(&format!("  static evidence: {fact}\n"));
-        }
-        for rule in &r.verified_live {
-            out.push_str(&format!("  verified live: {rule}\n"));
-        }
     } else {
         out.push_str(&format!(
             "layout:    {}\n",
@@ -300,9 +294,13 @@ fn render(r: &Report) -> String {
             "registers: {}\n",
             or_none(r.arguments_source.as_ref().map(ToString::to_string))
         ));
-        for fact in &r.static_evidence {
-            out.push_str(&format!("  static evidence: {fact}\n"));
-        }
+    }
+    for fact in &r.static_evidence {
+        out.push_str(&format!("  static evidence: {fact}\n"));
+    }
+    // Empty unless the records decide.
+    for rule in &r.verified_live {
+        out.push_str(&format!("  verified live: {rule}\n"));
     }
     if !r.probes.is_empty() {
         out.push_str("probes:\n");

@@ -167,12 +167,8 @@ impl<S: Sink> Pipeline<S> {
                     self.decoded(decoded);
                 }
             }
-            Admit::Rejected => {
-                if let Some(rejection) = self.verifier.rejection() {
-                    log::error!("{rejection}");
-                }
-            }
-            Admit::Held | Admit::Dropped => {}
+            // The session reports a rejection, with the target's versions.
+            Admit::Held | Admit::Dropped | Admit::Rejected => {}
         }
     }
 
