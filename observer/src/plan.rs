@@ -13,6 +13,7 @@ use crate::{
     layout::{
         self, LayoutError, TargetLayout,
         dwarf::{DwarfSections, DwarfTypes},
+        niche::NicheRule,
     },
     probes::{self, Family, Input, ProbePoint, ProbeSpec, Via},
     symbols::{FunctionSymbol, SymbolError, SymbolIndex},
@@ -27,8 +28,14 @@ use crate::{
 pub enum LayoutSource {
     /// The target's own DWARF.
     Dwarf,
-    /// A row of the layout table, generated from a build by this rustc.
-    Table { sdk_core: String, rustc: String },
+    /// A row of the layout table, generated from a build by this rustc; with `niches`, its
+    /// offsets with the tag values re-placed by that niche rule (`layout::niche`).
+    Table {
+        sdk_core: String,
+        rustc: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        niches: Option<NicheRule>,
+    },
     /// None is needed: the probes read encoded messages, not structs.
     NotNeeded,
 }
@@ -37,8 +44,16 @@ impl std::fmt::Display for LayoutSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Dwarf => f.write_str("the binary's DWARF"),
-            Self::Table { sdk_core, rustc } => {
-                write!(f, "the table's row for sdk-core {sdk_core} + rustc {rustc}")
+            Self::Table {
+                sdk_core,
+                rustc,
+                niches,
+            } => {
+                write!(f, "the table's row for sdk-core {sdk_core} + rustc {rustc}")?;
+                match niches {
+                    Some(rule) => write!(f, " with its tags re-placed by {rule}"),
+                    None => Ok(()),
+                }
             }
             Self::NotNeeded => {
                 f.write_str("none needed (the probes read protobuf messages, not structs)")
@@ -56,7 +71,8 @@ pub struct Candidate {
     pub layout_source: LayoutSource,
     pub arguments_source: ArgumentsSource,
     pub registers: Vec<[u8; 2]>,
-    /// Other rows that say exactly the same (merged into this candidate), by rustc.
+    /// Other rows that say exactly the same (merged into this candidate), by rustc (and niche
+    /// rule, for a re-placed row).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub same_as: Vec<String>,
 }
@@ -67,7 +83,7 @@ impl Candidate {
         let same = if self.same_as.is_empty() {
             String::new()
         } else {
-            format!(" (= rustc {})", self.same_as.join(", "))
+            format!(" (= {})", self.same_as.join(", "))
         };
         format!(
             "{}{same}, argument registers from {}",
@@ -80,6 +96,25 @@ impl Candidate {
         crate::verify::Candidate {
             label: self.label(),
             layout: self.layout.clone(),
+        }
+    }
+}
+
+impl LayoutSource {
+    /// The name of a merged row: `rustc 1.96.0`, or with the rule it was re-placed by.
+    fn short(&self) -> String {
+        match self {
+            Self::Table {
+                rustc,
+                niches: None,
+                ..
+            } => format!("rustc {rustc}"),
+            Self::Table {
+                rustc,
+                niches: Some(_),
+                ..
+            } => format!("rustc {rustc} re-placed"),
+            other => other.to_string(),
         }
     }
 }
@@ -369,11 +404,26 @@ pub fn resolve_with_table(image: &[u8], table: &str) -> Result<Plan, PlanError> 
         match (&layouts[..], verification) {
             ([(_, LayoutSource::Dwarf)], _) => "its DWARF describes sdk-core's types".to_string(),
             (_, Verification::Certain) => "the table has a row for exactly this pair".to_string(),
-            (rows, _) => format!(
-                "no DWARF and no row for this rustc: the {} row(s) of this sdk-core release line \
-                 are candidates",
-                rows.len()
-            ),
+            (layouts, _) => {
+                let replaced = layouts
+                    .iter()
+                    .filter(|(_, s)| {
+                        matches!(
+                            s,
+                            LayoutSource::Table {
+                                niches: Some(_),
+                                ..
+                            }
+                        )
+                    })
+                    .count();
+                format!(
+                    "no DWARF and no row for this rustc: the {} row(s) of this sdk-core release \
+                     line are candidates, and {replaced} more with their tags re-placed by the \
+                     other niche rule",
+                    layouts.len() - replaced
+                )
+            }
         }
     )];
     let mut candidates: Vec<Candidate> = Vec::new();
@@ -423,12 +473,12 @@ pub fn resolve_with_table(image: &[u8], table: &str) -> Result<Plan, PlanError> 
             match candidates.iter_mut().find(|c| reads_alike(c, &candidate)) {
                 Some(same) => {
                     // Two builds of one row that agree are one candidate, and say nothing new.
-                    if candidate.layout.rustc != same.layout.rustc {
+                    if candidate.layout_source != same.layout_source {
                         evidence.push(format!(
                             "{}: reads every field as {} does (one candidate)",
                             candidate.layout_source, same.layout_source
                         ));
-                        same.same_as.push(candidate.layout.rustc.clone());
+                        same.same_as.push(candidate.layout_source.short());
                     }
                 }
                 None => candidates.push(candidate),
@@ -483,6 +533,7 @@ fn reads_alike(a: &Candidate, b: &Candidate) -> bool {
         sdk_core: String::new(),
         rustc: String::new(),
         arguments: Vec::new(),
+        niches: None,
         ..c.layout.clone()
     };
     a.registers == b.registers && facts(a) == facts(b)
@@ -589,26 +640,36 @@ pub fn layout_candidates(
         .sdk_core
         .as_deref()
         .ok_or(LayoutError::UnknownVersion { what: "sdk-core" })?;
-    let source = |row: &TargetLayout| LayoutSource::Table {
+    let source = |row: &TargetLayout, niches| LayoutSource::Table {
         sdk_core: row.sdk_core.clone(),
         rustc: row.rustc.clone(),
+        niches,
     };
     if let Some(rustc) = versions.rustc.as_deref()
         && let Ok(row) = layout::from_table(table, sdk_core, rustc)
     {
-        let source = source(&row);
+        let source = source(&row, None);
         return Ok((vec![(row, source)], Verification::Certain));
     }
     let rows = layout::rows_for(table, sdk_core, versions.rustc.as_deref())?;
-    Ok((
-        rows.into_iter()
-            .map(|row| {
-                let source = source(&row);
-                (row, source)
-            })
-            .collect(),
-        Verification::Live,
-    ))
+    // Each row as generated, then each row re-placed by the niche rules it was not built with:
+    // a rustc newer (or older) than every row's may place tags the other way.
+    let mut candidates: Vec<(TargetLayout, LayoutSource)> = rows
+        .iter()
+        .map(|row| (row.clone(), source(row, None)))
+        .collect();
+    for row in &rows {
+        let own = row.niche_rules();
+        if own.is_empty() {
+            continue;
+        }
+        for rule in NicheRule::ALL.into_iter().filter(|r| !own.contains(r)) {
+            if let Some(replaced) = row.under(rule) {
+                candidates.push((replaced, source(row, Some(rule))));
+            }
+        }
+    }
+    Ok((candidates, Verification::Live))
 }
 /// A probe point chosen for this binary, before its registers are known.
 #[derive(Clone, Debug)]

@@ -7,7 +7,9 @@
 //!
 //! Run plainly (as CI does) the held-out worker is the default release build (rustc 1.95, whose
 //! row is removed); `cargo xtask matrix` runs the other toolchains' workers through
-//! `E2E_HOLD_OUT_BIN` and `E2E_HOLD_OUT_RUSTC`.
+//! `E2E_HOLD_OUT_BIN` and `E2E_HOLD_OUT_RUSTC`. Holding out nightly's 1.97 leaves no row built
+//! by a rustc of its niche rule: its worker is read through the 1.95/1.96 rows re-placed by that
+//! rule (`layout::niche`).
 
 use std::{path::PathBuf, time::Duration};
 
@@ -185,10 +187,12 @@ fn a_worker_of_a_held_out_rustc_is_verified_live_and_observed_exactly() -> anyho
     Ok(())
 }
 
-/// Two wrong candidates for the release worker: its own row with the activation's run id one
-/// word off, and the row of the other niche scheme (nightly's). The live records contradict
-/// both; the observer stops with an error naming them and what did not fit, counts the
-/// rejection, and exports no workflow number at all while the server records every run.
+/// Wrong candidates for the release worker: its own row with the activation's run id one word
+/// off (and that row re-placed by the other niche rule), and the row of the other niche rule
+/// (nightly's) without its niche chains, so that it is not re-placed into the right one. The
+/// live records contradict all; the observer stops with an error naming them and what did not
+/// fit, counts the rejection, and exports no workflow number at all while the server records
+/// every run.
 #[test]
 fn wrong_candidates_are_rejected_live_and_nothing_is_counted() -> anyhow::Result<()> {
     let env = Env::require("any_rustc")?;
@@ -205,11 +209,13 @@ fn wrong_candidates_are_rejected_live_and_nothing_is_counted() -> anyhow::Result
         .context("offset")?;
     moved["offsets"]["activation_run_id"] = (offset + 8).into();
     moved["rustc"] = "1.95.0-moved".into();
-    let table = write_table(
-        &env,
-        "wrong-candidates.json",
-        &[moved, row("1.97.0-nightly")?],
-    )?;
+    let mut other_rule = row("1.97.0-nightly")?;
+    other_rule
+        .as_object_mut()
+        .context("a row is an object")?
+        .remove("niches")
+        .context("the nightly row has niche chains")?;
+    let table = write_table(&env, "wrong-candidates.json", &[moved, other_rule])?;
 
     let server = DevServer::start(&env)?;
     let receiver = Receiver::start(Transport::Grpc)?;

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use object::{Object as _, ObjectSection as _};
 use temporal_observer::{
+    layout::{TargetLayout, niche::NicheRule},
     plan::{ArgumentsSource, LayoutSource, Plan, resolve, resolve_with_table},
     probes::PROBES,
     symbols::SymbolIndex,
@@ -23,7 +24,16 @@ fn table_row(rustc: &str) -> LayoutSource {
     LayoutSource::Table {
         sdk_core: "0.10.1".into(),
         rustc: rustc.into(),
+        niches: None,
     }
+}
+
+/// Where each candidate's layout came from, in order.
+fn sources(plan: &Plan) -> Vec<LayoutSource> {
+    plan.candidates
+        .iter()
+        .map(|c| c.layout_source.clone())
+        .collect()
 }
 
 fn fixture(profile: &str) -> anyhow::Result<Vec<u8>> {
@@ -274,11 +284,7 @@ fn without_a_row_for_its_rustc_the_rows_of_its_sdk_core_are_candidates() -> anyh
     let held_out = table_without(&["1.95.0"])?;
     let resolved = resolve_with_table(&fixture("release")?, &held_out)?;
     assert_eq!(resolved.verification, Verification::Live);
-    let sources: Vec<LayoutSource> = resolved
-        .candidates
-        .iter()
-        .map(|c| c.layout_source.clone())
-        .collect();
+    let sources = sources(&resolved);
     assert_eq!(sources, [table_row("1.96.0"), table_row("1.97.0-nightly")]);
     for c in &resolved.candidates {
         assert_eq!(
@@ -323,6 +329,51 @@ fn without_a_row_for_its_rustc_the_rows_of_its_sdk_core_are_candidates() -> anyh
     assert!(
         err.to_string().contains("its build matches no build"),
         "{err}"
+    );
+    Ok(())
+}
+
+/// The nightly worker (rustc 1.97, whose niche rule differs) with its row held out: no row left
+/// was built by a rustc of its rule, so the candidates are the 1.95 row (1.96's reads alike) as
+/// generated and re-placed by the other rule, and the re-placed one has exactly the tags of the
+/// held-out row.
+#[test]
+fn without_a_row_of_its_niche_rule_the_rows_are_re_placed_by_it() -> anyhow::Result<()> {
+    let held_out = table_without(&["1.97.0-nightly"])?;
+    let resolved = resolve_with_table(&fixture("nightly/release")?, &held_out)?;
+    assert_eq!(resolved.versions.rustc.as_deref(), Some("1.97.0-nightly"));
+    assert_eq!(resolved.verification, Verification::Live);
+    let sources = sources(&resolved);
+    let re_placed = LayoutSource::Table {
+        sdk_core: "0.10.1".into(),
+        rustc: "1.95.0".into(),
+        niches: Some(NicheRule::NearestZero),
+    };
+    assert_eq!(sources, [table_row("1.95.0"), re_placed]);
+    assert_eq!(resolved.candidates[1].same_as, ["rustc 1.96.0 re-placed"]);
+    let rows: Vec<TargetLayout> = serde_json::from_str(temporal_observer::layout::SHIPPED_TABLE)?;
+    let nightly = rows
+        .iter()
+        .find(|r| r.rustc == "1.97.0-nightly")
+        .context("the nightly row")?;
+    let tags = |l: &TargetLayout| {
+        (
+            l.job.clone(),
+            l.completion_status.clone(),
+            l.command.clone(),
+            l.failure_info.clone(),
+            l.failure_some,
+        )
+    };
+    assert_eq!(tags(&resolved.candidates[1].layout), tags(nightly));
+    assert_ne!(tags(&resolved.candidates[0].layout), tags(nightly));
+    assert!(
+        resolved
+            .evidence
+            .iter()
+            .any(|e| e.contains("2 row(s) of this sdk-core release line are candidates, and 2 more with their tags re-placed")),
+        "{:?}",
+        resolved.evidence
     );
     Ok(())
 }

@@ -234,8 +234,10 @@ fn test() -> anyhow::Result<()> {
     ]))?;
     build()?;
     // The fat-LTO variant, whose probe plan differs most from the default's, is checked end to
-    // end on every run (`cargo xtask matrix` checks them all).
+    // end on every run (`cargo xtask matrix` checks them all); so is the nightly worker, the
+    // one toolchain held out below.
     matrix::make_variant("lto")?;
+    let (nightly, nightly_rustc) = matrix::make_hold_out("hold-out-1.97")?;
     // The shipped layout table must be exactly what the generator makes of its inputs.
     layouts::run(true, false)?;
     // End-to-end tests share the machine's two cores with a dev server and a worker: one at a time.
@@ -243,6 +245,22 @@ fn test() -> anyhow::Result<()> {
         .current_dir(&p.root)
         .env("TEMPORAL_CLI", setup::temporal_cli()?)
         .args(["test", "--release", "--workspace", "--", "--test-threads=1"]))?;
+    // The workspace run holds rustc 1.95 out of the table; this holds out nightly's 1.97, the
+    // only row of its niche rule, so its worker is read through re-placed rows.
+    sh(cargo()
+        .current_dir(&p.root)
+        .env("TEMPORAL_CLI", setup::temporal_cli()?)
+        .env("E2E_HOLD_OUT_BIN", &nightly)
+        .env("E2E_HOLD_OUT_RUSTC", nightly_rustc)
+        .args([
+            "test",
+            "--release",
+            "-p",
+            "e2e",
+            "--test",
+            "any_rustc",
+            "a_worker_of_a_held_out_rustc",
+        ]))?;
     // A short run of the benchmark, so that it keeps working (its numbers mean little here).
     sh(Command::new(std::env::current_exe()?)
         .env("TEMPORAL_CLI", setup::temporal_cli()?)

@@ -110,8 +110,8 @@ const VARIANTS: &[Variant] = &[
         hold_out: None,
     },
     // A toolchain held out of the table: its worker is read through the rows of the others,
-    // verified live. Not nightly's: it is the only row of its niche scheme, so without it no
-    // candidate fits its worker, which is rejected live (see README, "Any rustc").
+    // verified live. For nightly's, the only row of its niche rule, that is the other rows with
+    // their tags re-placed by its rule (see README, "Any rustc").
     Variant {
         name: "hold-out-1.95",
         setting: "default `--release`; table without the rustc 1.95.0 row",
@@ -132,6 +132,16 @@ const VARIANTS: &[Variant] = &[
         refused_with: None,
         hold_out: Some("1.96.0"),
     },
+    Variant {
+        name: "hold-out-1.97",
+        setting: "default `--release`, nightly rustc; table without the rustc 1.97.0-nightly row",
+        make: Make::Profile {
+            profile: "release",
+            toolchain: Some(NIGHTLY),
+        },
+        refused_with: None,
+        hold_out: Some("1.97.0-nightly"),
+    },
 ];
 
 /// The shipped layout table without `rustc`'s row, written for `--layout-table`.
@@ -147,12 +157,16 @@ fn table_without(rustc: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-fn binary_of(name: &str) -> anyhow::Result<PathBuf> {
-    let fixtures = paths().fixtures;
-    let variant = VARIANTS
+fn variant(name: &str) -> anyhow::Result<&'static Variant> {
+    VARIANTS
         .iter()
         .find(|v| v.name == name)
-        .with_context(|| format!("no variant {name}"))?;
+        .with_context(|| format!("no variant {name}"))
+}
+
+fn binary_of(name: &str) -> anyhow::Result<PathBuf> {
+    let fixtures = paths().fixtures;
+    let variant = variant(name)?;
     Ok(match variant.make {
         Make::Profile { profile, toolchain } => worker_binary(toolchain, profile),
         // Under its own directory, keeping the file name (service.name defaults to it).
@@ -165,11 +179,17 @@ fn binary_of(name: &str) -> anyhow::Result<PathBuf> {
 
 /// Builds (or derives) the variant of this name; returns its binary.
 pub fn make_variant(name: &str) -> anyhow::Result<PathBuf> {
-    let variant = VARIANTS
-        .iter()
-        .find(|v| v.name == name)
-        .with_context(|| format!("no variant {name}"))?;
+    let variant = variant(name)?;
     make(variant)
+}
+
+/// Builds a hold-out variant; returns its binary and the rustc whose row it holds out.
+pub fn make_hold_out(name: &str) -> anyhow::Result<(PathBuf, &'static str)> {
+    let variant = variant(name)?;
+    let rustc = variant
+        .hold_out
+        .with_context(|| format!("{name} holds no toolchain out"))?;
+    Ok((make(variant)?, rustc))
 }
 
 fn make(variant: &Variant) -> anyhow::Result<PathBuf> {

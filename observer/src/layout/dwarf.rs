@@ -66,6 +66,8 @@ pub struct TypeInfo {
     pub size: u64,
     pub members: Vec<Member>,
     pub variant_part: Option<VariantPart>,
+    /// A pointer or reference type (its valid values depend on which: see `niche`).
+    pub is_pointer: bool,
 }
 
 impl TypeInfo {
@@ -326,6 +328,10 @@ impl<'data> DwarfTypes<'data> {
             size,
             members: Vec::new(),
             variant_part: None,
+            is_pointer: matches!(
+                entry.tag(),
+                constants::DW_TAG_pointer_type | constants::DW_TAG_reference_type
+            ),
         };
         let mut children = root.children();
         while let Some(child) = children.next()? {

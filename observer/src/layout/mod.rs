@@ -9,6 +9,7 @@
 //! serves every profile built by the same compiler from the same crates.
 
 pub mod dwarf;
+pub mod niche;
 
 use std::collections::BTreeMap;
 
@@ -16,6 +17,7 @@ use observer_common::{Layout, OPTION_TIME_WINDOW, Offsets, TagMatch, Tags};
 use serde::{Deserialize, Serialize};
 
 use dwarf::{DwarfError, DwarfTypes, TypeInfo, TypeRef};
+use niche::{NicheChain, NicheRule};
 
 use crate::arguments::BuildArguments;
 
@@ -130,18 +132,58 @@ pub struct TargetLayout {
     pub failure_some: Tag,
     pub duration: OptionTime,
     pub timestamp: OptionTime,
+    /// How rustc chose the niche tag values above, to re-derive them under its other rule
+    /// (`None` in tables made before, or where a chain could not be read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub niches: Option<Niches>,
     /// Where the probe functions take their inputs, per build profile (table entries only; a
     /// binary with DWARF is read directly).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub arguments: Vec<BuildArguments>,
 }
 
+/// The chain of niche reservations behind each tag of a [`TargetLayout`]; `None` for a plain
+/// tag (its values do not depend on the rule).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Niches {
+    pub job: Option<NicheChain>,
+    pub completion_status: Option<NicheChain>,
+    pub command: Option<NicheChain>,
+    pub failure_info: Option<NicheChain>,
+    pub failure_some: Option<NicheChain>,
+    pub duration: Option<NicheChain>,
+    pub timestamp: Option<NicheChain>,
+}
+
+impl Niches {
+    /// Whether every chain's values are what `rule` gives.
+    pub fn follow(&self, rule: NicheRule) -> bool {
+        self.chains().all(|c| c.follows(rule))
+    }
+
+    fn chains(&self) -> impl Iterator<Item = &NicheChain> {
+        [
+            &self.job,
+            &self.completion_status,
+            &self.command,
+            &self.failure_info,
+            &self.failure_some,
+            &self.duration,
+            &self.timestamp,
+        ]
+        .into_iter()
+        .flatten()
+    }
+}
+
 /// Where an `Option<T>` keeps its tag and its payload, from some base.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 struct OptionAt {
     pub tag_offset: u64,
     pub some: Tag,
     pub payload_offset: u64,
+    /// How rustc chose the tag's values, or why that could not be read.
+    pub niche: Result<Option<NicheChain>, String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -216,8 +258,8 @@ impl TargetLayout {
             Ok(init_offset + init.member(field)?.offset)
         };
 
-        let duration = option_time(types, &init, "workflow_execution_timeout")?;
-        let timestamp = option_time(types, &init, "start_time")?;
+        let (duration, duration_niche) = option_time(types, &init, "workflow_execution_timeout")?;
+        let (timestamp, timestamp_niche) = option_time(types, &init, "start_time")?;
 
         let completion = types.info(types.find(&format!(
             "{PROTOS}::workflow_completion::WorkflowActivationCompletion"
@@ -280,6 +322,29 @@ impl TargetLayout {
             }
         };
 
+        let niches = (|| -> Result<Niches, String> {
+            Ok(Niches {
+                job: job_tags.niche.clone()?,
+                completion_status: status_tags.niche.clone()?,
+                command: command_tags.niche.clone()?,
+                failure_info: failure_info.niche.clone()?,
+                failure_some: fail_failure.niche.clone()?,
+                duration: duration_niche?,
+                timestamp: timestamp_niche?,
+            })
+        })();
+        let niches = match niches {
+            Ok(niches) if NicheRule::ALL.iter().any(|&r| niches.follow(r)) => Some(niches),
+            Ok(_) => {
+                log::debug!("no niche rule gives this build's tag values: not re-derived");
+                None
+            }
+            Err(e) => {
+                log::debug!("niche chains not read ({e}): tags not re-derived");
+                None
+            }
+        };
+
         let offsets = Offsets {
             string_ptr: string_vec_offset + string_ptr,
             string_len: string_vec_offset + string_len,
@@ -323,6 +388,7 @@ impl TargetLayout {
             failure_some: fail_failure.some,
             duration,
             timestamp,
+            niches,
             arguments: Vec::new(),
         })
     }
@@ -351,6 +417,95 @@ impl TargetLayout {
                     .tag("TimeoutFailureInfo", "failure info")?
                     .to_match(),
             },
+        })
+    }
+
+    /// The niche rules that give this layout's tag values (none when they are not known).
+    pub fn niche_rules(&self) -> Vec<NicheRule> {
+        let Some(niches) = &self.niches else {
+            return Vec::new();
+        };
+        NicheRule::ALL
+            .into_iter()
+            .filter(|&r| niches.follow(r))
+            .collect()
+    }
+
+    /// This layout with every niche tag re-placed by `rule`: the same offsets, the tags a
+    /// binary built by a rustc of that rule has. `None` without niche chains, or where `rule`
+    /// finds no room.
+    pub fn under(&self, rule: NicheRule) -> Option<TargetLayout> {
+        let niches = self.niches.as_ref()?;
+        let tags = |tags: &EnumTags, chain: &Option<NicheChain>| -> Option<EnumTags> {
+            let Some(chain) = chain else {
+                return Some(tags.clone());
+            };
+            let mut variants = BTreeMap::new();
+            let mut dataful = None;
+            for (name, tag) in &tags.variants {
+                match tag {
+                    Tag::Exact(v) => {
+                        variants.insert(name.clone(), Tag::Exact(chain.moved(*v, rule)?));
+                    }
+                    _ if dataful.is_none() => dataful = Some(name.clone()),
+                    _ => return None,
+                }
+            }
+            if let Some(name) = dataful {
+                let stored: Vec<u64> = variants
+                    .values()
+                    .filter_map(|t| match t {
+                        Tag::Exact(v) => Some(*v),
+                        _ => None,
+                    })
+                    .collect();
+                variants.insert(name, dataful_tag(&stored)?);
+            }
+            Some(EnumTags { variants })
+        };
+        let tag = |tag: Tag, chain: &Option<NicheChain>| -> Option<Tag> {
+            let Some(chain) = chain else {
+                return Some(tag);
+            };
+            match tag {
+                Tag::Exact(v) => Some(Tag::Exact(chain.moved(v, rule)?)),
+                Tag::Outside { lo, hi } if lo == hi => {
+                    let none = chain.moved(lo, rule)?;
+                    Some(Tag::Outside { lo: none, hi: none })
+                }
+                _ => None,
+            }
+        };
+        let chains = |chain: &Option<NicheChain>| -> Option<Option<NicheChain>> {
+            match chain {
+                Some(c) => Some(Some(c.under(rule)?)),
+                None => Some(None),
+            }
+        };
+        Some(TargetLayout {
+            job: tags(&self.job, &niches.job)?,
+            completion_status: tags(&self.completion_status, &niches.completion_status)?,
+            command: tags(&self.command, &niches.command)?,
+            failure_info: tags(&self.failure_info, &niches.failure_info)?,
+            failure_some: tag(self.failure_some, &niches.failure_some)?,
+            duration: OptionTime {
+                some: tag(self.duration.some, &niches.duration)?,
+                ..self.duration.clone()
+            },
+            timestamp: OptionTime {
+                some: tag(self.timestamp.some, &niches.timestamp)?,
+                ..self.timestamp.clone()
+            },
+            niches: Some(Niches {
+                job: chains(&niches.job)?,
+                completion_status: chains(&niches.completion_status)?,
+                command: chains(&niches.command)?,
+                failure_info: chains(&niches.failure_info)?,
+                failure_some: chains(&niches.failure_some)?,
+                duration: chains(&niches.duration)?,
+                timestamp: chains(&niches.timestamp)?,
+            }),
+            ..self.clone()
         })
     }
 }
@@ -484,6 +639,7 @@ pub(crate) fn sample_layout() -> TargetLayout {
         },
         duration: time.clone(),
         timestamp: time,
+        niches: None,
         arguments: Vec::new(),
     }
 }
@@ -633,6 +789,7 @@ fn merged_tags(
         offset: base + option_part.discr_offset,
         tags: EnumTags { variants },
         payloads,
+        niche: niche::chain(types, &option, option_part.discr_offset).map_err(|e| e.to_string()),
     })
 }
 
@@ -642,6 +799,8 @@ struct MergedTags {
     offset: u64,
     tags: EnumTags,
     payloads: BTreeMap<String, u64>,
+    /// How rustc chose its values, or why that could not be read.
+    niche: Result<Option<NicheChain>, String>,
 }
 
 /// Where `owner.member` (an `Option<T>`) keeps its tag and payload, from `base` (the owner's
@@ -656,8 +815,8 @@ fn option_at(
     let (relative, _) = option_parts(types, owner, member)?;
     Ok(OptionAt {
         tag_offset: at + relative.tag_offset,
-        some: relative.some,
         payload_offset: at + relative.payload_offset,
+        ..relative
     })
 }
 
@@ -701,16 +860,18 @@ fn option_parts(
         tag_offset: part.discr_offset,
         some: some_tag,
         payload_offset: some.payload_offset,
+        niche: niche::chain(types, &option, part.discr_offset).map_err(|e| e.to_string()),
     };
     Ok((at, some.payload))
 }
 
-/// How an `Option<Duration|Timestamp>` member is laid out, relative to the option's start.
+/// How an `Option<Duration|Timestamp>` member is laid out, relative to the option's start, and
+/// how its tag's values were chosen.
 fn option_time(
     types: &DwarfTypes<'_>,
     owner: &TypeInfo,
     member: &str,
-) -> Result<OptionTime, LayoutError> {
+) -> Result<(OptionTime, Result<Option<NicheChain>, String>), LayoutError> {
     let (at, payload) = option_parts(types, owner, member)?;
     let payload =
         payload.ok_or_else(|| shape(format!("{}.{member}: Some without a payload", owner.name)))?;
@@ -728,7 +889,7 @@ fn option_time(
             owner.name
         )));
     }
-    Ok(layout)
+    Ok((layout, at.niche))
 }
 
 #[cfg(test)]
@@ -870,6 +1031,71 @@ mod tests {
                     .variants
                     .contains_key("CompleteWorkflowExecution")
             );
+        }
+    }
+
+    /// Every tag a layout reads with (what the niche rule decides).
+    fn tags(layout: &TargetLayout) -> (Vec<&EnumTags>, Vec<Tag>) {
+        (
+            vec![
+                &layout.job,
+                &layout.completion_status,
+                &layout.command,
+                &layout.failure_info,
+            ],
+            vec![
+                layout.failure_some,
+                layout.duration.some,
+                layout.timestamp.some,
+            ],
+        )
+    }
+
+    /// The niche model, checked on the shipped rows: each row's DWARF chains follow exactly one
+    /// rule, and re-placing a row by the other rule gives exactly what a build by a rustc of
+    /// that rule has (the table holds builds of both).
+    #[test]
+    fn shipped_rows_re_placed_by_the_other_niche_rule_are_the_other_rows() {
+        let entries: Vec<TargetLayout> =
+            serde_json::from_str(SHIPPED_TABLE).expect("shipped table parses");
+        let by_rule = |rule: NicheRule| -> Vec<&TargetLayout> {
+            entries
+                .iter()
+                .filter(|e| e.niche_rules() == [rule])
+                .collect()
+        };
+        for entry in &entries {
+            assert_eq!(
+                entry.niche_rules().len(),
+                1,
+                "rustc {}: niche chains {:?}",
+                entry.rustc,
+                entry.niches
+            );
+        }
+        let (extend, nearest) = (by_rule(NicheRule::Extend), by_rule(NicheRule::NearestZero));
+        assert!(!extend.is_empty() && !nearest.is_empty());
+        for (rows, other, rule) in [
+            (&extend, &nearest, NicheRule::NearestZero),
+            (&nearest, &extend, NicheRule::Extend),
+        ] {
+            for row in rows {
+                let replaced = row.under(rule).expect("room for the other rule");
+                assert_eq!(replaced.niche_rules(), [rule]);
+                for built in other.iter() {
+                    assert_eq!(
+                        tags(&replaced),
+                        tags(built),
+                        "rustc {} re-placed by {rule:?} vs rustc {}",
+                        row.rustc,
+                        built.rustc
+                    );
+                }
+                // And back.
+                let back = replaced.under(row.niche_rules()[0]).expect("back");
+                assert_eq!(tags(&back), tags(row));
+                assert_eq!(back.niches, row.niches);
+            }
         }
     }
 }
