@@ -236,7 +236,17 @@ fn locked_versions(lock: &str, crates: &[&str]) -> String {
 fn digest_files(root: &Path, input: &str) -> anyhow::Result<String> {
     let tracked = Command::new("git")
         .current_dir(root)
-        .args(["ls-files", "-z", "--", input])
+        // Untracked files too: a new module made before its first commit is an input already,
+        // and a record without it would not match the committed tree.
+        .args([
+            "ls-files",
+            "-z",
+            "--cached",
+            "--others",
+            "--exclude-standard",
+            "--",
+            input,
+        ])
         .output()
         .ok()
         .filter(|o| o.status.success());
