@@ -398,8 +398,11 @@ pub(crate) fn read_record<T: Copy>(bytes: &[u8], kind: u32) -> Result<T, DecodeE
 }
 
 pub(crate) fn text<const N: usize>(s: &Str<N>) -> String {
-    let copied = (s.len as usize).min(N - 1);
-    String::from_utf8_lossy(&s.bytes[..copied]).into_owned()
+    let copied = &s.bytes[..(s.len as usize).min(N - 1)];
+    match std::str::from_utf8(copied) {
+        Ok(text) => text.to_owned(),
+        Err(_) => String::from_utf8_lossy(copied).into_owned(),
+    }
 }
 
 pub(crate) fn duration_nanos((seconds, nanos): (i64, i32)) -> Nanos {

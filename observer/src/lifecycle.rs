@@ -14,7 +14,10 @@
 //!   from its first activation) plus a grace period has passed;
 //! - open runs are bounded: past the cap the least recently active is forgotten and counted.
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::{
+    collections::{BTreeSet, HashMap, HashSet, VecDeque},
+    sync::Arc,
+};
 
 use serde::Serialize;
 
@@ -112,33 +115,108 @@ impl Default for Limits {
     }
 }
 
+/// A time kept per run: Unix nanoseconds in 64 bits (until the year 2262), half of an event's
+/// `Nanos`, because every open run holds four of them.
+type Stamp = i64;
+
+fn stamp(nanos: Nanos) -> Stamp {
+    nanos.clamp(Stamp::MIN.into(), Stamp::MAX.into()) as Stamp
+}
+
+/// A run id as the engine keeps it: a UUID in its canonical text form (what Temporal gives every
+/// run) as its 16 bytes, anything else as it came. Every open and every remembered ended run
+/// holds one or two, so this is most of the engine's memory.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+enum RunKey {
+    Uuid([u8; 16]),
+    Other(Box<str>),
+}
+
+impl RunKey {
+    fn new(run_id: &str) -> Self {
+        Self::uuid(run_id.as_bytes()).map_or_else(|| Self::Other(run_id.into()), Self::Uuid)
+    }
+
+    /// The bytes of a lowercase hyphenated UUID; `None` for any other text (kept as it is, so
+    /// that the key gives back exactly the id it was made from).
+    fn uuid(text: &[u8]) -> Option<[u8; 16]> {
+        let text: &[u8; 36] = text.try_into().ok()?;
+        if DASHES.iter().any(|&i| text[i] != b'-') {
+            return None;
+        }
+        let digit = |c: u8| match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            _ => None,
+        };
+        let mut out = [0u8; 16];
+        let mut at = 0;
+        for byte in &mut out {
+            if DASHES.contains(&at) {
+                at += 1;
+            }
+            *byte = digit(text[at])? << 4 | digit(text[at + 1])?;
+            at += 2;
+        }
+        Some(out)
+    }
+}
+
+/// Where a UUID's text form has its dashes.
+const DASHES: [usize; 4] = [8, 13, 18, 23];
+
+impl std::fmt::Display for RunKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Uuid(bytes) => {
+                for (i, byte) in bytes.iter().enumerate() {
+                    if matches!(i, 4 | 6 | 8 | 10) {
+                        f.write_str("-")?;
+                    }
+                    write!(f, "{byte:02x}")?;
+                }
+                Ok(())
+            }
+            Self::Other(text) => f.write_str(text),
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct Run {
     /// An `InitializeWorkflow` was seen: the run's start counted then, unless it replayed.
     init_seen: bool,
-    workflow_type: Option<String>,
-    start_unix_nanos: Option<Nanos>,
-    deadline_unix_nanos: Option<Nanos>,
     /// Whether the latest activation replayed history.
     replaying: bool,
-    /// A terminal command handed to core, and when, awaiting the server's acceptance.
-    pending_end: Option<(EndState, Nanos)>,
     /// Open while records were lost: its end may have been among them, so its deadline passing
     /// proves nothing and no timeout is inferred for it.
     affected_by_loss: bool,
-    last_active: Nanos,
+    /// Shared by every run of the type (see [`Engine::intern`]).
+    workflow_type: Option<Arc<str>>,
+    start_unix_nanos: Option<Stamp>,
+    deadline_unix_nanos: Option<Stamp>,
+    /// A terminal command handed to core, and when, awaiting the server's acceptance.
+    pending_end: Option<(EndState, Stamp)>,
+    last_active: Stamp,
 }
+
+/// The engine's tables hash with foldhash (seeded per process, as hashbrown's default): most of
+/// a record's cost here was SipHash.
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+type Set<K> = HashSet<K, foldhash::fast::RandomState>;
 
 /// The lifecycle state of every run of one observed process.
 #[derive(Debug, Default)]
 pub struct Engine {
     limits: Limits,
-    runs: HashMap<String, Run>,
+    runs: Map<RunKey, Run>,
     /// The open runs ordered by last activity, so that the cap forgets the least recently
     /// active one in O(log n) instead of scanning every run.
-    by_activity: BTreeSet<(Nanos, String)>,
-    ended: HashSet<String>,
-    ended_order: VecDeque<String>,
+    by_activity: BTreeSet<(Stamp, RunKey)>,
+    ended: Set<RunKey>,
+    ended_order: VecDeque<RunKey>,
+    /// The workflow types seen: each run holds its type's one copy.
+    types: Set<Arc<str>>,
     workers_running: HashSet<String>,
     workers_seen: HashSet<String>,
     /// Workers found running at attach whose task queue is not known (see
@@ -189,16 +267,17 @@ impl Engine {
     /// later news counts, so it is neither started nor ended here. A known run is marked as
     /// affected, like a run open during a loss.
     pub fn on_unreadable(&mut self, run_id: &str) {
-        match self.runs.get_mut(run_id) {
+        let key = RunKey::new(run_id);
+        match self.runs.get_mut(&key) {
             Some(run) if run.affected_by_loss => {}
             Some(run) => {
                 run.affected_by_loss = true;
                 self.affected_runs += 1;
             }
-            None if self.ended.contains(run_id) => {}
+            None if self.ended.contains(&key) => {}
             None => {
                 self.affected_runs += 1;
-                self.remember_ended(run_id);
+                self.remember_ended(key);
             }
         }
     }
@@ -214,7 +293,7 @@ impl Engine {
 
     /// Applies one event.
     pub fn on_event(&mut self, event: &Event, out: &mut Vec<Update>) {
-        let now = event.time_unix_nanos;
+        let now = stamp(event.time_unix_nanos);
         match &event.body {
             EventBody::Activation {
                 run_id,
@@ -223,10 +302,12 @@ impl Engine {
                 jobs,
                 ..
             } => {
-                if self.ended.contains(run_id) {
+                let key = RunKey::new(run_id);
+                if self.ended.contains(&key) {
                     return;
                 }
-                let run = self.run(run_id, now);
+                let workflow_type = init.as_ref().map(|i| self.intern(&i.workflow_type));
+                let run = self.run(key, now);
                 run.replaying = *replaying;
                 // New work for the run (not a query, not its removal from the cache): a terminal
                 // command still pending was not accepted.
@@ -237,6 +318,7 @@ impl Engine {
                 if let Some(init) = init {
                     let first_time = !run.init_seen;
                     run.init_seen = true;
+                    run.workflow_type = workflow_type;
                     apply_init(run, init);
                     if first_time && !*replaying {
                         out.push(Update::RunStarted {
@@ -252,10 +334,11 @@ impl Engine {
                 ..
             } => {
                 let Some(terminal) = terminal else { return };
-                if self.ended.contains(run_id) {
+                let key = RunKey::new(run_id);
+                if self.ended.contains(&key) {
                     return;
                 }
-                let run = self.run(run_id, now);
+                let run = self.run(key, now);
                 if run.replaying {
                     return;
                 }
@@ -269,16 +352,17 @@ impl Engine {
                 run.pending_end = Some((end, now));
             }
             EventBody::Eviction { run_id, reason, .. } => {
-                let pending = self.runs.get(run_id).and_then(|r| r.pending_end);
+                let key = RunKey::new(run_id);
+                let pending = self.runs.get(&key).and_then(|r| r.pending_end);
                 match pending {
-                    Some((end, at)) if reason.confirms_end() => self.end(run_id, end, at, out),
+                    Some((end, at)) if reason.confirms_end() => self.end(key, end, at, out),
                     // Ended without a counted end here (e.g. a replay for a query): forget it.
                     None if *reason == EvictionReason::WorkflowExecutionEnding => {
-                        self.forget(run_id);
+                        self.forget(&key);
                     }
                     // The completion failed; the run goes on and will come back, replayed.
                     _ => {
-                        if let Some(run) = self.runs.get_mut(run_id) {
+                        if let Some(run) = self.runs.get_mut(&key) {
                             run.pending_end = None;
                         }
                     }
@@ -289,10 +373,12 @@ impl Engine {
                 workflow_type,
             } => {
                 // Names a run whose first activation this observer did not see (attached late).
-                if !self.ended.contains(run_id) {
-                    let run = self.run(run_id, now);
+                let key = RunKey::new(run_id);
+                if !self.ended.contains(&key) {
+                    let workflow_type = self.intern(workflow_type);
+                    let run = self.run(key, now);
                     if run.workflow_type.is_none() {
-                        run.workflow_type = Some(workflow_type.clone());
+                        run.workflow_type = Some(workflow_type);
                     }
                 }
             }
@@ -342,19 +428,19 @@ impl Engine {
 
     /// Ends the runs whose deadline passed long enough ago: the server timed them out.
     pub fn on_tick(&mut self, now: Nanos, out: &mut Vec<Update>) {
-        let grace = self.limits.timeout_grace_nanos;
-        let expired: Vec<(String, Nanos)> = self
+        let (now, grace) = (stamp(now), stamp(self.limits.timeout_grace_nanos));
+        let expired: Vec<(RunKey, Stamp)> = self
             .runs
             .iter()
             .filter(|(_, run)| run.pending_end.is_none() && !run.affected_by_loss)
             .filter_map(|(id, run)| {
                 run.deadline_unix_nanos
-                    .filter(|d| now > d + grace)
+                    .filter(|d| now > d.saturating_add(grace))
                     .map(|d| (id.clone(), d))
             })
             .collect();
-        for (run_id, deadline) in expired {
-            self.end(&run_id, EndState::TimedOut, deadline, out);
+        for (key, deadline) in expired {
+            self.end(key, EndState::TimedOut, deadline, out);
         }
     }
 
@@ -379,53 +465,71 @@ impl Engine {
         }
     }
 
-    fn run(&mut self, run_id: &str, now: Nanos) -> &mut Run {
-        if !self.runs.contains_key(run_id) && self.runs.len() >= self.limits.max_open_runs {
+    fn run(&mut self, key: RunKey, now: Stamp) -> &mut Run {
+        let before = self.runs.get(&key).map(|r| r.last_active);
+        if before.is_none() && self.runs.len() >= self.limits.max_open_runs {
             let oldest = self.by_activity.first().map(|(_, id)| id.clone());
             if let Some(oldest) = oldest {
                 self.forget(&oldest);
                 self.dropped_runs += 1;
             }
         }
-        if let Some(before) = self.runs.get(run_id).map(|r| r.last_active) {
-            self.by_activity.remove(&(before, run_id.to_string()));
+        match before {
+            Some(before) if before == now => {}
+            Some(before) => {
+                self.by_activity.remove(&(before, key.clone()));
+                self.by_activity.insert((now, key.clone()));
+            }
+            None => {
+                self.by_activity.insert((now, key.clone()));
+            }
         }
-        self.by_activity.insert((now, run_id.to_string()));
-        let run = self.runs.entry(run_id.to_string()).or_default();
+        let run = self.runs.entry(key).or_default();
         run.last_active = now;
         run
     }
 
+    /// The one shared copy of a workflow type's name.
+    fn intern(&mut self, workflow_type: &str) -> Arc<str> {
+        if let Some(known) = self.types.get(workflow_type) {
+            return known.clone();
+        }
+        let name: Arc<str> = workflow_type.into();
+        self.types.insert(name.clone());
+        name
+    }
+
     /// Removes an open run from memory.
-    fn forget(&mut self, run_id: &str) -> Option<Run> {
-        let run = self.runs.remove(run_id)?;
-        self.by_activity
-            .remove(&(run.last_active, run_id.to_string()));
+    fn forget(&mut self, key: &RunKey) -> Option<Run> {
+        let run = self.runs.remove(key)?;
+        self.by_activity.remove(&(run.last_active, key.clone()));
         Some(run)
     }
 
-    fn end(&mut self, run_id: &str, end: EndState, at: Nanos, out: &mut Vec<Update>) {
-        let Some(run) = self.forget(run_id) else {
+    fn end(&mut self, key: RunKey, end: EndState, at: Stamp, out: &mut Vec<Update>) {
+        let Some(run) = self.forget(&key) else {
             return;
         };
         let duration_seconds = run
             .start_unix_nanos
             .map(|start| (at - start).max(0) as f64 / 1e9);
         out.push(Update::RunEnded {
-            run_id: run_id.to_string(),
+            run_id: key.to_string(),
             workflow_type: run
                 .workflow_type
-                .unwrap_or_else(|| UNKNOWN_TYPE.to_string()),
+                .as_deref()
+                .unwrap_or(UNKNOWN_TYPE)
+                .to_string(),
             end,
             duration_seconds,
         });
-        self.remember_ended(run_id);
+        self.remember_ended(key);
     }
 
     /// Later news of this run is ignored (bounded: the oldest are forgotten past the limit).
-    fn remember_ended(&mut self, run_id: &str) {
-        if self.ended.insert(run_id.to_string()) {
-            self.ended_order.push_back(run_id.to_string());
+    fn remember_ended(&mut self, key: RunKey) {
+        if self.ended.insert(key.clone()) {
+            self.ended_order.push_back(key);
         }
         while self.ended_order.len() > self.limits.max_ended_runs {
             if let Some(old) = self.ended_order.pop_front() {
@@ -439,8 +543,7 @@ impl Engine {
 pub const UNKNOWN_TYPE: &str = "unknown";
 
 fn apply_init(run: &mut Run, init: &RunInit) {
-    run.workflow_type = Some(init.workflow_type.clone());
-    run.start_unix_nanos = init.start_time_unix_nanos;
+    run.start_unix_nanos = init.start_time_unix_nanos.map(stamp);
     // The server ends the run at the earliest of its run timeout and its execution's expiration.
     let run_deadline = init
         .run_timeout_nanos
@@ -459,7 +562,8 @@ fn apply_init(run: &mut Run, init: &RunInit) {
     run.deadline_unix_nanos = match (run_deadline, execution_deadline) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
-    };
+    }
+    .map(stamp);
 }
 
 #[cfg(test)]
@@ -864,11 +968,11 @@ mod tests {
         i.run_timeout_nanos = Some(5 * SEC);
         i.execution_expiration_unix_nanos = Some(12 * SEC);
         apply_init(&mut run, &i);
-        assert_eq!(run.deadline_unix_nanos, Some(12 * SEC));
+        assert_eq!(run.deadline_unix_nanos, Some(stamp(12 * SEC)));
         i.execution_expiration_unix_nanos = None;
         i.execution_timeout_nanos = Some(0);
         apply_init(&mut run, &i);
-        assert_eq!(run.deadline_unix_nanos, Some(15 * SEC));
+        assert_eq!(run.deadline_unix_nanos, Some(stamp(15 * SEC)));
     }
 
     #[test]
@@ -903,10 +1007,32 @@ mod tests {
             ],
         );
         assert_eq!(engine.dropped_runs(), 1);
-        let mut ids: Vec<&String> = engine.runs.keys().collect();
+        let mut ids: Vec<String> = engine.runs.keys().map(RunKey::to_string).collect();
         ids.sort();
         assert_eq!(ids, ["new", "old"]);
         assert_eq!(engine.by_activity.len(), 2);
+    }
+
+    #[test]
+    fn run_keys_give_back_the_id_they_were_made_from() {
+        let uuid = "0193f3c2-6d6e-7b59-9b51-2f5f0b8a3c1d";
+        assert!(matches!(RunKey::new(uuid), RunKey::Uuid(_)));
+        // Anything not a lowercase hyphenated UUID is kept as it came.
+        for other in [
+            "0193F3C2-6D6E-7B59-9B51-2F5F0B8A3C1D",
+            "0193f3c2x6d6e-7b59-9b51-2f5f0b8a3c1d",
+            "0193f3c2-6d6e-7b59-9b51-2f5f0b8a3c1g",
+            "r1",
+            "",
+        ] {
+            assert!(matches!(RunKey::new(other), RunKey::Other(_)), "{other}");
+            assert_eq!(RunKey::new(other).to_string(), other);
+        }
+        assert_eq!(RunKey::new(uuid).to_string(), uuid);
+        assert_ne!(
+            RunKey::new(uuid),
+            RunKey::new("0193f3c2-6d6e-7b59-9b51-2f5f0b8a3c1e")
+        );
     }
 
     /// A million runs opened and never ended (issue: memory under the cap, drops counted).

@@ -276,7 +276,94 @@ fn median(mut values: Vec<f64>) -> f64 {
     values.get(values.len() / 2).copied().unwrap_or(0.0)
 }
 
-pub fn run(runs: usize, rounds: usize, root: &Path) -> anyhow::Result<()> {
+/// What `cargo xtask bench` was asked for.
+#[derive(Clone, Copy, Debug)]
+pub struct Settings {
+    /// Workflows per configuration and round.
+    pub runs: usize,
+    pub rounds: usize,
+    /// Records the pipeline benchmark replays per round.
+    pub pipeline_events: usize,
+}
+
+/// The user-space pipeline's capacity, without a kernel: `observer/benches/pipeline.rs`
+/// (a recorded session replayed through decode → lifecycle → the metric instruments and a
+/// Prometheus registry), built with the release profile. Its figures as the README's table.
+fn pipeline(settings: &Settings, root: &Path) -> anyhow::Result<String> {
+    let out = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(root)
+        .args(["bench", "-p", "observer", "--bench", "pipeline", "--"])
+        .args(["--json", "--open-runs", "100000"])
+        .args(["--events", &settings.pipeline_events.to_string()])
+        .args(["--rounds", &settings.rounds.max(3).to_string()])
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("running the pipeline benchmark (cargo bench -p observer --bench pipeline)")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "the pipeline benchmark failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .context("the pipeline benchmark printed no JSON line")?;
+    let v: serde_json::Value = serde_json::from_str(line)?;
+    let number = |key: &str| -> anyhow::Result<f64> {
+        v[key]
+            .as_f64()
+            .with_context(|| format!("the pipeline benchmark's JSON has no `{key}`"))
+    };
+    let rates: Vec<f64> = v["events_per_second"]
+        .as_array()
+        .context("no events_per_second")?
+        .iter()
+        .filter_map(serde_json::Value::as_f64)
+        .collect();
+    let min = rates.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = rates.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let mib = |bytes: f64| bytes / 1_048_576.0;
+    Ok(format!(
+        "### User-space pipeline (no kernel)\n\n\
+         A session recorded from the real sample worker ({recording}: {records} records, {runs} \
+         runs of every end state) copied {copies} times, each copy's run ids its own, replayed \
+         {rounds} times on one thread through decode → verification → lifecycle → the metric \
+         instruments and a Prometheus registry; the counts equal {copies} × one copy's.\n\n\
+         | figure | value |\n|---|---|\n\
+         | events per second, one thread (min–max over rounds) | {median:.2} M ({min:.2}–{max:.2} M) |\n\
+         | events per workflow (this workload) | {per_workflow:.1} |\n\
+         | one core's share at 1,000 workflows/s | {share:.2} % |\n\
+         | memory per open run ({open} open runs) | {per_run:.0} bytes |\n\
+         | the benchmark's RSS before / with them | {before:.1} MB / {with:.1} MB |\n\n",
+        recording = v["recording"].as_str().unwrap_or("a recording"),
+        records = number("records_per_copy")?,
+        runs = number("runs_per_copy")?,
+        copies = number("copies")?,
+        rounds = rates.len(),
+        median = number("events_per_second_median")? / 1e6,
+        min = min / 1e6,
+        max = max / 1e6,
+        per_workflow = number("events_per_workflow")?,
+        share = number("core_share_at_1000_workflows_per_second")? * 100.0,
+        open = number("open_runs")?,
+        per_run = number("bytes_per_open_run")?,
+        before = mib(number("rss_bytes_before_open_runs")?),
+        with = mib(number("rss_bytes_with_open_runs")?),
+    ))
+}
+
+/// `cargo xtask bench --pipeline`: the pipeline's figures alone.
+pub fn run_pipeline_only(settings: &Settings, root: &Path) -> anyhow::Result<()> {
+    let report = pipeline(settings, root)?;
+    println!("{report}");
+    Ok(())
+}
+
+pub fn run(settings: &Settings, root: &Path) -> anyhow::Result<()> {
+    let Settings { runs, rounds, .. } = *settings;
     anyhow::ensure!(
         runs >= 1 && rounds >= 1,
         "--runs and --rounds must be at least 1"
@@ -322,8 +409,9 @@ pub fn run(runs: usize, rounds: usize, root: &Path) -> anyhow::Result<()> {
          here.\n",
         (probed - bare) / 1000.0
     );
+    let pipeline = pipeline(settings, root)?;
     let report = format!(
-        "{runs} workflows per configuration, {rounds} round(s), medians; {machine}\n\n{report}{trap}"
+        "{runs} workflows per configuration, {rounds} round(s), medians; {machine}\n\n{report}{trap}\n{pipeline}"
     );
     println!("{report}");
     std::fs::write(out.join("overhead.md"), &report)?;

@@ -67,6 +67,12 @@ enum Task {
         /// Rounds; each runs every configuration once, alternating.
         #[arg(long, default_value_t = 3)]
         rounds: usize,
+        /// Records the user-space pipeline benchmark replays per round (no kernel).
+        #[arg(long, default_value_t = 1_000_000)]
+        pipeline_events: usize,
+        /// Only the user-space pipeline benchmark: no kernel, no server, no worker.
+        #[arg(long)]
+        pipeline: bool,
     },
     /// Build the sample worker in every variant users ship (default release, fat LTO, full
     /// debug info, debug info stripped, symbols stripped, nightly with v0 mangling) and run the
@@ -98,9 +104,23 @@ fn main() -> ExitCode {
         }
         Task::Test => test(),
         Task::GenLayouts { check, force } => setup::run().and_then(|()| layouts::run(check, force)),
-        Task::Bench { runs, rounds } => setup::run()
-            .and_then(|()| build())
-            .and_then(|()| bench::run(runs, rounds, &paths().root)),
+        Task::Bench {
+            runs,
+            rounds,
+            pipeline_events,
+            pipeline,
+        } => setup::run().and_then(|()| build()).and_then(|()| {
+            let settings = bench::Settings {
+                runs,
+                rounds,
+                pipeline_events,
+            };
+            if pipeline {
+                bench::run_pipeline_only(&settings, &paths().root)
+            } else {
+                bench::run(&settings, &paths().root)
+            }
+        }),
         Task::Matrix { only } => setup::run()
             .and_then(|()| build())
             .and_then(|()| matrix::run(&only)),
@@ -264,7 +284,15 @@ fn test() -> anyhow::Result<()> {
     // A short run of the benchmark, so that it keeps working (its numbers mean little here).
     sh(Command::new(std::env::current_exe()?)
         .env("TEMPORAL_CLI", setup::temporal_cli()?)
-        .args(["bench", "--runs", "40", "--rounds", "1"]))?;
+        .args([
+            "bench",
+            "--runs",
+            "40",
+            "--rounds",
+            "1",
+            "--pipeline-events",
+            "100000",
+        ]))?;
     eprintln!("xtask: all checks and tests passed");
     Ok(())
 }

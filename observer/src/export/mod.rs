@@ -11,6 +11,7 @@ mod text;
 
 pub use mirror::{Mirror, Snapshot};
 pub use otlp::http_metrics_url;
+pub use prometheus::Scrape;
 pub use text::format_snapshot;
 
 use std::time::Duration;
@@ -198,6 +199,15 @@ impl Metrics {
         let provider = builder.build();
         let meter = provider.meter("temporal-observer");
         Ok(Self::with_meter(&meter, Some(provider)))
+    }
+
+    /// Instruments read by an in-process Prometheus registry and nothing else: the whole export
+    /// path but the network (the pipeline benchmark).
+    pub fn scraped() -> Result<(Self, Scrape), ExportError> {
+        let (builder, scrape) = prometheus::add_reader(SdkMeterProvider::builder())?;
+        let provider = builder.build();
+        let meter = provider.meter("temporal-observer");
+        Ok((Self::with_meter(&meter, Some(provider)), scrape))
     }
 
     /// Instruments that record nothing anywhere but the in-memory mirror (for tests).

@@ -18,15 +18,7 @@ pub(super) fn serve(
     builder: MeterProviderBuilder,
     addr: SocketAddr,
 ) -> Result<MeterProviderBuilder, ExportError> {
-    let registry = Registry::new();
-    // Names stay exactly as the contract spells them; no scope labels on the series.
-    let exporter = opentelemetry_prometheus::exporter()
-        .with_registry(registry.clone())
-        .without_units()
-        .without_counter_suffixes()
-        .scope_info_enabled(false)
-        .build()
-        .map_err(|e| ExportError::Prometheus(e.to_string()))?;
+    let (builder, Scrape(registry)) = add_reader(builder)?;
     let listen = |source| ExportError::Listen { addr, source };
     let listener = std::net::TcpListener::bind(addr).map_err(listen)?;
     listener.set_nonblocking(true).map_err(listen)?;
@@ -59,18 +51,45 @@ pub(super) fn serve(
             });
         }
     });
-    Ok(builder.with_reader(exporter))
+    Ok(builder)
+}
+
+/// A Prometheus registry fed by a meter provider's reader: what a scrape answers.
+#[derive(Clone, Debug)]
+pub struct Scrape(Registry);
+
+impl Scrape {
+    /// The registry's values in Prometheus's text format, as a scrape gets them.
+    pub fn text(&self) -> Result<String, String> {
+        let mut body = Vec::new();
+        TextEncoder::new()
+            .encode(&self.0.gather(), &mut body)
+            .map_err(|e| e.to_string())?;
+        String::from_utf8(body).map_err(|e| e.to_string())
+    }
+}
+
+/// Adds a Prometheus reader to the provider, on a registry of its own.
+pub(super) fn add_reader(
+    builder: MeterProviderBuilder,
+) -> Result<(MeterProviderBuilder, Scrape), ExportError> {
+    let registry = Registry::new();
+    // Names stay exactly as the contract spells them; no scope labels on the series.
+    let exporter = opentelemetry_prometheus::exporter()
+        .with_registry(registry.clone())
+        .without_units()
+        .without_counter_suffixes()
+        .scope_info_enabled(false)
+        .build()
+        .map_err(|e| ExportError::Prometheus(e.to_string()))?;
+    Ok((builder.with_reader(exporter), Scrape(registry)))
 }
 
 fn scrape(registry: &Registry) -> Response<Full<Bytes>> {
     let encoder = TextEncoder::new();
-    let mut body = Vec::new();
-    let (status, body) = match encoder.encode(&registry.gather(), &mut body) {
-        Ok(()) => (hyper::StatusCode::OK, body),
-        Err(e) => (
-            hyper::StatusCode::INTERNAL_SERVER_ERROR,
-            e.to_string().into_bytes(),
-        ),
+    let (status, body) = match Scrape(registry.clone()).text() {
+        Ok(body) => (hyper::StatusCode::OK, body.into_bytes()),
+        Err(e) => (hyper::StatusCode::INTERNAL_SERVER_ERROR, e.into_bytes()),
     };
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;

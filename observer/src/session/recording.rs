@@ -195,6 +195,16 @@ impl Recorder {
 
 /// Feeds a recording's inputs through a pipeline, as the live session did, and returns its sink.
 pub fn replay<S: Sink>(header: &Header, inputs: &[Input], sink: S) -> S {
+    let mut pipeline = pipeline(header, sink);
+    for input in inputs {
+        feed(&mut pipeline, input);
+    }
+    pipeline.into_sink()
+}
+
+/// A pipeline set up as the recorded session's was: its candidate layouts, verification,
+/// clock and limits.
+pub fn pipeline<S: Sink>(header: &Header, sink: S) -> Pipeline<S> {
     let limits = Limits {
         max_open_runs: header.max_open_runs,
         timeout_grace_nanos: header.timeout_grace_nanos,
@@ -216,30 +226,31 @@ pub fn replay<S: Sink>(header: &Header, inputs: &[Input], sink: S) -> S {
     } else {
         (header.candidates.clone(), header.verification)
     };
-    let mut pipeline = Pipeline::new(
+    Pipeline::new(
         Verifier::new(candidates, verification),
         Clock::fixed(header.realtime_minus_monotonic),
         limits,
         header.configured_workers,
         header.probes_attached,
         sink,
-    );
-    for input in inputs {
-        match input {
-            Input::Record(bytes) => pipeline.record(bytes),
-            Input::Tick {
-                now_unix_nanos,
-                counters,
-            } => pipeline.tick(*now_unix_nanos, Some(*counters)),
-            Input::Health { counters, targets } => pipeline.health(Some(*counters), *targets),
-            Input::ExistingWorkers(count) => pipeline.existing_workers(*count),
-            Input::ProcessExit => pipeline.process_exit(),
-            Input::SessionEnd => {
-                pipeline.finish_verification();
-            }
+    )
+}
+
+/// One recorded input, fed as the live session fed it.
+pub fn feed<S: Sink>(pipeline: &mut Pipeline<S>, input: &Input) {
+    match input {
+        Input::Record(bytes) => pipeline.record(bytes),
+        Input::Tick {
+            now_unix_nanos,
+            counters,
+        } => pipeline.tick(*now_unix_nanos, Some(*counters)),
+        Input::Health { counters, targets } => pipeline.health(Some(*counters), *targets),
+        Input::ExistingWorkers(count) => pipeline.existing_workers(*count),
+        Input::ProcessExit => pipeline.process_exit(),
+        Input::SessionEnd => {
+            pipeline.finish_verification();
         }
     }
-    pipeline.into_sink()
 }
 
 /// Reads a whole recording.
