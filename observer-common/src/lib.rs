@@ -8,7 +8,7 @@
 #![no_std]
 
 /// Bumped whenever a record or the layout changes shape.
-pub const ABI_VERSION: u32 = 5;
+pub const ABI_VERSION: u32 = 6;
 
 /// Bytes of a run id kept (Temporal run ids are 36-byte UUIDs).
 pub const RUN_ID_CAP: usize = 64;
@@ -21,7 +21,7 @@ pub const OPTION_TIME_WINDOW: usize = 24;
 
 /// What a record is. The header's `kind` holds one of these.
 pub mod kind {
-    /// An activation core built for a run (one with at least one job).
+    /// An activation core is building for a run (one with at least one job).
     pub const ACTIVATION: u32 = 1;
     /// A completion handed back to core by the workflow code.
     pub const COMPLETION: u32 = 2;
@@ -32,8 +32,7 @@ pub mod kind {
     /// A worker polled for the first time (it is running), or, where that function is inlined
     /// away (LTO), a worker was created.
     pub const WORKER_START: u32 = 5;
-    /// A workflow task reached core: which run, of which workflow type.
-    pub const TASK: u32 = 6;
+    // 6 was a workflow task's run id and type (ABI ≤ 5); activations carry the type now.
     /// A process exec'd a new program (`watch`; the record is a bare header).
     pub const PROCESS_EXEC: u32 = 7;
     /// A process exited (`watch`; the record is a bare header).
@@ -71,11 +70,12 @@ pub mod program {
     pub const WORKER_START: &str = "worker_start";
     /// A worker's creation (its config, not yet the worker): where `worker_start` is inlined.
     pub const WORKER_CREATED: &str = "worker_created";
-    pub const TASK: &str = "task";
-    /// Entry half of a function that returns an activation: keeps the return slot per thread.
+    /// Entry of `WorkflowMachines::get_wf_activation(&mut self)`: reads the activation it is
+    /// about to build (run id, type, replay flag, history length, jobs) from the machines.
+    pub const ACTIVATION: &str = "activation";
+    /// Entry half of a function that returns its value into a slot (here an encoded message):
+    /// keeps the return slot per thread.
     pub const ACTIVATION_SLOT: &str = "activation_slot";
-    /// Return half: reads the activation from the slot kept at entry (a uretprobe).
-    pub const ACTIVATION_RETURN: &str = "activation_return";
     /// Return half of a function that returns an encoded message as a `Vec<u8>` into the slot
     /// kept at entry (by `activation_slot`): copies the message's bytes.
     pub const VEC_MESSAGE_RETURN: &str = "vec_message_return";
@@ -109,7 +109,7 @@ pub mod program {
     /// Tracepoint `sched/sched_process_exit`, for `watch`.
     pub const PROCESS_EXIT: &str = "process_exit";
     /// Every program.
-    pub const ALL: [&str; 21] = [
+    pub const ALL: [&str; 20] = [
         DECODE_BUF_PREFIX,
         GATE_OPEN,
         GATE_CLOSE,
@@ -126,9 +126,8 @@ pub mod program {
         WORKER_SHUTDOWN,
         WORKER_START,
         WORKER_CREATED,
-        TASK,
+        ACTIVATION,
         ACTIVATION_SLOT,
-        ACTIVATION_RETURN,
         PROCESS_EXEC,
         PROCESS_EXIT,
     ];
@@ -321,20 +320,22 @@ kernel_layout! {
         vec_ptr,
         /// `Vec<T>`: its length.
         vec_len,
-        /// `WorkflowActivation.run_id`.
+        /// An activation's fields where `get_wf_activation` takes them from, in its
+        /// `WorkflowMachines`: `run_id`.
         activation_run_id,
-        /// `WorkflowActivation.jobs`.
+        /// `workflow_type` (a `String`).
+        activation_workflow_type,
+        /// `drive_me.outgoing_wf_activation_jobs`: the jobs the activation will hold.
         activation_jobs,
-        /// `WorkflowActivation.history_length` (a `u32`).
+        /// `last_processed_event` (an `i64`; the activation's history length is its low 32 bits).
         activation_history_length,
-        /// `WorkflowActivation.is_replaying` (a `bool`).
+        /// `replaying` (a `bool`).
         activation_is_replaying,
-        /// The size of one `WorkflowActivationJob`.
+        /// The size of one job (`OutgoingJob`).
         job_size,
         /// A job's variant tag, from the job's start.
         job_tag,
         /// `InitializeWorkflow` fields, from the start of the job that holds it.
-        init_workflow_type,
         init_execution_timeout,
         init_run_timeout,
         init_execution_expiration,
@@ -360,10 +361,6 @@ kernel_layout! {
         failure_info_tag,
         /// `Worker.config.task_queue`, from the `Worker`'s start.
         worker_task_queue,
-        /// `PermittedWFT`: the run id of a workflow task.
-        task_run_id,
-        /// `PermittedWFT`: its workflow type.
-        task_workflow_type,
         /// `WorkerConfig.task_queue`, for probes that see the config, not the worker.
         config_task_queue,
         /// `RequestEvictMsg.run_id` (a `String`). (Tables and recordings made before it existed
@@ -437,14 +434,18 @@ pub struct ActivationEvent {
     pub header: EventHeader,
     pub run_id: Str<RUN_ID_CAP>,
     pub history_length: u32,
-    /// 0 or 1, copied from the activation.
+    /// 0 or 1: whether the machines replay history (core also calls a query-only activation
+    /// replaying, which user space tells from the jobs).
     pub is_replaying: u32,
     pub job_count: u64,
     /// Raw variant tags of the first `MAX_JOBS` jobs.
     pub job_tags: [u64; MAX_JOBS],
-    /// 1 when one of the first `MAX_JOBS` jobs is `InitializeWorkflow`; the fields below are valid only then.
+    /// 1 when one of the first `MAX_JOBS` jobs is `InitializeWorkflow`; `init_times` are valid
+    /// only then.
     pub has_init: u32,
     pub _pad: u32,
+    /// The run's workflow type, with every activation (so a run whose start was not seen is
+    /// named by its next one).
     pub workflow_type: Str<NAME_CAP>,
     /// Raw `Option<Duration>` / `Option<Timestamp>` windows, in this order: execution timeout,
     /// run timeout, execution expiration time, start time.
@@ -486,15 +487,6 @@ pub struct WorkerEvent {
     /// The address of the core `Worker`: identifies the worker within its process.
     pub worker: u64,
     pub task_queue: Str<NAME_CAP>,
-}
-
-/// A workflow task reached core.
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-pub struct TaskEvent {
-    pub header: EventHeader,
-    pub run_id: Str<RUN_ID_CAP>,
-    pub workflow_type: Str<NAME_CAP>,
 }
 
 /// One chunk of an encoded protobuf message (an activation, a completion) that a bridge handed
@@ -541,7 +533,6 @@ const _: () = {
             == 8 + core::mem::size_of::<Offsets<u32>>() + core::mem::size_of::<Tags>()
     );
     assert!(core::mem::size_of::<Tags>() == 24 * 5);
-    assert!(core::mem::size_of::<TaskEvent>() == 24 + 8 + RUN_ID_CAP + 8 + NAME_CAP);
     assert!(core::mem::size_of::<EventHeader>() == 24);
     assert!(core::mem::size_of::<Str<RUN_ID_CAP>>() == 8 + RUN_ID_CAP);
     assert!(core::mem::size_of::<ActivationEvent>() == 24 + 72 + 8 + 8 + 32 + 8 + 136 + 96);

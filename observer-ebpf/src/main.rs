@@ -28,8 +28,7 @@ use aya_ebpf::{
 use observer_common::{
     ActivationEvent, CompletionEvent, Cookie, EventHeader, EvictionEvent, Layout,
     MAX_FAILURE_DEPTH, MAX_JOBS, MAX_MESSAGE_CHUNKS, MESSAGE_CHUNK_BYTES, MessageChunk,
-    OPTION_TIME_WINDOW, Str, TaskEvent, WorkerEvent, candidate_key, counter, flags, kind,
-    layout_key,
+    OPTION_TIME_WINDOW, Str, WorkerEvent, candidate_key, counter, flags, kind, layout_key,
 };
 
 /// The ring buffer; user space sets its real size at load time.
@@ -47,8 +46,8 @@ static LAYOUTS: HashMap<u32, Layout> = HashMap::with_max_entries(1024, 0);
 #[map]
 static STARTED_WORKERS: LruHashMap<u64, u8> = LruHashMap::with_max_entries(4096, 0);
 
-/// Return slots kept between the entry and the return of a function that returns an
-/// activation, by thread and candidate (`candidate_key(pid_tgid, candidate)`). LRU: a slot
+/// Return slots kept between the entry and the return of a function that returns an encoded
+/// message, by thread and candidate (`candidate_key(pid_tgid, candidate)`). LRU: a slot
 /// whose return never comes (a panic unwinding through it) ages out instead of filling the map.
 #[map]
 static RETURN_SLOTS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16384, 0);
@@ -108,9 +107,12 @@ pub fn activation_slot(ctx: ProbeContext) -> u32 {
     0
 }
 
-#[uretprobe]
-pub fn activation_return(ctx: RetProbeContext) -> u32 {
-    let _ = try_activation_return(&ctx);
+/// `WorkflowMachines::get_wf_activation(&mut self)` at entry: the activation it is about to
+/// build, read where it takes it from (one hit; reading the built activation took two, its entry
+/// for the return slot and its return).
+#[uprobe]
+pub fn activation(ctx: ProbeContext) -> u32 {
+    let _ = try_activation(&ctx);
     0
 }
 
@@ -207,12 +209,6 @@ pub fn eviction_request(ctx: ProbeContext) -> u32 {
 #[uprobe]
 pub fn worker_shutdown(ctx: ProbeContext) -> u32 {
     let _ = try_worker(&ctx, kind::WORKER_SHUTDOWN);
-    0
-}
-
-#[uprobe]
-pub fn task(ctx: ProbeContext) -> u32 {
-    let _ = try_task(&ctx);
     0
 }
 
@@ -327,11 +323,33 @@ fn read_u8(addr: u64) -> Result<u8, ()> {
     unsafe { bpf_probe_read_user(addr as *const u8) }.map_err(|_| bump(counter::READ_FAULTS))
 }
 
+/// The three words of a `String` or `Vec` (pointer, capacity, length, in rustc's order) in one
+/// read; `pick` takes one out by its offset in the header (user space checks each is a word
+/// inside it).
+#[inline(always)]
+fn read_header(addr: u64) -> Result<[u64; 4], ()> {
+    let mut words = [0u64; 4];
+    // SAFETY: 24 bytes into a 32-byte buffer; the source is checked by the helper.
+    let ret = unsafe { raw_probe_read_user(words.as_mut_ptr().cast(), 24, addr as *const _) };
+    if ret != 0 {
+        bump(counter::READ_FAULTS);
+        return Err(());
+    }
+    Ok(words)
+}
+
+#[inline(always)]
+fn pick(words: &[u64; 4], offset: u32) -> u64 {
+    // The mask keeps the index inside the array for the verifier.
+    words[((offset >> 3) & 3) as usize]
+}
+
 /// Copies the Rust `String` at `addr` into `dst`, keeping at most `N - 1` bytes.
 #[inline(always)]
 fn read_string<const N: usize>(dst: &mut Str<N>, addr: u64, layout: &Layout) -> Result<(), ()> {
-    let ptr = read_u64(addr + layout.offsets.string_ptr as u64)?;
-    let len = read_u64(addr + layout.offsets.string_len as u64)?;
+    let header = read_header(addr)?;
+    let ptr = pick(&header, layout.offsets.string_ptr);
+    let len = pick(&header, layout.offsets.string_len);
     dst.len = len;
     // The mask keeps the verifier's bound below N; names longer than that are flagged by `len`.
     let n = (if len < N as u64 { len } else { N as u64 - 1 }) & (N as u64 - 1);
@@ -400,22 +418,20 @@ fn submit_flags() -> u64 {
     }
 }
 
-fn try_activation_return(ctx: &RetProbeContext) -> Result<(), ()> {
+fn try_activation(ctx: &ProbeContext) -> Result<(), ()> {
     let p = probe(ctx);
-    let key = thread_key(&p);
-    // SAFETY: a read of this program's own map; the value is copied out before the removal.
-    let activation = unsafe { RETURN_SLOTS.get(&key) }.copied().ok_or(())?;
-    let _ = RETURN_SLOTS.remove(&key);
-    emit_activation(&p, activation)
+    let machines = arg(ctx, p.cookie.arg_a)?;
+    emit_activation(&p, machines)
 }
 
-/// Copies the `WorkflowActivation` at `activation`. One without jobs carries nothing the
-/// lifecycle needs (core makes such empty ones while it looks for work) and is not sent.
+/// Copies the activation the `WorkflowMachines` at `machines` is about to build: its jobs are
+/// the machines' outgoing jobs. One without jobs carries nothing the lifecycle needs (core makes
+/// such empty ones while it looks for work) and is not sent.
 #[inline(always)]
-fn emit_activation(p: &Probe, activation: u64) -> Result<(), ()> {
+fn emit_activation(p: &Probe, machines: u64) -> Result<(), ()> {
     let layout = layout_for(p)?;
-    let jobs = activation + layout.offsets.activation_jobs as u64;
-    let job_count = read_u64(jobs + layout.offsets.vec_len as u64)?;
+    let jobs = read_header(machines + layout.offsets.activation_jobs as u64)?;
+    let job_count = pick(&jobs, layout.offsets.vec_len);
     if job_count == 0 {
         return Ok(());
     }
@@ -425,18 +441,23 @@ fn emit_activation(p: &Probe, activation: u64) -> Result<(), ()> {
     e.header = header(p, kind::ACTIVATION);
     let _ = read_string(
         &mut e.run_id,
-        activation + layout.offsets.activation_run_id as u64,
+        machines + layout.offsets.activation_run_id as u64,
+        layout,
+    );
+    let _ = read_string(
+        &mut e.workflow_type,
+        machines + layout.offsets.activation_workflow_type as u64,
         layout,
     );
     e.history_length =
-        read_u32(activation + layout.offsets.activation_history_length as u64).unwrap_or(0);
+        read_u32(machines + layout.offsets.activation_history_length as u64).unwrap_or(0);
     e.is_replaying =
-        read_u8(activation + layout.offsets.activation_is_replaying as u64).unwrap_or(0) as u32;
-    let jobs_ptr = read_u64(jobs + layout.offsets.vec_ptr as u64).unwrap_or(0);
+        read_u8(machines + layout.offsets.activation_is_replaying as u64).unwrap_or(0) as u32;
+    let jobs_ptr = pick(&jobs, layout.offsets.vec_ptr);
     e.job_count = job_count;
     let job_size = layout.offsets.job_size as u64;
-    // Core sorts jobs only when it ships an activation; where it is built, `InitializeWorkflow`
-    // may follow another job (a cancel that arrived with the first task).
+    // Core sorts jobs only when it ships an activation; here `InitializeWorkflow` may follow
+    // another job (a cancel that arrived with the first task).
     let mut init = 0u64;
     for i in 0..MAX_JOBS {
         if (i as u64) < e.job_count {
@@ -449,11 +470,6 @@ fn emit_activation(p: &Probe, activation: u64) -> Result<(), ()> {
     }
     if init != 0 {
         e.has_init = 1;
-        let _ = read_string(
-            &mut e.workflow_type,
-            init + layout.offsets.init_workflow_type as u64,
-            layout,
-        );
         read_window(
             &mut e.init_times[0],
             init + layout.offsets.init_execution_timeout as u64,
@@ -493,9 +509,10 @@ fn try_completion(ctx: &ProbeContext) -> Result<(), ()> {
         read_u64(completion + layout.offsets.completion_status_tag as u64).unwrap_or(u64::MAX);
     if layout.tags.status_successful.matches(e.status_tag) {
         e.successful = 1;
-        let commands = completion + layout.offsets.completion_commands as u64;
-        let ptr = read_u64(commands + layout.offsets.vec_ptr as u64).unwrap_or(0);
-        e.command_count = read_u64(commands + layout.offsets.vec_len as u64).unwrap_or(0);
+        let commands =
+            read_header(completion + layout.offsets.completion_commands as u64).unwrap_or([0; 4]);
+        let ptr = pick(&commands, layout.offsets.vec_ptr);
+        e.command_count = pick(&commands, layout.offsets.vec_len);
         e.last_command_tag = u64::MAX;
         if e.command_count > 0 {
             let last = ptr + (e.command_count - 1) * layout.offsets.command_size as u64;
@@ -569,29 +586,6 @@ fn failure_has_timeout(command: u64, layout: &Layout) -> bool {
         }
     }
     false
-}
-
-fn try_task(ctx: &ProbeContext) -> Result<(), ()> {
-    let p = probe(ctx);
-    let layout = layout_for(&p)?;
-    let task = arg(ctx, p.cookie.arg_a)?;
-    let mut entry = reserve::<TaskEvent>()?;
-    // SAFETY: `entry` is a reserved, zeroed, properly aligned record.
-    let e = unsafe { &mut *entry.as_mut_ptr() };
-    e.header = header(&p, kind::TASK);
-    let _ = read_string(
-        &mut e.run_id,
-        task + layout.offsets.task_run_id as u64,
-        layout,
-    );
-    let _ = read_string(
-        &mut e.workflow_type,
-        task + layout.offsets.task_workflow_type as u64,
-        layout,
-    );
-    seal(&mut e.header, &p);
-    entry.submit(submit_flags());
-    Ok(())
 }
 
 fn try_worker(ctx: &ProbeContext, event_kind: u32) -> Result<(), ()> {

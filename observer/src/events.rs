@@ -68,6 +68,10 @@ impl JobKind {
     pub fn is_new_work(&self) -> bool {
         !matches!(self, Self::QueryWorkflow | Self::RemoveFromCache)
     }
+
+    pub fn is_query(&self) -> bool {
+        matches!(self, Self::QueryWorkflow)
+    }
 }
 
 impl std::fmt::Display for JobKind {
@@ -242,6 +246,10 @@ pub type Nanos = i128;
 pub enum EventBody {
     Activation {
         run_id: String,
+        /// The run's workflow type, where the probe reads it with every activation (sdk-core's
+        /// structs); the bridges' messages carry it only in `InitializeWorkflow` (`init`).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        workflow_type: Option<String>,
         replaying: bool,
         history_length: u32,
         job_count: u64,
@@ -318,6 +326,9 @@ pub struct Event {
     pub time_unix_nanos: Nanos,
     pub pid: u32,
     pub tid: u32,
+    /// The probe table's id of the probe that sent it.
+    #[serde(skip)]
+    pub probe_id: u16,
     #[serde(flatten)]
     pub body: EventBody,
 }
@@ -449,18 +460,18 @@ fn decode_with_spec(
         time_unix_nanos: clock.wall(header.ktime_ns),
         pid: header.pid,
         tid: header.tid,
+        probe_id: header.probe_id,
         body: (spec.decode)(bytes, layout)?,
     })
 }
 
 /// The kinds of records probes send.
-const KNOWN_KINDS: [u32; 6] = [
+const KNOWN_KINDS: [u32; 5] = [
     kind::ACTIVATION,
     kind::COMPLETION,
     kind::EVICTION,
     kind::WORKER_SHUTDOWN,
     kind::WORKER_START,
-    kind::TASK,
 ];
 
 /// One human-readable line: time, pid, tid, probe, fields.
@@ -488,6 +499,7 @@ fn format_text(event: &Event) -> String {
     let fields = match &event.body {
         EventBody::Activation {
             run_id,
+            workflow_type,
             replaying,
             history_length,
             job_count,
@@ -501,8 +513,10 @@ fn format_text(event: &Event) -> String {
                     .collect::<Vec<_>>()
                     .join(",")
             );
+            if let Some(workflow_type) = workflow_type {
+                line.push_str(&format!(" workflow_type={workflow_type}"));
+            }
             if let Some(init) = init {
-                line.push_str(&format!(" workflow_type={}", init.workflow_type));
                 if let Some(start) = init.start_time_unix_nanos {
                     line.push_str(&format!(" start_time_unix_nanos={start}"));
                 }
@@ -691,6 +705,7 @@ mod tests {
             time_unix_nanos: 0,
             pid: 1,
             tid: 2,
+            probe_id: 3,
             body: EventBody::Eviction {
                 run_id: "r".into(),
                 reason: EvictionReason::CacheFull,

@@ -92,13 +92,22 @@ pub struct AttachCandidate<'a> {
     pub registers: &'a [[u8; 2]],
 }
 
+/// One attached point.
+#[derive(Debug)]
+struct Link {
+    candidate: u8,
+    /// Its probe's index in the plan.
+    probe: usize,
+    program: &'static str,
+    id: aya::programs::uprobe::UProbeLinkId,
+}
+
 /// Loaded programs with their probes attached. Dropping it detaches everything.
 #[derive(Debug)]
 pub struct Attachment {
     ebpf: Ebpf,
     pid: u32,
-    /// Every attached point: its candidate, program, and link.
-    links: Vec<(u8, &'static str, aya::programs::uprobe::UProbeLinkId)>,
+    links: Vec<Link>,
     pub attached: usize,
 }
 
@@ -156,7 +165,9 @@ impl Attachment {
                         source,
                     })?;
             }
-            for (probe, registers) in planned.iter().zip(candidate.registers) {
+            for (probe_index, (probe, registers)) in
+                planned.iter().zip(candidate.registers).enumerate()
+            {
                 let cookie = Cookie {
                     probe_id: probe.spec.id,
                     arg_a: registers[0],
@@ -196,7 +207,12 @@ impl Attachment {
                             source: Box::new(source),
                         }
                     })?;
-                    links.push((index, name, link));
+                    links.push(Link {
+                        candidate: index,
+                        probe: probe_index,
+                        program: name,
+                        id: link,
+                    });
                 }
             }
         }
@@ -212,33 +228,49 @@ impl Attachment {
     /// Keeps only `chosen`'s attachments: the live records picked its layout, so the others'
     /// probes and layouts go.
     pub fn keep_only(&mut self, chosen: usize) -> Result<(), AttachError> {
-        let (keep, drop): (Vec<_>, Vec<_>) = std::mem::take(&mut self.links)
-            .into_iter()
-            .partition(|(candidate, _, _)| usize::from(*candidate) == chosen);
-        self.links = keep;
-        self.attached = self.links.len();
-        // Every link is tried, even after one fails; the first failure is reported.
-        let mut first_error = None;
-        let mut dropped = std::collections::BTreeSet::new();
-        for (candidate, name, link) in drop {
-            dropped.insert(candidate);
-            let detached = load_program(&mut self.ebpf, name).and_then(|program| {
-                program.detach(link).map_err(|source| AttachError::Program {
-                    program: name,
-                    source: Box::new(source),
-                })
-            });
-            if let Err(e) = detached {
-                first_error.get_or_insert(e);
-            }
-        }
-        for candidate in dropped {
+        let dropped = self.detach_where(|link| usize::from(link.candidate) != chosen);
+        for candidate in dropped.candidates {
             // Absent for a plan without layouts.
             if let Ok(mut layouts) = layouts(&mut self.ebpf) {
                 let _ = layouts.remove(&layout_key(self.pid, candidate));
             }
         }
-        first_error.map_or(Ok(()), Err)
+        dropped.result
+    }
+
+    /// Detaches every attachment of the plan's probe `probe` (each candidate's): a probe whose
+    /// work is done.
+    pub fn detach_probe(&mut self, probe: usize) -> Result<(), AttachError> {
+        self.detach_where(|link| link.probe == probe).result
+    }
+
+    /// Detaches the links `drop` picks. Every one is tried, even after one fails; the first
+    /// failure is reported.
+    fn detach_where(&mut self, drop: impl Fn(&Link) -> bool) -> Detached {
+        let (dropped, keep): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.links).into_iter().partition(drop);
+        self.links = keep;
+        self.attached = self.links.len();
+        let mut first_error = None;
+        let mut candidates = std::collections::BTreeSet::new();
+        for link in dropped {
+            candidates.insert(link.candidate);
+            let detached = load_program(&mut self.ebpf, link.program).and_then(|program| {
+                program
+                    .detach(link.id)
+                    .map_err(|source| AttachError::Program {
+                        program: link.program,
+                        source: Box::new(source),
+                    })
+            });
+            if let Err(e) = detached {
+                first_error.get_or_insert(e);
+            }
+        }
+        Detached {
+            candidates,
+            result: first_error.map_or(Ok(()), Err),
+        }
     }
 
     /// Takes the ring buffer to read events from.
@@ -250,6 +282,13 @@ impl Attachment {
     pub fn counters(&self) -> Result<KernelCounters, AttachError> {
         read_counters(&self.ebpf)
     }
+}
+
+/// What [`Attachment::detach_where`] did: the candidates it detached links of, and the first
+/// failure.
+struct Detached {
+    candidates: std::collections::BTreeSet<u8>,
+    result: Result<(), AttachError>,
 }
 
 /// The `LAYOUTS` map of a loaded object.

@@ -297,6 +297,7 @@ impl Engine {
         match &event.body {
             EventBody::Activation {
                 run_id,
+                workflow_type,
                 replaying,
                 init,
                 jobs,
@@ -306,8 +307,17 @@ impl Engine {
                 if self.ended.contains(&key) {
                     return;
                 }
-                let workflow_type = init.as_ref().map(|i| self.intern(&i.workflow_type));
+                // Every activation names its run where the probe reads the type with it: a run
+                // whose start this observer did not see (attached late) is named by the next.
+                let named = init
+                    .as_ref()
+                    .map(|i| i.workflow_type.as_str())
+                    .or(workflow_type.as_deref())
+                    .map(|t| self.intern(t));
                 let run = self.run(key, now);
+                if init.is_some() || run.workflow_type.is_none() {
+                    run.workflow_type = named;
+                }
                 run.replaying = *replaying;
                 // New work for the run (not a query, not its removal from the cache): a terminal
                 // command still pending was not accepted.
@@ -318,7 +328,6 @@ impl Engine {
                 if let Some(init) = init {
                     let first_time = !run.init_seen;
                     run.init_seen = true;
-                    run.workflow_type = workflow_type;
                     apply_init(run, init);
                     if first_time && !*replaying {
                         out.push(Update::RunStarted {
@@ -577,6 +586,7 @@ mod tests {
             time_unix_nanos: at,
             pid: 1,
             tid: 1,
+            probe_id: 0,
             body,
         }
     }
@@ -611,6 +621,7 @@ mod tests {
             at,
             EventBody::Activation {
                 run_id: run.into(),
+                workflow_type: init.as_ref().map(|i| i.workflow_type.clone()),
                 replaying,
                 history_length: 3,
                 job_count: 1,
@@ -901,6 +912,42 @@ mod tests {
     }
 
     #[test]
+    fn an_activation_that_names_its_type_names_a_run_seen_late() {
+        let named = |at: Nanos, run: &str, ty: &str| {
+            let mut e = activation(at, run, false, None);
+            if let EventBody::Activation { workflow_type, .. } = &mut e.body {
+                *workflow_type = Some(ty.into());
+            }
+            e
+        };
+        let mut engine = Engine::default();
+        let out = feed(
+            &mut engine,
+            &[
+                // Attached late: the run's start is history; its next activation names it.
+                named(0, "old", "Late"),
+                completion(SEC, "old", Some(Terminal::Complete), false),
+                eviction(SEC, "old", WORKFLOW_EXECUTION_ENDING),
+                // A start's own type wins over any the run was named by before.
+                named(2 * SEC, "new", "Other"),
+                activation(3 * SEC, "new", false, Some(init("Real", 3 * SEC))),
+                completion(4 * SEC, "new", Some(Terminal::Complete), false),
+                eviction(4 * SEC, "new", WORKFLOW_EXECUTION_ENDING),
+            ],
+        );
+        assert_eq!(
+            out,
+            vec![
+                ended("old", "Late", EndState::Completed, None),
+                Update::RunStarted {
+                    workflow_type: "Real".into()
+                },
+                ended("new", "Real", EndState::Completed, Some(1.0)),
+            ]
+        );
+    }
+
+    #[test]
     fn a_server_enforced_timeout_is_inferred_after_the_deadline_and_grace() {
         let mut engine = Engine::new(Limits {
             timeout_grace_nanos: SEC,
@@ -1106,6 +1153,7 @@ mod tests {
         for body in [
             EventBody::Activation {
                 run_id: "r".into(),
+                workflow_type: Some("T".into()),
                 replaying: false,
                 history_length: 5,
                 job_count: 1,
@@ -1130,6 +1178,7 @@ mod tests {
                     time_unix_nanos: 0,
                     pid: 1,
                     tid: 1,
+                    probe_id: 0,
                     body,
                 },
                 &mut out,
@@ -1163,6 +1212,7 @@ mod tests {
                     time_unix_nanos: 0,
                     pid: 1,
                     tid: 1,
+                    probe_id: 0,
                     body: body(start, worker),
                 },
                 &mut out,

@@ -15,7 +15,7 @@ use crate::{
         dwarf::{DwarfSections, DwarfTypes},
         niche::NicheRule,
     },
-    probes::{self, Family, Input, ProbePoint, ProbeSpec, Via},
+    probes::{self, Family, Input, Lifetime, ProbePoint, ProbeSpec, Via},
     symbols::{FunctionSymbol, SymbolError, SymbolIndex},
     target::{Probed, Target},
     verify::Verification,
@@ -549,9 +549,17 @@ impl Plan {
 /// What a plan misses: probes of its family without any point in the binary, and the caveats
 /// of second-choice points.
 pub fn not_covered(family: Family, plan: &[PlannedProbe]) -> Vec<String> {
+    // The workers running at attach are named by a catch-up probe, or else counted: the
+    // counting point's caveat says so, and only when there is no catch-up.
+    let catch_up = plan
+        .iter()
+        .any(|p| p.spec.lifetime == Lifetime::UntilRunningWorkersNamed);
+    let counted = plan.iter().any(|p| p.point.count_existing_workers);
     let mut out = Vec::new();
     for spec in family.probes() {
         match plan.iter().find(|p| p.spec.id == spec.id) {
+            None if spec.lifetime == Lifetime::UntilRunningWorkersNamed && counted => {}
+            Some(planned) if planned.point.count_existing_workers && catch_up => {}
             None => out.push(format!(
                 "{}: not seen ({} is not in this binary)",
                 spec.yields,

@@ -18,8 +18,8 @@
 use std::collections::{BTreeSet, VecDeque};
 
 use observer_common::{
-    ActivationEvent, CompletionEvent, EventHeader, EvictionEvent, MAX_JOBS, Str, TaskEvent,
-    WorkerEvent, flags, kind,
+    ActivationEvent, CompletionEvent, EventHeader, EvictionEvent, MAX_JOBS, Str, WorkerEvent,
+    flags, kind,
 };
 use serde::{Deserialize, Serialize};
 
@@ -288,8 +288,8 @@ pub fn check(bytes: &[u8], layout: &TargetLayout) -> Result<Fit, Misfit> {
             if e.has_init > 1 {
                 return Err(misfit("the init flag is not 0 or 1"));
             }
+            name(&e.workflow_type, "an activation's workflow type")?;
             if e.has_init == 1 {
-                name(&e.workflow_type, "the workflow type")?;
                 let timeouts = 0..=MAX_TIMEOUT_SECONDS;
                 let [execution, run, expiration, start] = &e.init_times;
                 time(
@@ -351,12 +351,6 @@ pub fn check(bytes: &[u8], layout: &TargetLayout) -> Result<Fit, Misfit> {
             if e.reason >= 64 {
                 return Err(misfit(format!("eviction reason {}", e.reason)));
             }
-            Ok(Fit::Other)
-        }
-        kind::TASK => {
-            let e: TaskEvent = read_record(bytes, header.kind).map_err(|_| short())?;
-            run_id(&e.run_id, "a workflow task's")?;
-            name(&e.workflow_type, "a workflow task's type")?;
             Ok(Fit::Other)
         }
         kind::WORKER_START | kind::WORKER_SHUTDOWN => {

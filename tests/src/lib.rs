@@ -68,12 +68,11 @@ pub fn observer_binary() -> anyhow::Result<PathBuf> {
 /// The programs the observer loads for a default release build of the worker, named as the
 /// kernel keeps them (cut to 15 bytes): what tests and the benchmark look up among the loaded
 /// programs.
-pub const RELEASE_BUILD_PROGRAMS: [&str; 7] = [
-    "activation_slot",
-    "activation_retu",
+pub const RELEASE_BUILD_PROGRAMS: [&str; 6] = [
+    "activation",
     "completion",
     "eviction",
-    "task",
+    "worker_created",
     "worker_start",
     "worker_shutdown",
 ];

@@ -109,9 +109,17 @@ fn throughput(truth: &GroundTruth) -> f64 {
     }
 }
 
-/// Per-program kernel cost (ns per run), for the programs named, from the kernel's BPF
-/// statistics.
-fn program_costs(programs: &[&str]) -> BTreeMap<String, (u64, f64)> {
+/// Programs that run once per worker (its creation, its first poll while the workers from
+/// before the attach are named, its shutdown), not per workflow task: counted apart.
+const ONE_OFF_PROGRAMS: [&str; 4] = [
+    "worker_created",
+    "worker_created_",
+    "worker_start",
+    "worker_shutdown",
+];
+
+/// The kernel's statistics of the programs named, summed by name: (runs, run time in ns).
+fn program_stats(programs: &[&str]) -> BTreeMap<String, (u64, u64)> {
     let mut out = BTreeMap::new();
     for info in aya::programs::loaded_programs().flatten() {
         let Some(name) = info.name_as_str() else {
@@ -120,15 +128,60 @@ fn program_costs(programs: &[&str]) -> BTreeMap<String, (u64, f64)> {
         if !programs.contains(&name) {
             continue;
         }
-        let runs = info.run_count();
-        if runs == 0 {
-            continue;
-        }
-        let ns = info.run_time().as_nanos() as f64 / runs as f64;
-        let entry = out.entry(name.to_string()).or_insert((0u64, 0.0));
-        *entry = (entry.0 + runs, ns);
+        let entry = out.entry(name.to_string()).or_insert((0u64, 0u64));
+        entry.0 += info.run_count();
+        entry.1 += info.run_time().as_nanos() as u64;
     }
     out
+}
+
+/// One observed round's cost per program: its runs, and its time per run, as the mean over
+/// the round and per one-second interval (the kernel keeps totals only; the median of the
+/// interval means stands for the median run).
+#[derive(Clone, Debug, Default)]
+struct ProgramCost {
+    runs: u64,
+    mean_ns: f64,
+    interval_ns: Vec<f64>,
+}
+
+/// Samples `programs`' statistics once a second until `stop`, and turns the samples into each
+/// program's cost.
+fn sample_program_costs(
+    programs: &'static [&'static str],
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<BTreeMap<String, ProgramCost>> {
+    std::thread::spawn(move || {
+        let mut samples = vec![program_stats(programs)];
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_secs(1));
+            samples.push(program_stats(programs));
+        }
+        let mut costs: BTreeMap<String, ProgramCost> = BTreeMap::new();
+        let last = samples.last().cloned().unwrap_or_default();
+        for (name, (runs, ns)) in &last {
+            let mut cost = ProgramCost {
+                runs: *runs,
+                mean_ns: if *runs > 0 {
+                    *ns as f64 / *runs as f64
+                } else {
+                    0.0
+                },
+                interval_ns: Vec::new(),
+            };
+            for pair in samples.windows(2) {
+                let (a, b) = (pair[0].get(name), pair[1].get(name));
+                if let (Some(&(runs_a, ns_a)), Some(&(runs_b, ns_b))) = (a, b)
+                    && runs_b > runs_a
+                {
+                    cost.interval_ns
+                        .push((ns_b - ns_a) as f64 / (runs_b - runs_a) as f64);
+                }
+            }
+            costs.insert(name.clone(), cost);
+        }
+        costs
+    })
 }
 
 fn run_one(
@@ -137,7 +190,7 @@ fn run_one(
     kind: &Worker,
     config: Config,
     runs: usize,
-    costs: &mut BTreeMap<String, (u64, f64)>,
+    costs: &mut BTreeMap<String, ProgramCost>,
 ) -> anyhow::Result<Sample> {
     let queue = unique("bench");
     let worker = kind.start(env, server, &queue, &[])?;
@@ -151,6 +204,13 @@ fn run_one(
     let started = Instant::now();
     // Sample the observer's RSS while the load runs.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let programs: &'static [&'static str] = match kind {
+        Worker::Rust(_) => &RELEASE_BUILD_PROGRAMS,
+        Worker::Python => &PYTHON_PROGRAMS,
+        Worker::TypeScript => &TYPESCRIPT_PROGRAMS,
+    };
+    let program_sampler =
+        (config == Config::Observed).then(|| sample_program_costs(programs, stop.clone()));
     let sampler = observer_pid.map(|pid| {
         let stop = stop.clone();
         std::thread::spawn(move || {
@@ -180,15 +240,8 @@ fn run_one(
     };
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let peak_rss = sampler.and_then(|s| s.join().ok()).unwrap_or(0);
-    if config == Config::Observed {
-        let programs: &[&str] = match kind {
-            Worker::Rust(_) => &RELEASE_BUILD_PROGRAMS,
-            Worker::Python => &PYTHON_PROGRAMS,
-            Worker::TypeScript => &TYPESCRIPT_PROGRAMS,
-        };
-        for (name, cost) in program_costs(programs) {
-            costs.insert(name, cost);
-        }
+    if let Some(sampled) = program_sampler.and_then(|s| s.join().ok()) {
+        *costs = sampled;
     }
     let (mut workflow_tasks, mut message_bytes) = (0, 0);
     if let Some(observer) = observer {
@@ -373,6 +426,11 @@ pub fn run(settings: &Settings, root: &Path) -> anyhow::Result<()> {
     let stats = "/proc/sys/kernel/bpf_stats_enabled";
     let stats_before = std::fs::read_to_string(stats).unwrap_or_default();
     std::fs::write(stats, "1").context("enabling kernel.bpf_stats_enabled")?;
+    let out = root.join("target/bench");
+    std::fs::create_dir_all(&out)?;
+    // The bare trap, before the workers (the ratios use it) and after (the drift between).
+    let (bare, probed) = trap_cost(&out)?;
+    let trap_ns = probed - bare;
     let server = DevServer::start(&env)?;
     let mut report = String::new();
     for (kind, title) in [
@@ -390,7 +448,14 @@ pub fn run(settings: &Settings, root: &Path) -> anyhow::Result<()> {
         ),
     ] {
         report.push_str(&format!("### {title}\n\n"));
-        report.push_str(&bench_worker(&env, &server, &kind, runs, rounds)?);
+        report.push_str(&bench_worker(
+            &env,
+            &server,
+            &kind,
+            runs,
+            rounds,
+            Some(trap_ns),
+        )?);
     }
     let _ = std::fs::write(stats, stats_before.trim());
     let machine = format!(
@@ -400,14 +465,13 @@ pub fn run(settings: &Settings, root: &Path) -> anyhow::Result<()> {
             .unwrap_or_default()
             .trim()
     );
-    let out = root.join("target/bench");
-    std::fs::create_dir_all(&out)?;
-    let (bare, probed) = trap_cost(&out)?;
+    let (bare_after, probed_after) = trap_cost(&out)?;
     let trap = format!(
         "A tight loop of calls to a trivial function: {bare:.1} ns per call; with a uprobe running \
          an empty program on it (bpftrace): {probed:.1} ns, so one uprobe hit costs about {:.2} µs \
-         here.\n",
-        (probed - bare) / 1000.0
+         here (the ratios above use this; measured again after the workers: {:.2} µs).\n",
+        trap_ns / 1000.0,
+        (probed_after - bare_after) / 1000.0
     );
     let pipeline = pipeline(settings, root)?;
     let report = format!(
@@ -426,6 +490,7 @@ fn bench_worker(
     kind: &Worker,
     runs: usize,
     rounds: usize,
+    trap_ns: Option<f64>,
 ) -> anyhow::Result<String> {
     // A first round warms the server and the page cache; it is not counted.
     let mut costs = BTreeMap::new();
@@ -507,31 +572,94 @@ fn bench_worker(
             cpu / base_cpu,
         ));
     }
-    let mut probes = String::from(
-        "| program | runs (one observed round) | kernel time per run |\n|---|---|---|\n",
-    );
-    for (name, (count, ns)) in &costs {
-        probes.push_str(&format!("| {name} | {count} | {ns:.0} ns |\n"));
-    }
     // Hits and bytes per workflow task, from the observed round the program counts are of.
     let last = samples[&Config::Observed]
         .last()
         .cloned()
         .unwrap_or_default();
-    let hits: u64 = costs.values().map(|(count, _)| count).sum();
+    let tasks = last.workflow_tasks.max(1) as f64;
+    let mut probes = String::from(
+        "| program | runs (one observed round) | per workflow task | kernel time per run: median of 1 s intervals (min–max) | mean |\n\
+         |---|---|---|---|---|\n",
+    );
+    let (mut steady, mut one_off) = (0u64, 0u64);
+    for (name, cost) in &costs {
+        let once = ONE_OFF_PROGRAMS.contains(&name.as_str());
+        if once {
+            one_off += cost.runs;
+        } else {
+            steady += cost.runs;
+        }
+        let intervals = if cost.interval_ns.is_empty() {
+            "-".to_string()
+        } else {
+            let min = cost
+                .interval_ns
+                .iter()
+                .copied()
+                .fold(f64::INFINITY, f64::min);
+            let max = cost.interval_ns.iter().copied().fold(0.0, f64::max);
+            format!(
+                "{:.0} ns ({min:.0}–{max:.0}, {} intervals)",
+                median(cost.interval_ns.clone()),
+                cost.interval_ns.len()
+            )
+        };
+        probes.push_str(&format!(
+            "| {name}{} | {} | {} | {intervals} | {:.0} ns |\n",
+            if once { " (one-off)" } else { "" },
+            cost.runs,
+            if once {
+                "-".to_string()
+            } else {
+                format!("{:.2}", cost.runs as f64 / tasks)
+            },
+            cost.mean_ns,
+        ));
+    }
     if last.workflow_tasks > 0 {
         probes.push_str(&format!(
-            "\n{:.2} probe hits per workflow task ({hits} hits, {} workflow tasks)",
-            hits as f64 / last.workflow_tasks as f64,
+            "\n{:.2} probe hits per workflow task in steady state ({steady} hits, {} workflow tasks \
+             as the observer counted activations); one-off hits apart: {one_off}",
+            steady as f64 / tasks,
             last.workflow_tasks
         ));
         if last.message_bytes > 0 {
             probes.push_str(&format!(
                 "; {:.0} message bytes copied per workflow task",
-                last.message_bytes as f64 / last.workflow_tasks as f64
+                last.message_bytes as f64 / tasks
             ));
         }
         probes.push_str(".\n");
+        let hits_per_task = steady as f64 / tasks;
+        if let Some(trap_ns) = trap_ns {
+            // Added worker CPU per task against what the traps alone cost: every observed
+            // round's CPU against the unobserved round beside it.
+            let ratios: Vec<f64> = samples[&Config::Observed]
+                .iter()
+                .zip(&samples[&Config::Unobserved])
+                .filter(|(o, _)| o.workflow_tasks > 0)
+                .map(|(o, u)| {
+                    let added_ns = (o.worker_cpu_per_1000 - u.worker_cpu_per_1000)
+                        / 1000.0
+                        / (o.workflow_tasks as f64 / runs as f64)
+                        * 1e9;
+                    added_ns / (hits_per_task * trap_ns)
+                })
+                .collect();
+            if !ratios.is_empty() {
+                let min = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+                let max = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                probes.push_str(&format!(
+                    "Added worker CPU per workflow task over (hits per task × the bare uprobe hit, \
+                     {:.2} µs in this run): {:.2} median ({min:.2}–{max:.2} over {} rounds; a \
+                     spread this wide means the machine cannot resolve it).\n",
+                    trap_ns / 1000.0,
+                    median(ratios.clone()),
+                    ratios.len()
+                ));
+            }
+        }
     }
     Ok(format!("{table}\n{probes}\n"))
 }

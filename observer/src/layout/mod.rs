@@ -237,15 +237,26 @@ impl TargetLayout {
         let (string_ptr, string_len) = vec_fields(types, &string_vec)?;
         let string_vec_offset = string.member("vec")?.offset;
 
-        let activation = types.info(types.find(&format!(
-            "{PROTOS}::workflow_activation::WorkflowActivation"
-        ))?)?;
-        let jobs_vec = follow(types, &activation, "jobs")?;
+        // The activation probe reads what `get_wf_activation` builds the activation from: the
+        // machines' fields and their driven workflow's outgoing jobs.
+        let machines = types.info(types.find(
+            "temporalio_sdk_core::worker::workflow::machines::workflow_machines::WorkflowMachines",
+        )?)?;
+        let driven = follow(types, &machines, "drive_me")?;
+        let jobs_vec = follow(types, &driven, "outgoing_wf_activation_jobs")?;
         let (vec_ptr, vec_len) = vec_fields(types, &jobs_vec)?;
+        let machines_at = |field: &str, size: u64| -> Result<u64, LayoutError> {
+            let member = follow(types, &machines, field)?;
+            if member.size != size {
+                return Err(shape(format!(
+                    "WorkflowMachines.{field} is {} bytes, not {size}",
+                    member.size
+                )));
+            }
+            Ok(machines.member(field)?.offset)
+        };
 
-        let job = types.info(types.find(&format!(
-            "{PROTOS}::workflow_activation::WorkflowActivationJob"
-        ))?)?;
+        let job = types.info(types.find("temporalio_sdk_core::worker::workflow::OutgoingJob")?)?;
         let job_tags = merged_tags(types, &job, "variant")?;
         let job_payloads = &job_tags.payloads;
         let init_offset = *job_payloads
@@ -297,15 +308,6 @@ impl TargetLayout {
         let config_task_queue = config.member("task_queue")?.offset;
         let worker_task_queue = worker.member("config")?.offset + config_task_queue;
 
-        let permitted =
-            types.info(types.find("temporalio_sdk_core::worker::workflow::PermittedWFT")?)?;
-        let work = follow(types, &permitted, "work")?;
-        let execution = follow(types, &work, "execution")?;
-        let work_at = permitted.member("work")?.offset;
-        let task_run_id =
-            work_at + work.member("execution")?.offset + execution.member("run_id")?.offset;
-        let task_workflow_type = work_at + work.member("workflow_type")?.offset;
-
         // Read only where `create_evict_activation` is gone; an sdk-core without this type
         // keeps its other layouts (and a binary that needs it is verified live).
         let (evict_request_run_id, evict_request_reason) = match types
@@ -350,13 +352,15 @@ impl TargetLayout {
             string_len: string_vec_offset + string_len,
             vec_ptr,
             vec_len,
-            activation_run_id: activation.member("run_id")?.offset,
-            activation_jobs: activation.member("jobs")?.offset,
-            activation_history_length: activation.member("history_length")?.offset,
-            activation_is_replaying: activation.member("is_replaying")?.offset,
+            activation_run_id: machines_at("run_id", string.size)?,
+            activation_workflow_type: machines_at("workflow_type", string.size)?,
+            activation_jobs: machines.member("drive_me")?.offset
+                + driven.member("outgoing_wf_activation_jobs")?.offset,
+            // An `i64`, read as its low half (x86-64 is little-endian).
+            activation_history_length: machines_at("last_processed_event", 8)?,
+            activation_is_replaying: machines_at("replaying", 1)?,
             job_size: job.size,
             job_tag: job_tags.offset,
-            init_workflow_type: init_at("workflow_type")?,
             init_execution_timeout: init_at("workflow_execution_timeout")?,
             init_run_timeout: init_at("workflow_run_timeout")?,
             init_execution_expiration: init_at("workflow_execution_expiration_time")?,
@@ -371,8 +375,6 @@ impl TargetLayout {
             failure_cause: cause.payload_offset,
             failure_info_tag: failure_info.offset,
             worker_task_queue,
-            task_run_id,
-            task_workflow_type,
             config_task_queue,
             evict_request_run_id,
             evict_request_reason,
@@ -395,6 +397,20 @@ impl TargetLayout {
 
     /// The struct the eBPF programs read with.
     pub fn kernel_layout(&self) -> Result<Layout, LayoutError> {
+        // The programs read a `String`'s or `Vec`'s three words at once and pick these out.
+        let o = &self.offsets;
+        for (field, value) in [
+            ("string_ptr", o.string_ptr),
+            ("string_len", o.string_len),
+            ("vec_ptr", o.vec_ptr),
+            ("vec_len", o.vec_len),
+        ] {
+            if value % 8 != 0 || value >= 24 {
+                return Err(shape(format!(
+                    "{field} is at {value}, not a word of a three-word header"
+                )));
+            }
+        }
         Ok(Layout {
             abi_version: observer_common::ABI_VERSION,
             _pad: 0,

@@ -21,7 +21,7 @@ use temporalio_protos::protos::{
     },
 };
 
-use super::{Framing, Hook, Input, ProbePoint, ProbeSpec, Via};
+use super::{Framing, Hook, Input, Lifetime, ProbePoint, ProbeSpec, Via};
 use crate::{
     events::{
         CompletionStatus, DecodeError, EventBody, EvictionReason, JobKind, Nanos, RunInit,
@@ -106,6 +106,7 @@ pub const PYTHON_PROBES: &[ProbeSpec] = &[
                  time and timeouts",
         record: kind::MESSAGE_CHUNK,
         framing: Framing::Bare,
+        lifetime: Lifetime::Session,
         decode: decode_activation,
     },
     ProbeSpec {
@@ -127,6 +128,7 @@ pub const PYTHON_PROBES: &[ProbeSpec] = &[
                  terminal command, and whether a failure's cause chain holds a timeout",
         record: kind::MESSAGE_CHUNK,
         framing: Framing::Bare,
+        lifetime: Lifetime::Session,
         decode: decode_completion,
     },
     ProbeSpec {
@@ -149,6 +151,7 @@ pub const PYTHON_PROBES: &[ProbeSpec] = &[
         yields: "a worker created (it runs from then on)",
         record: kind::WORKER_START,
         framing: Framing::Bare,
+        lifetime: Lifetime::Session,
         decode: decode_worker_created,
     },
     ProbeSpec {
@@ -172,6 +175,7 @@ pub const PYTHON_PROBES: &[ProbeSpec] = &[
         yields: "a worker asked to shut down, by its Python object",
         record: kind::WORKER_SHUTDOWN,
         framing: Framing::Bare,
+        lifetime: Lifetime::Session,
         decode: decode_worker_shutdown,
     },
     ProbeSpec {
@@ -182,6 +186,7 @@ pub const PYTHON_PROBES: &[ProbeSpec] = &[
         yields: TASK_YIELDS,
         record: kind::MESSAGE_CHUNK,
         framing: Framing::Bare,
+        lifetime: Lifetime::Session,
         decode: decode_polled_task,
     },
     ProbeSpec {
@@ -192,6 +197,7 @@ pub const PYTHON_PROBES: &[ProbeSpec] = &[
         yields: TASK_YIELDS,
         record: kind::MESSAGE_CHUNK,
         framing: Framing::Bare,
+        lifetime: Lifetime::Session,
         decode: decode_returned_task,
     },
 ];
@@ -244,6 +250,7 @@ pub const TYPESCRIPT_PROBES: &[ProbeSpec] = &[
         record: kind::MESSAGE_CHUNK,
         // The SDK passes `WorkflowActivationCompletion.encodeDelimited(…)`.
         framing: Framing::LengthDelimited,
+        lifetime: Lifetime::Session,
         decode: decode_delimited_completion,
     },
     ProbeSpec {
@@ -269,6 +276,7 @@ pub const TYPESCRIPT_PROBES: &[ProbeSpec] = &[
         yields: "a worker asked to shut down (each call is one worker)",
         record: kind::WORKER_SHUTDOWN,
         framing: Framing::Bare,
+        lifetime: Lifetime::Session,
         decode: decode_worker_shutdown_call,
     },
     ProbeSpec {
@@ -471,6 +479,7 @@ fn decode_activation(bytes: &[u8], _: &TargetLayout) -> Result<EventBody, Decode
     });
     Ok(EventBody::Activation {
         run_id: activation.run_id,
+        workflow_type: init.as_ref().map(|i| i.workflow_type.clone()),
         replaying: activation.is_replaying,
         history_length: activation.history_length,
         job_count: activation.jobs.len() as u64,

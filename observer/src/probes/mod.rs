@@ -135,6 +135,18 @@ pub struct ProbePoint {
     pub count_existing_workers: bool,
 }
 
+/// How long a probe stays attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Lifetime {
+    /// The whole session.
+    Session,
+    /// Until every worker that already ran when the observer attached is named: the probe sits
+    /// on a function each poll calls (a trap per poll), for the workers that no creation will
+    /// name. The workers created later are named by their creation.
+    UntilRunningWorkersNamed,
+}
+
 /// Turns one record of a probe into what it says.
 pub type Decoder = fn(&[u8], &TargetLayout) -> Result<EventBody, DecodeError>;
 
@@ -154,6 +166,7 @@ pub struct ProbeSpec {
     pub record: u32,
     /// How a message record's bytes frame the message.
     pub framing: Framing,
+    pub lifetime: Lifetime,
     /// Decodes that record.
     #[serde(skip)]
     pub decode: Decoder,
@@ -230,7 +243,7 @@ mod tests {
             record[4..8].copy_from_slice(&u32::from(spec.id).to_le_bytes());
             let event = crate::events::decode(&record, &layout, &clock)
                 .unwrap_or_else(|e| panic!("probe {}: {e}", spec.name));
-            assert_eq!(event.body.probe_name(), spec.name, "probe {}", spec.name);
+            assert_eq!(event.probe_id, spec.id, "probe {}", spec.name);
         }
     }
 

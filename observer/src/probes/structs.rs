@@ -3,11 +3,10 @@
 //! tags, option windows) into its record; its decoder here interprets them with the layout.
 
 use observer_common::{
-    ActivationEvent, CompletionEvent, EvictionEvent, MAX_JOBS, TaskEvent, WorkerEvent, kind,
-    program,
+    ActivationEvent, CompletionEvent, EvictionEvent, MAX_JOBS, WorkerEvent, kind, program,
 };
 
-use super::{Framing, Hook, Input, ProbePoint, ProbeSpec};
+use super::{Framing, Hook, Input, Lifetime, ProbePoint, ProbeSpec};
 use crate::{
     events::{
         CompletionStatus, DecodeError, EventBody, EvictionReason, JobKind, RunInit, Terminal,
@@ -32,25 +31,23 @@ pub const PROBES: &[ProbeSpec] = &[
     ProbeSpec {
         id: 1,
         name: "activation",
-        // `prepare_to_ship_activation` sees the same activations, but it is inlined under LTO
-        // and its DWARF does not say where its argument is at entry (it is spilled at once).
-        // The function that builds every activation survives in every build.
-        points: &[ProbePoint {
-            function: "temporalio_sdk_core::worker::workflow::machines::workflow_machines::WorkflowMachines::get_wf_activation",
-            via: None,
-            hook: Hook::EntryAndReturn {
-                entry: program::ACTIVATION_SLOT,
-                exit: program::ACTIVATION_RETURN,
-            },
-            inputs: [Input::ReturnSlot, Input::None],
-            caveat: None,
-            count_existing_workers: false,
-        }],
+        // The function that builds every activation survives in every build, LTO too. Read at
+        // its entry, from the machines it builds the activation from: one hit, where the built
+        // activation (its return value) took an entry and a return, and the machines also name
+        // the run's workflow type, so a run from before the attach is named by its next
+        // activation without a probe on every workflow task. (`prepare_to_ship_activation` is
+        // inlined under LTO and knows no workflow type.)
+        points: &[entry(
+            "temporalio_sdk_core::worker::workflow::machines::workflow_machines::WorkflowMachines::get_wf_activation",
+            program::ACTIVATION,
+            [Input::Address("self"), Input::None],
+        )],
         required: true,
-        yields: "each activation: run id, jobs, replay flag, history length; for a run's first \
-                 activation its workflow type, start time and timeouts",
+        yields: "each activation: run id, workflow type, jobs, replay flag, history length; for \
+                 a run's first activation its start time and timeouts",
         record: kind::ACTIVATION,
         framing: Framing::Bare,
+        lifetime: Lifetime::Session,
         decode: decode_activation,
     },
     ProbeSpec {
@@ -66,6 +63,7 @@ pub const PROBES: &[ProbeSpec] = &[
                  failure's cause chain holds a timeout",
         record: kind::COMPLETION,
         framing: Framing::Bare,
+        lifetime: Lifetime::Session,
         decode: decode_completion,
     },
     ProbeSpec {
@@ -98,6 +96,7 @@ pub const PROBES: &[ProbeSpec] = &[
         yields: "each eviction from the workflow cache: run id and reason",
         record: kind::EVICTION,
         framing: Framing::Bare,
+        lifetime: Lifetime::Session,
         decode: decode_eviction,
     },
     ProbeSpec {
@@ -112,66 +111,66 @@ pub const PROBES: &[ProbeSpec] = &[
         yields: "a worker asked to shut down, and its task queue",
         record: kind::WORKER_SHUTDOWN,
         framing: Framing::Bare,
+        lifetime: Lifetime::Session,
         decode: decode_worker_shutdown,
     },
     ProbeSpec {
         id: 5,
         name: "worker_start",
-        points: &[
-            entry(
-                "temporalio_sdk_core::worker::Worker::mark_started",
-                program::WORKER_START,
-                [Input::Address("self"), Input::None],
-            ),
-            // `mark_started` runs on every poll but is inlined under LTO; creation is not.
-            ProbePoint {
-                function: "temporalio_sdk_core::worker::Worker::new_with_pollers",
-                via: None,
-                hook: Hook::Entry {
-                    program: program::WORKER_CREATED,
-                },
-                inputs: [Input::Address("config"), Input::None],
-                caveat: Some(
-                    "a worker counts as running from its creation; workers that already run when \
-                     the observer attaches are counted from their workflow-processing threads",
-                ),
-                count_existing_workers: true,
+        // Once per worker, in every build (LTO too).
+        points: &[ProbePoint {
+            function: "temporalio_sdk_core::worker::Worker::new_with_pollers",
+            via: None,
+            hook: Hook::Entry {
+                program: program::WORKER_CREATED,
             },
-        ],
+            inputs: [Input::Address("config"), Input::None],
+            caveat: Some(
+                "a worker counts as running from its creation; where `mark_started` is inlined \
+                 (LTO), the workers that already run when the observer attaches are counted from \
+                 their workflow-processing threads, without their task queues",
+            ),
+            count_existing_workers: true,
+        }],
         required: false,
-        yields: "a worker running (its first poll, or its creation), and its task queue",
+        yields: "a worker created, and its task queue",
         record: kind::WORKER_START,
         framing: Framing::Bare,
+        lifetime: Lifetime::Session,
         decode: decode_worker_start,
     },
     ProbeSpec {
-        id: 6,
-        name: "task",
+        id: 7,
+        name: "worker_running",
+        // Every poll calls it: attached only until the workers running at attach are named.
         points: &[entry(
-            "temporalio_sdk_core::worker::workflow::workflow_stream::WFStream::instantiate_or_update",
-            program::TASK,
-            [Input::Address("pwft"), Input::None],
+            "temporalio_sdk_core::worker::Worker::mark_started",
+            program::WORKER_START,
+            [Input::Address("self"), Input::None],
         )],
         required: false,
-        yields: "each workflow task's run id and workflow type: names the runs whose start was not seen",
-        record: kind::TASK,
+        yields: "the workers already running when the observer attached, each with its task \
+                 queue at its next poll; detached once every one is named",
+        record: kind::WORKER_START,
         framing: Framing::Bare,
-        decode: decode_task,
+        lifetime: Lifetime::UntilRunningWorkersNamed,
+        decode: decode_worker_start,
     },
 ];
 
 fn decode_activation(bytes: &[u8], layout: &TargetLayout) -> Result<EventBody, DecodeError> {
     let e: ActivationEvent = read_record(bytes, kind::ACTIVATION)?;
     let shown = (e.job_count as usize).min(MAX_JOBS);
-    let jobs = e.job_tags[..shown]
+    let jobs: Vec<JobKind> = e.job_tags[..shown]
         .iter()
         .map(|tag| match layout.job.name_of(*tag) {
             Some(name) => JobKind::from_variant(name),
             None => JobKind::Other(format!("tag:{tag}")),
         })
         .collect();
+    let workflow_type = text(&e.workflow_type);
     let init = (e.has_init != 0).then(|| RunInit {
-        workflow_type: text(&e.workflow_type),
+        workflow_type: workflow_type.clone(),
         execution_timeout_nanos: layout.duration.decode(&e.init_times[0]).map(duration_nanos),
         run_timeout_nanos: layout.duration.decode(&e.init_times[1]).map(duration_nanos),
         execution_expiration_unix_nanos: layout
@@ -183,9 +182,13 @@ fn decode_activation(bytes: &[u8], layout: &TargetLayout) -> Result<EventBody, D
             .decode(&e.init_times[3])
             .map(duration_nanos),
     });
+    // Core calls a query-only activation replaying too (queries always come alone, and only
+    // the first jobs' tags are copied).
+    let all_queries = !jobs.is_empty() && jobs.iter().all(JobKind::is_query);
     Ok(EventBody::Activation {
         run_id: text(&e.run_id),
-        replaying: e.is_replaying != 0,
+        workflow_type: Some(workflow_type),
+        replaying: e.is_replaying != 0 || all_queries,
         history_length: e.history_length,
         job_count: e.job_count,
         jobs,
@@ -217,14 +220,6 @@ fn decode_eviction(bytes: &[u8], _: &TargetLayout) -> Result<EventBody, DecodeEr
     Ok(EventBody::Eviction {
         run_id: text(&e.run_id),
         reason: EvictionReason::from_raw(e.reason),
-    })
-}
-
-fn decode_task(bytes: &[u8], _: &TargetLayout) -> Result<EventBody, DecodeError> {
-    let e: TaskEvent = read_record(bytes, kind::TASK)?;
-    Ok(EventBody::Task {
-        run_id: text(&e.run_id),
-        workflow_type: text(&e.workflow_type),
     })
 }
 

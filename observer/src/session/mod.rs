@@ -3,6 +3,7 @@
 //! exits or a [`StopReason`] arrives; then the last values are exported. `attach` runs one
 //! session, `watch` one per worker.
 
+mod catch_up;
 mod output;
 mod pipeline;
 pub mod recording;
@@ -27,6 +28,7 @@ use crate::{
     kernel::{AttachCandidate, Attachment, KernelCounters, KernelSettings},
     lifecycle::{Limits, Update},
     plan::Plan,
+    probes::Lifetime,
     target::{Probed, Target, WORKER_THREAD},
     verify::{Verification, Verifier},
 };
@@ -379,12 +381,33 @@ pub async fn observe(
         attachment.attached as i64,
         (metrics, printer),
     );
-    // A start probe that only sees creations misses the workers already running: count them.
+    // A start probe that only sees creations misses the workers already running: a probe on
+    // their polls names them (and goes once it has), or, where there is none, they are counted.
+    let attached_at = Instant::now();
+    let mut catch_up = plan
+        .probes
+        .iter()
+        .position(|p| p.spec.lifetime == Lifetime::UntilRunningWorkersNamed);
     if plan.probes.iter().any(|p| p.point.count_existing_workers) {
         let running = target.threads_named(WORKER_THREAD);
-        info!("{running} worker(s) already running (counted from their {WORKER_THREAD} threads)");
-        recording.write(&recording::Input::ExistingWorkers(running));
-        pipeline.existing_workers(running);
+        match catch_up {
+            Some(index) => info!(
+                "{running} worker(s) already running: each is named at its next poll ({}), \
+                 whose probe is detached once all are",
+                plan.probes[index].point.function
+            ),
+            None => {
+                info!(
+                    "{running} worker(s) already running (counted from their {WORKER_THREAD} \
+                     threads)"
+                );
+                recording.write(&recording::Input::ExistingWorkers(running));
+                pipeline.existing_workers(running);
+            }
+        }
+    } else {
+        // No creation probe: the poll probe is the only one that sees workers start.
+        catch_up = None;
     }
     let drain = |pipeline: &mut Pipeline<_>,
                  ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
@@ -431,6 +454,8 @@ pub async fn observe(
         {
             losers_detached = true;
             let kept = attachment.keep_only(chosen);
+            recording.write(&recording::Input::ProbesAttached(attachment.attached));
+            pipeline.probes_attached(attachment.attached as i64);
             info!(
                 "PID {}: layout verified after {} records: {}; {}",
                 target.pid,
@@ -462,6 +487,32 @@ pub async fn observe(
                     let counters = attachment.counters().ok();
                     tick_now(&mut pipeline, &mut recording, counters);
                     health(&mut pipeline, &mut recording, counters, 1);
+                    // A second in, a worker being created as we attached has its thread.
+                    if let Some(index) = catch_up
+                        && attached_at.elapsed() >= Duration::from_secs(1)
+                        && pipeline
+                            .running_workers()
+                            .all_named(target.threads_named(WORKER_THREAD))
+                    {
+                        catch_up = None;
+                        let detached = attachment.detach_probe(index);
+                        recording.write(&recording::Input::ProbesAttached(attachment.attached));
+                        pipeline.probes_attached(attachment.attached as i64);
+                        let function = plan.probes[index].point.function;
+                        match detached {
+                            Ok(()) => info!(
+                                "PID {}: every worker that ran at attach is named ({} by its \
+                                 poll); the probe on {function} is detached ({} probes stay)",
+                                target.pid,
+                                pipeline.running_workers().named(),
+                                attachment.attached
+                            ),
+                            Err(e) => warn!(
+                                "PID {}: detaching the probe on {function} failed: {e}",
+                                target.pid
+                            ),
+                        }
+                    }
                 }
                 if let (Some(at), Some(every)) = (table_at, config.print_metrics)
                     && Instant::now() >= at

@@ -16,6 +16,8 @@ use crate::{
     verify::{Admit, Verifier},
 };
 
+use super::catch_up::RunningWorkers;
+
 /// Where a session's results go: the metric instruments, printers, a test's collector. Every
 /// method has a default that ignores what it is given.
 pub trait Sink {
@@ -89,6 +91,8 @@ pub struct Pipeline<S> {
     probes_attached: i64,
     /// Kernel-side lost records seen so far; an increase marks the open runs.
     lost_seen: u64,
+    /// The workers named so far, for a probe attached only until they all are.
+    running_workers: RunningWorkers,
 }
 
 impl<S> std::fmt::Debug for Pipeline<S> {
@@ -125,6 +129,7 @@ impl<S: Sink> Pipeline<S> {
             workers_seen: 0,
             probes_attached,
             lost_seen: 0,
+            running_workers: RunningWorkers::default(),
         };
         if let Some(n) = configured_workers {
             pipeline.sink.workers_configured(n);
@@ -242,6 +247,7 @@ impl<S: Sink> Pipeline<S> {
         match decoded {
             Ok(event) => {
                 *self.per_probe.entry(event.body.probe_name()).or_default() += 1;
+                self.running_workers.on_event(&event);
                 self.sink.event(&event);
                 let mut updates = Vec::new();
                 self.engine.on_event(&event, &mut updates);
@@ -324,6 +330,16 @@ impl<S: Sink> Pipeline<S> {
 
     pub fn open_runs(&self) -> usize {
         self.engine.open_runs()
+    }
+
+    /// The workers named so far (see [`RunningWorkers`]).
+    pub fn running_workers(&self) -> &RunningWorkers {
+        &self.running_workers
+    }
+
+    /// Probes were detached: `attached` stay (exported as the observer's health).
+    pub fn probes_attached(&mut self, attached: i64) {
+        self.probes_attached = attached;
     }
 
     /// One line: records per probe, kernel counters, open runs.

@@ -34,6 +34,7 @@ const EXISTING_WORKERS: u8 = 3;
 const PROCESS_EXIT: u8 = 4;
 const HEALTH: u8 = 5;
 const SESSION_END: u8 = 6;
+const PROBES_ATTACHED: u8 = 7;
 
 /// What decoding the records needs.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -80,6 +81,8 @@ pub enum Input {
     ProcessExit,
     /// The session ends: records still held for an undecided layout count as unverified.
     SessionEnd,
+    /// Probes were detached: this many stay attached.
+    ProbesAttached(usize),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -166,6 +169,9 @@ impl Recorder {
             }
             Input::ProcessExit => (PROCESS_EXIT, Vec::new()),
             Input::SessionEnd => (SESSION_END, Vec::new()),
+            Input::ProbesAttached(count) => {
+                (PROBES_ATTACHED, (*count as u64).to_le_bytes().to_vec())
+            }
         };
         self.frame(kind, &payload)
     }
@@ -250,6 +256,7 @@ pub fn feed<S: Sink>(pipeline: &mut Pipeline<S>, input: &Input) {
         Input::SessionEnd => {
             pipeline.finish_verification();
         }
+        Input::ProbesAttached(count) => pipeline.probes_attached(*count as i64),
     }
 }
 
@@ -316,6 +323,9 @@ fn parse_frames(mut body: &[u8]) -> Result<Vec<Input>, usize> {
             EXISTING_WORKERS if length == 8 => Input::ExistingWorkers(u64::from_le_bytes(
                 number(0..8)?.try_into().map_err(|_| index)?,
             ) as usize),
+            PROBES_ATTACHED if length == 8 => Input::ProbesAttached(u64::from_le_bytes(
+                number(0..8)?.try_into().map_err(|_| index)?,
+            ) as usize),
             PROCESS_EXIT if length == 0 => Input::ProcessExit,
             SESSION_END if length == 0 => Input::SessionEnd,
             _ => return Err(index),
@@ -359,6 +369,7 @@ mod tests {
             },
             Input::Record(Vec::new()),
             Input::ExistingWorkers(2),
+            Input::ProbesAttached(5),
             Input::ProcessExit,
             Input::SessionEnd,
             Input::Health {
@@ -377,8 +388,8 @@ mod tests {
         assert_eq!(read_inputs, inputs);
 
         let bytes = std::fs::read(&path).expect("bytes");
-        // Into frame 1 (the last frames: health, process exit, session end).
-        std::fs::write(&path, &bytes[..bytes.len() - 62]).expect("cut");
+        // Into frame 1, the tick (after it: 70 bytes of frames, 5 to 29 bytes each).
+        std::fs::write(&path, &bytes[..bytes.len() - 75]).expect("cut");
         let err = read(&path).expect_err("cut");
         assert!(
             matches!(err, RecordingError::Frame { index: 1, .. }),
