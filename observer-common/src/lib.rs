@@ -138,7 +138,7 @@ pub mod program {
 pub mod map {
     /// The probes' ring buffer.
     pub const EVENTS: &str = "EVENTS";
-    /// `Layout` per observed process.
+    /// `Layout` per candidate (an array: each observed process loads its own object).
     pub const LAYOUTS: &str = "LAYOUTS";
     /// Workers already reported as started.
     pub const STARTED_WORKERS: &str = "STARTED_WORKERS";
@@ -206,12 +206,6 @@ impl Cookie {
 
 /// The most candidate layouts one target is read with at once, while the live records decide.
 pub const MAX_CANDIDATES: usize = 8;
-
-/// The `LAYOUTS` key of a process's candidate: process ids stay below 2^22 (`pid_max`), so the
-/// candidate fits in the top byte.
-pub const fn layout_key(pid: u32, candidate: u8) -> u32 {
-    pid | ((candidate as u32) << 24)
-}
 
 /// A per-thread or per-worker map key (a `pid_tgid`, whose tgid is below 2^22, or a user-space
 /// address, below 2^47), made distinct per candidate: each candidate's attachment keeps its own

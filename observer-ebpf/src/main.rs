@@ -22,23 +22,24 @@ use aya_ebpf::{
         generated::{bpf_get_attach_cookie, bpf_loop, bpf_probe_read_user as raw_probe_read_user},
     },
     macros::{map, tracepoint, uprobe, uretprobe},
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
     programs::{ProbeContext, RetProbeContext, TracePointContext},
 };
 use observer_common::{
-    ActivationEvent, CompletionEvent, Cookie, EventHeader, EvictionEvent, Layout,
-    MAX_FAILURE_DEPTH, MAX_JOBS, MAX_MESSAGE_CHUNKS, MESSAGE_CHUNK_BYTES, MessageChunk,
-    OPTION_TIME_WINDOW, Str, WorkerEvent, candidate_key, counter, flags, kind, layout_key,
+    ABI_VERSION, ActivationEvent, CompletionEvent, Cookie, EventHeader, EvictionEvent, Layout,
+    MAX_CANDIDATES, MAX_FAILURE_DEPTH, MAX_JOBS, MAX_MESSAGE_CHUNKS, MESSAGE_CHUNK_BYTES,
+    MessageChunk, OPTION_TIME_WINDOW, Str, WorkerEvent, candidate_key, counter, flags, kind,
 };
 
 /// The ring buffer; user space sets its real size at load time.
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 
-/// How to read sdk-core's structs, per observed process (tgid) and candidate
-/// (`observer_common::layout_key`).
+/// How to read sdk-core's structs, per candidate. Each observed process has an object of its
+/// own, so the candidate is the whole key: an array, which the verifier turns into a bounds
+/// check and an address (a hash lookup cost every program run more).
 #[map]
-static LAYOUTS: HashMap<u32, Layout> = HashMap::with_max_entries(1024, 0);
+static LAYOUTS: Array<Layout> = Array::with_max_entries(MAX_CANDIDATES as u32, 0);
 
 /// Workers already reported as started, by worker address and candidate
 /// (`candidate_key`). `mark_started` runs on every poll; only the first one per worker makes a
@@ -380,9 +381,11 @@ fn read_window(dst: &mut [u8; OPTION_TIME_WINDOW], addr: u64) {
 
 #[inline(always)]
 fn layout_for(p: &Probe) -> Result<&'static Layout, ()> {
-    let key = layout_key(p.pid, p.cookie.candidate);
-    // SAFETY: map values are only written by user space before attaching; reads are plain loads.
-    unsafe { LAYOUTS.get(&key) }.ok_or(())
+    // Unset entries are zero: an attachment without its layout reads nothing.
+    LAYOUTS
+        .get(u32::from(p.cookie.candidate))
+        .filter(|layout| layout.abi_version == ABI_VERSION)
+        .ok_or(())
 }
 
 /// This thread's key in a per-thread map, for this attachment's candidate.

@@ -6,13 +6,13 @@ use std::{num::NonZeroU32, path::Path};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, MapData, PerCpuArray, RingBuf},
     programs::{
         ProgramError, TracePoint, UProbe, uprobe::UProbeAttachLocation, uprobe::UProbeAttachPoint,
         uprobe::UProbeLink, uprobe::UProbeScope,
     },
 };
-use observer_common::{Cookie, Layout, MAX_CANDIDATES, counter, layout_key, map, program};
+use observer_common::{Cookie, Layout, MAX_CANDIDATES, counter, map, program};
 use serde::Serialize;
 
 use crate::{plan::PlannedProbe, symbols::FunctionSymbol};
@@ -106,7 +106,6 @@ struct Link {
 #[derive(Debug)]
 pub struct Attachment {
     ebpf: Ebpf,
-    pid: u32,
     links: Vec<Link>,
     pub attached: usize,
 }
@@ -159,7 +158,7 @@ impl Attachment {
             let index = index as u8;
             if let Some(layout) = candidate.layout {
                 layouts(&mut ebpf)?
-                    .insert(layout_key(pid, index), layout, 0)
+                    .set(u32::from(index), layout, 0)
                     .map_err(|source| AttachError::Map {
                         name: map::LAYOUTS,
                         source,
@@ -219,7 +218,6 @@ impl Attachment {
         let attached = links.len();
         Ok(Self {
             ebpf,
-            pid,
             links,
             attached,
         })
@@ -232,7 +230,7 @@ impl Attachment {
         for candidate in dropped.candidates {
             // Absent for a plan without layouts.
             if let Ok(mut layouts) = layouts(&mut self.ebpf) {
-                let _ = layouts.remove(&layout_key(self.pid, candidate));
+                let _ = layouts.set(u32::from(candidate), Layout::default(), 0);
             }
         }
         dropped.result
@@ -292,11 +290,11 @@ struct Detached {
 }
 
 /// The `LAYOUTS` map of a loaded object.
-fn layouts(ebpf: &mut Ebpf) -> Result<BpfHashMap<&mut MapData, u32, Layout>, AttachError> {
+fn layouts(ebpf: &mut Ebpf) -> Result<Array<&mut MapData, Layout>, AttachError> {
     let map = ebpf
         .map_mut(map::LAYOUTS)
         .ok_or(AttachError::MissingMap(map::LAYOUTS))?;
-    BpfHashMap::try_from(map).map_err(|source| AttachError::Map {
+    Array::try_from(map).map_err(|source| AttachError::Map {
         name: map::LAYOUTS,
         source,
     })

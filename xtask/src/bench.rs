@@ -76,6 +76,9 @@ struct Sample {
     workflows_per_second: f64,
     worker_cpu_per_1000: f64,
     workflow_tasks: u64,
+    /// Evictions the observer counted: each is an activation handed to the workflow code
+    /// (`RemoveFromCache`) that is no workflow task.
+    evictions: u64,
     /// Bytes of whole messages the observer read (the message family).
     message_bytes: u64,
     observer_cpu_share: f64,
@@ -243,7 +246,7 @@ fn run_one(
     if let Some(sampled) = program_sampler.and_then(|s| s.join().ok()) {
         *costs = sampled;
     }
-    let (mut workflow_tasks, mut message_bytes) = (0, 0);
+    let (mut workflow_tasks, mut evictions, mut message_bytes) = (0, 0, 0);
     if let Some(observer) = observer {
         let (_, _, log) = observer.stop()?;
         // The session's last line: `events: activation=N … message_bytes=M)`.
@@ -255,6 +258,7 @@ fn run_one(
                 .unwrap_or(0)
         };
         workflow_tasks = count("activation=");
+        evictions = count("eviction=");
         message_bytes = count("message_bytes=");
     }
     drop(worker);
@@ -262,6 +266,7 @@ fn run_one(
         workflows_per_second: throughput(&truth),
         worker_cpu_per_1000: worker_cpu / runs as f64 * 1000.0,
         workflow_tasks,
+        evictions,
         message_bytes,
         observer_cpu_share: if wall > 0.0 { observer_cpu / wall } else { 0.0 },
         observer_rss_kib: peak_rss,
@@ -330,13 +335,15 @@ fn median(mut values: Vec<f64>) -> f64 {
 }
 
 /// What `cargo xtask bench` was asked for.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Settings {
     /// Workflows per configuration and round.
     pub runs: usize,
     pub rounds: usize,
     /// Records the pipeline benchmark replays per round.
     pub pipeline_events: usize,
+    /// Which sample workers: `rust`, `python`, `typescript`.
+    pub workers: Vec<String>,
 }
 
 /// The user-space pipeline's capacity, without a kernel: `observer/benches/pipeline.rs`
@@ -416,7 +423,13 @@ pub fn run_pipeline_only(settings: &Settings, root: &Path) -> anyhow::Result<()>
 }
 
 pub fn run(settings: &Settings, root: &Path) -> anyhow::Result<()> {
-    let Settings { runs, rounds, .. } = *settings;
+    let (runs, rounds) = (settings.runs, settings.rounds);
+    for name in &settings.workers {
+        anyhow::ensure!(
+            ["rust", "python", "typescript"].contains(&name.as_str()),
+            "--workers: no sample worker `{name}` (rust, python, typescript)"
+        );
+    }
     anyhow::ensure!(
         runs >= 1 && rounds >= 1,
         "--runs and --rounds must be at least 1"
@@ -433,20 +446,26 @@ pub fn run(settings: &Settings, root: &Path) -> anyhow::Result<()> {
     let trap_ns = probed - bare;
     let server = DevServer::start(&env)?;
     let mut report = String::new();
-    for (kind, title) in [
+    for (name, kind, title) in [
         (
+            "rust",
             Worker::Rust(env.worker.clone()),
             "Rust sample worker (struct probes)",
         ),
         (
+            "python",
             Worker::Python,
             "Python sample worker (message probes at the bridge)",
         ),
         (
+            "typescript",
             Worker::TypeScript,
             "TypeScript sample worker (message probes at the bridge, completions via Node-API)",
         ),
     ] {
+        if !settings.workers.iter().any(|w| w == name) {
+            continue;
+        }
         report.push_str(&format!("### {title}\n\n"));
         report.push_str(&bench_worker(
             &env,
@@ -620,9 +639,13 @@ fn bench_worker(
     if last.workflow_tasks > 0 {
         probes.push_str(&format!(
             "\n{:.2} probe hits per workflow task in steady state ({steady} hits, {} workflow tasks \
-             as the observer counted activations); one-off hits apart: {one_off}",
+             as the observer counted activations); {:.2} per activation handed to the workflow \
+             code and back, counting each eviction's too ({} evictions); one-off hits apart: \
+             {one_off}",
             steady as f64 / tasks,
-            last.workflow_tasks
+            last.workflow_tasks,
+            steady as f64 / (last.workflow_tasks + last.evictions).max(1) as f64,
+            last.evictions,
         ));
         if last.message_bytes > 0 {
             probes.push_str(&format!(

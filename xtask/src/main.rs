@@ -73,6 +73,9 @@ enum Task {
         /// Only the user-space pipeline benchmark: no kernel, no server, no worker.
         #[arg(long)]
         pipeline: bool,
+        /// The sample workers to run (comma-separated: rust, python, typescript).
+        #[arg(long, value_delimiter = ',', default_value = "rust,python,typescript")]
+        workers: Vec<String>,
     },
     /// Build the sample worker in every variant users ship (default release, fat LTO, full
     /// debug info, debug info stripped, symbols stripped, nightly with v0 mangling) and run the
@@ -109,11 +112,13 @@ fn main() -> ExitCode {
             rounds,
             pipeline_events,
             pipeline,
+            workers,
         } => setup::run().and_then(|()| build()).and_then(|()| {
             let settings = bench::Settings {
                 runs,
                 rounds,
                 pipeline_events,
+                workers,
             };
             if pipeline {
                 bench::run_pipeline_only(&settings, &paths().root)
