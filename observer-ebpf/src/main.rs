@@ -18,7 +18,7 @@ use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
-        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user,
+        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
         generated::{bpf_get_attach_cookie, bpf_loop, bpf_probe_read_user as raw_probe_read_user},
     },
     macros::{map, tracepoint, uprobe, uretprobe},
@@ -278,23 +278,33 @@ fn header(p: &Probe, event_kind: u32) -> EventHeader {
 
 /// The integer argument register `index` names (x86-64 System V order).
 ///
-/// The verifier forbids loads from the context at a variable offset, and LLVM folds per-register
-/// loads into exactly that; copying the register out with `bpf_probe_read_kernel` is allowed.
+/// The verifier forbids loads from the context at a variable offset, and LLVM folds a choice of
+/// per-register loads into exactly that (one load at a computed offset, even when volatile). So
+/// all six are loaded, each at its constant offset (volatile: none is merged or dropped), and
+/// the choice is made among the values. No helper call: one costs 100–250 ns on this kind of
+/// VM, most of a program's time.
 #[inline(always)]
 fn arg(ctx: &ProbeContext, index: u8) -> Result<u64, ()> {
     use aya_ebpf::bindings::pt_regs;
-    let offset = match index {
-        0 => core::mem::offset_of!(pt_regs, rdi),
-        1 => core::mem::offset_of!(pt_regs, rsi),
-        2 => core::mem::offset_of!(pt_regs, rdx),
-        3 => core::mem::offset_of!(pt_regs, rcx),
-        4 => core::mem::offset_of!(pt_regs, r8),
-        5 => core::mem::offset_of!(pt_regs, r9),
-        _ => return Err(()),
+    let regs = ctx.regs as *const pt_regs;
+    // SAFETY: `regs` is the probe's own context; each load reads one field of it, read-only.
+    let all = unsafe {
+        [
+            core::ptr::read_volatile(&raw const (*regs).rdi),
+            core::ptr::read_volatile(&raw const (*regs).rsi),
+            core::ptr::read_volatile(&raw const (*regs).rdx),
+            core::ptr::read_volatile(&raw const (*regs).rcx),
+            core::ptr::read_volatile(&raw const (*regs).r8),
+            core::ptr::read_volatile(&raw const (*regs).r9),
+            0,
+            0,
+        ]
     };
-    let src = (ctx.regs as *const u8).wrapping_add(offset) as *const u64;
-    // SAFETY: `src` lies inside the probe's pt_regs; the helper checks the read regardless.
-    unsafe { bpf_probe_read_kernel(src) }.map_err(|_| bump(counter::READ_FAULTS))
+    if index >= 6 {
+        return Err(());
+    }
+    // The mask, not the check above, is what the verifier bounds the stack read by.
+    Ok(all[usize::from(index & 7)])
 }
 
 #[inline(always)]
