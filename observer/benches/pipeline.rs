@@ -23,27 +23,15 @@ use temporal_observer::{
     session::recording::{self, Header, Input},
 };
 
-/// A run id's length and its dashes (a UUID's text form).
+/// A run id's length (a UUID's text form).
 const RUN_ID_LEN: usize = 36;
-const DASHES: [usize; 4] = [8, 13, 18, 23];
-
-fn is_run_id(bytes: &[u8]) -> bool {
-    bytes.len() == RUN_ID_LEN
-        && bytes.iter().enumerate().all(|(i, b)| {
-            if DASHES.contains(&i) {
-                *b == b'-'
-            } else {
-                b.is_ascii_hexdigit()
-            }
-        })
-}
 
 /// Where run ids sit in a record: every UUID-shaped run of 36 bytes.
 fn run_id_offsets(record: &[u8]) -> Vec<usize> {
     let mut offsets = Vec::new();
     let mut at = 0;
     while at + RUN_ID_LEN <= record.len() {
-        if is_run_id(&record[at..at + RUN_ID_LEN]) {
+        if events::is_uuid_text(&record[at..at + RUN_ID_LEN]) {
             offsets.push(at);
             at += RUN_ID_LEN;
         } else {

@@ -408,6 +408,21 @@ pub(crate) fn read_record<T: Copy>(bytes: &[u8], kind: u32) -> Result<T, DecodeE
     Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
 }
 
+/// Where a UUID's text form (what Temporal gives every run id) has its dashes.
+pub const UUID_DASHES: [usize; 4] = [8, 13, 18, 23];
+
+/// Whether `bytes` are a UUID's 36-character text form (hex digits of either case).
+pub fn is_uuid_text(bytes: &[u8]) -> bool {
+    bytes.len() == 36
+        && bytes.iter().enumerate().all(|(i, b)| {
+            if UUID_DASHES.contains(&i) {
+                *b == b'-'
+            } else {
+                b.is_ascii_hexdigit()
+            }
+        })
+}
+
 pub(crate) fn text<const N: usize>(s: &Str<N>) -> String {
     let copied = &s.bytes[..(s.len as usize).min(N - 1)];
     match std::str::from_utf8(copied) {

@@ -21,7 +21,9 @@ use std::{
 
 use serde::Serialize;
 
-use crate::events::{Event, EventBody, EvictionReason, JobKind, Nanos, RunInit, Terminal};
+use crate::events::{
+    Event, EventBody, EvictionReason, JobKind, Nanos, RunInit, Terminal, UUID_DASHES,
+};
 
 /// How a run ended; the end states are exclusive.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -141,7 +143,7 @@ impl RunKey {
     /// that the key gives back exactly the id it was made from).
     fn uuid(text: &[u8]) -> Option<[u8; 16]> {
         let text: &[u8; 36] = text.try_into().ok()?;
-        if DASHES.iter().any(|&i| text[i] != b'-') {
+        if UUID_DASHES.iter().any(|&i| text[i] != b'-') {
             return None;
         }
         let digit = |c: u8| match c {
@@ -152,7 +154,7 @@ impl RunKey {
         let mut out = [0u8; 16];
         let mut at = 0;
         for byte in &mut out {
-            if DASHES.contains(&at) {
+            if UUID_DASHES.contains(&at) {
                 at += 1;
             }
             *byte = digit(text[at])? << 4 | digit(text[at + 1])?;
@@ -161,9 +163,6 @@ impl RunKey {
         Some(out)
     }
 }
-
-/// Where a UUID's text form has its dashes.
-const DASHES: [usize; 4] = [8, 13, 18, 23];
 
 impl std::fmt::Display for RunKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

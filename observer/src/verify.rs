@@ -220,11 +220,7 @@ fn run_id<const N: usize>(s: &Str<N>, what: &str) -> Result<RunId, Misfit> {
         )));
     }
     let bytes = &s.bytes[..RUN_ID_LEN as usize];
-    let uuid = bytes.iter().enumerate().all(|(i, b)| match i {
-        8 | 13 | 18 | 23 => *b == b'-',
-        _ => b.is_ascii_hexdigit(),
-    });
-    if !uuid {
+    if !crate::events::is_uuid_text(bytes) {
         return Err(misfit(format!("{what} run id is not a UUID")));
     }
     let mut id = [0; RUN_ID_LEN as usize];

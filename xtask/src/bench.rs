@@ -334,6 +334,15 @@ fn median(mut values: Vec<f64>) -> f64 {
     values.get(values.len() / 2).copied().unwrap_or(0.0)
 }
 
+/// The smallest and the largest of `values`: a figure's spread.
+fn min_max(values: &[f64]) -> (f64, f64) {
+    values
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(min, max), v| {
+            (min.min(*v), max.max(*v))
+        })
+}
+
 /// What `cargo xtask bench` was asked for.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -383,8 +392,7 @@ fn pipeline(settings: &Settings, root: &Path) -> anyhow::Result<String> {
         .iter()
         .filter_map(serde_json::Value::as_f64)
         .collect();
-    let min = rates.iter().copied().fold(f64::INFINITY, f64::min);
-    let max = rates.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let (min, max) = min_max(&rates);
     let mib = |bytes: f64| bytes / 1_048_576.0;
     Ok(format!(
         "### User-space pipeline (no kernel)\n\n\
@@ -549,8 +557,7 @@ fn bench_worker(
         let tput = med(config, |s| s.workflows_per_second);
         let spread = |f: fn(&Sample) -> f64| {
             let values: Vec<f64> = samples[&config].iter().map(f).collect();
-            let min = values.iter().copied().fold(f64::INFINITY, f64::min);
-            let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let (min, max) = min_max(&values);
             format!("{min:.1}–{max:.1}")
         };
         let tput_spread = spread(|s| s.workflows_per_second);
@@ -612,12 +619,7 @@ fn bench_worker(
         let intervals = if cost.interval_ns.is_empty() {
             "-".to_string()
         } else {
-            let min = cost
-                .interval_ns
-                .iter()
-                .copied()
-                .fold(f64::INFINITY, f64::min);
-            let max = cost.interval_ns.iter().copied().fold(0.0, f64::max);
+            let (min, max) = min_max(&cost.interval_ns);
             format!(
                 "{:.0} ns ({min:.0}–{max:.0}, {} intervals)",
                 median(cost.interval_ns.clone()),
@@ -671,8 +673,7 @@ fn bench_worker(
                 })
                 .collect();
             if !ratios.is_empty() {
-                let min = ratios.iter().copied().fold(f64::INFINITY, f64::min);
-                let max = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let (min, max) = min_max(&ratios);
                 probes.push_str(&format!(
                     "Added worker CPU per workflow task over (hits per task × the bare uprobe hit, \
                      {:.2} µs in this run): {:.2} median ({min:.2}–{max:.2} over {} rounds; a \

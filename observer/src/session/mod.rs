@@ -435,6 +435,11 @@ pub async fn observe(
         });
         pipeline.tick(now, counters);
     };
+    let probes_attached =
+        |pipeline: &mut Pipeline<_>, recording: &mut Recording, attachment: &Attachment| {
+            recording.write(&recording::Input::ProbesAttached(attachment.attached));
+            pipeline.probes_attached(attachment.attached as i64);
+        };
     let health = |pipeline: &mut Pipeline<_>,
                   recording: &mut Recording,
                   counters: Option<KernelCounters>,
@@ -456,8 +461,7 @@ pub async fn observe(
         {
             losers_detached = true;
             let kept = attachment.keep_only(chosen);
-            recording.write(&recording::Input::ProbesAttached(attachment.attached));
-            pipeline.probes_attached(attachment.attached as i64);
+            probes_attached(&mut pipeline, &mut recording, &attachment);
             info!(
                 "PID {}: layout verified after {} records: {}; {}",
                 target.pid,
@@ -498,8 +502,7 @@ pub async fn observe(
                     {
                         catch_up = None;
                         let detached = attachment.detach_probe(index);
-                        recording.write(&recording::Input::ProbesAttached(attachment.attached));
-                        pipeline.probes_attached(attachment.attached as i64);
+                        probes_attached(&mut pipeline, &mut recording, &attachment);
                         let function = plan.probes[index].point.function;
                         match detached {
                             Ok(()) => info!(

@@ -164,8 +164,6 @@ impl<S: Sink> Pipeline<S> {
                 if lost {
                     self.engine.on_loss();
                 }
-                // One set of probes stays: the other candidates' are detached.
-                self.probes_attached /= self.verifier.candidates().len().max(1) as i64;
                 for record in records {
                     let decoded =
                         events::decode(&record, self.verifier.layout(chosen), &self.clock);
@@ -337,7 +335,8 @@ impl<S: Sink> Pipeline<S> {
         &self.running_workers
     }
 
-    /// Probes were detached: `attached` stay (exported as the observer's health).
+    /// Probes were detached (the other candidates' once one is verified, a probe whose work is
+    /// done): `attached` stay, exported as the observer's health.
     pub fn probes_attached(&mut self, attached: i64) {
         self.probes_attached = attached;
     }
