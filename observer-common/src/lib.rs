@@ -379,6 +379,90 @@ kernel_layout! {
     }
 }
 
+/// The most bytes of one struct a program copies in one read. A record's fields that live in one
+/// struct (see [`Offsets::machines_span`] and the others) are copied together and picked out of
+/// the copy: one helper call instead of one per field, and each call costs more than copying a
+/// few kilobytes. User space refuses a layout whose span is longer.
+pub const SPAN_BYTES: u32 = 4096;
+
+/// Bytes `lo..hi` of a struct: the smallest range holding a set of its fields.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Span {
+    pub lo: u32,
+    pub hi: u32,
+}
+
+impl Span {
+    /// The span of fields given as (offset, size).
+    #[inline(always)]
+    pub fn of(fields: &[(u32, u32)]) -> Self {
+        let mut span = Span {
+            lo: u32::MAX,
+            hi: 0,
+        };
+        for &(offset, size) in fields {
+            span.lo = span.lo.min(offset);
+            span.hi = span.hi.max(offset.saturating_add(size));
+        }
+        span
+    }
+
+    #[inline(always)]
+    pub fn len(&self) -> u32 {
+        self.hi.saturating_sub(self.lo)
+    }
+
+    #[inline(always)]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A `String`'s or `Vec`'s header: three words.
+pub const HEADER_BYTES: u32 = 24;
+
+impl Offsets<u32> {
+    /// What an activation record takes from `WorkflowMachines`.
+    #[inline(always)]
+    pub fn machines_span(&self) -> Span {
+        Span::of(&[
+            (self.activation_run_id, HEADER_BYTES),
+            (self.activation_workflow_type, HEADER_BYTES),
+            (self.activation_jobs, HEADER_BYTES),
+            (self.activation_history_length, 4),
+            (self.activation_is_replaying, 1),
+        ])
+    }
+
+    /// What a completion record takes from `WorkflowActivationCompletion`.
+    #[inline(always)]
+    pub fn completion_span(&self) -> Span {
+        Span::of(&[
+            (self.completion_run_id, HEADER_BYTES),
+            (self.completion_status_tag, 8),
+            (self.completion_commands, HEADER_BYTES),
+        ])
+    }
+
+    /// What an eviction record takes from `RequestEvictMsg`.
+    #[inline(always)]
+    pub fn evict_request_span(&self) -> Span {
+        Span::of(&[
+            (self.evict_request_run_id, HEADER_BYTES),
+            (self.evict_request_reason, 4),
+        ])
+    }
+
+    /// Every span the programs copy, by name, for user space's check against [`SPAN_BYTES`].
+    pub fn spans(&self) -> [(&'static str, Span); 3] {
+        [
+            ("WorkflowMachines", self.machines_span()),
+            ("WorkflowActivationCompletion", self.completion_span()),
+            ("RequestEvictMsg", self.evict_request_span()),
+        ]
+    }
+}
+
 /// What the eBPF programs read target memory with, per process; user space fills it from DWARF
 /// or from the shipped layout table.
 #[repr(C)]

@@ -26,9 +26,10 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext, TracePointContext},
 };
 use observer_common::{
-    ABI_VERSION, ActivationEvent, CompletionEvent, Cookie, EventHeader, EvictionEvent, Layout,
-    MAX_CANDIDATES, MAX_FAILURE_DEPTH, MAX_JOBS, MAX_MESSAGE_CHUNKS, MESSAGE_CHUNK_BYTES,
-    MessageChunk, OPTION_TIME_WINDOW, Str, WorkerEvent, candidate_key, counter, flags, kind,
+    ABI_VERSION, ActivationEvent, CompletionEvent, Cookie, EventHeader, EvictionEvent,
+    HEADER_BYTES, Layout, MAX_CANDIDATES, MAX_FAILURE_DEPTH, MAX_JOBS, MAX_MESSAGE_CHUNKS,
+    MESSAGE_CHUNK_BYTES, MessageChunk, OPTION_TIME_WINDOW, SPAN_BYTES, Span, Str, WorkerEvent,
+    candidate_key, counter, flags, kind,
 };
 
 /// The ring buffer; user space sets its real size at load time.
@@ -74,8 +75,31 @@ static PROCESS_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
 
+/// This CPU's copy of the struct span a program is reading (`read_span`): too large for the
+/// 512-byte stack.
+#[map]
+static SPANS: PerCpuArray<SpanBuffer> = PerCpuArray::with_max_entries(1, 0);
+
+/// A uprobe program can be preempted (migration is disabled, preemption is not, on a
+/// preemptible kernel), and another thread's program on this CPU may then reuse the buffer:
+/// `owner` says whose copy it holds, and a copy found taken over is not used (`Copied::release`).
+#[repr(C)]
+struct SpanBuffer {
+    /// The pid_tgid of the thread whose copy this is.
+    owner: u64,
+    /// Room past `SPAN_BYTES` for a word read at the span's last byte.
+    bytes: [u8; SPAN_BYTES as usize + 32],
+}
+
+/// Bytes this CPU has submitted since it last asked the ring buffer how full it is
+/// (`submit_flags`).
+#[map]
+static UNCHECKED_BYTES: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
 /// User space is woken once this many bytes wait in the ring buffer; below that it drains on a
 /// short timer. Waking it for every record would cost the probed thread far more than the probe.
+/// Each CPU asks how full the buffer is only after a sixteenth of this since it last asked (the
+/// question is a helper call), so a wake-up comes at most that much per CPU late.
 #[unsafe(no_mangle)]
 static WAKEUP_BYTES: u64 = 64 * 1024;
 
@@ -89,10 +113,12 @@ static MESSAGE_CHUNKS: u32 = 16;
 /// first in both, so rustc has kept this order in every build seen (rustc 1.98 and 1.99, both
 /// bridges); a record read wrongly through them fails the checks below or user space's decode
 /// (which requires field 1 first and a run id), and is counted, never counted as a task.
-const DECODE_BUF_BYTES: u64 = 0;
-const DECODE_BUF_LEN: u64 = 8;
-const BYTES_MUT_PTR: u64 = 0;
-const BYTES_MUT_LEN: u64 = 8;
+const DECODE_BUF_BYTES: u32 = 0;
+const DECODE_BUF_LEN: u32 = 8;
+const BYTES_MUT_PTR: u32 = 0;
+const BYTES_MUT_LEN: u32 = 8;
+/// Both words of a `DecodeBuf` or a `BytesMut` head, in one copy.
+const TWO_WORDS: Span = Span { lo: 0, hi: 16 };
 
 /// CPython's `PyBytesObject` (the stable ABI's `PyVarObject` head, then the hash): the length
 /// is `ob_size`, the bytes follow the hash.
@@ -296,8 +322,10 @@ fn arg(ctx: &ProbeContext, index: u8) -> Result<u64, ()> {
             core::ptr::read_volatile(&raw const (*regs).rcx),
             core::ptr::read_volatile(&raw const (*regs).r8),
             core::ptr::read_volatile(&raw const (*regs).r9),
-            0,
-            0,
+            // Never picked (the check below); not zeros, which LLVM would write with a
+            // byte-by-byte `memset` call.
+            core::ptr::read_volatile(&raw const (*regs).rdi),
+            core::ptr::read_volatile(&raw const (*regs).rdi),
         ]
     };
     if index >= 6 {
@@ -323,44 +351,45 @@ fn read_u64(addr: u64) -> Result<u64, ()> {
 }
 
 #[inline(always)]
-fn read_u32(addr: u64) -> Result<u32, ()> {
-    // SAFETY: as in `read_u64`.
-    unsafe { bpf_probe_read_user(addr as *const u32) }.map_err(|_| bump(counter::READ_FAULTS))
-}
-
-#[inline(always)]
 fn read_u8(addr: u64) -> Result<u8, ()> {
     // SAFETY: as in `read_u64`.
     unsafe { bpf_probe_read_user(addr as *const u8) }.map_err(|_| bump(counter::READ_FAULTS))
 }
 
-/// The three words of a `String` or `Vec` (pointer, capacity, length, in rustc's order) in one
-/// read; `pick` takes one out by its offset in the header (user space checks each is a word
-/// inside it).
-#[inline(always)]
-fn read_header(addr: u64) -> Result<[u64; 4], ()> {
-    let mut words = [0u64; 4];
-    // SAFETY: 24 bytes into a 32-byte buffer; the source is checked by the helper.
-    let ret = unsafe { raw_probe_read_user(words.as_mut_ptr().cast(), 24, addr as *const _) };
-    if ret != 0 {
-        bump(counter::READ_FAULTS);
-        return Err(());
-    }
-    Ok(words)
-}
-
-#[inline(always)]
-fn pick(words: &[u64; 4], offset: u32) -> u64 {
-    // The mask keeps the index inside the array for the verifier.
-    words[((offset >> 3) & 3) as usize]
-}
-
 /// Copies the Rust `String` at `addr` into `dst`, keeping at most `N - 1` bytes.
 #[inline(always)]
-fn read_string<const N: usize>(dst: &mut Str<N>, addr: u64, layout: &Layout) -> Result<(), ()> {
-    let header = read_header(addr)?;
-    let ptr = pick(&header, layout.offsets.string_ptr);
-    let len = pick(&header, layout.offsets.string_len);
+fn read_string<const N: usize>(
+    p: &Probe,
+    dst: &mut Str<N>,
+    addr: u64,
+    layout: &Layout,
+) -> Result<(), ()> {
+    let header = read_span(p, addr, HEADER)?;
+    let copied = copied_string(dst, &header, 0, layout);
+    header.release().and(copied)
+}
+
+/// A `String`'s or `Vec`'s three words, from its start.
+const HEADER: Span = Span {
+    lo: 0,
+    hi: HEADER_BYTES,
+};
+
+/// Copies the `String` whose header is at `offset` in `copied`.
+#[inline(always)]
+fn copied_string<const N: usize>(
+    dst: &mut Str<N>,
+    copied: &Copied,
+    offset: u32,
+    layout: &Layout,
+) -> Result<(), ()> {
+    let (ptr, len) = copied.header_at(offset, layout.offsets.string_ptr, layout.offsets.string_len);
+    read_string_bytes(dst, ptr, len)
+}
+
+/// Copies the `len` bytes of string data at `ptr` into `dst`, keeping at most `N - 1`.
+#[inline(always)]
+fn read_string_bytes<const N: usize>(dst: &mut Str<N>, ptr: u64, len: u64) -> Result<(), ()> {
     dst.len = len;
     // The mask keeps the verifier's bound below N; names longer than that are flagged by `len`.
     let n = (if len < N as u64 { len } else { N as u64 - 1 }) & (N as u64 - 1);
@@ -410,7 +439,7 @@ fn reserve<T: 'static>() -> Result<aya_ebpf::maps::ring_buf::RingBufEntry<T>, ()
     match EVENTS.reserve::<T>(0) {
         Some(mut entry) => {
             // SAFETY: zeroes the reserved record so no stale ring-buffer bytes reach user space.
-            unsafe { core::ptr::write_bytes(entry.as_mut_ptr(), 0, 1) };
+            unsafe { zero(entry.as_mut_ptr()) };
             Ok(entry)
         }
         None => {
@@ -420,15 +449,146 @@ fn reserve<T: 'static>() -> Result<aya_ebpf::maps::ring_buf::RingBufEntry<T>, ()
     }
 }
 
+/// Zeroes the record at `record` a word at a time. (`write_bytes` becomes a call of BPF's
+/// `memset`, a loop of one byte per turn: hundreds of instructions for one record.)
+///
+/// # Safety
+/// `record` must be valid for writes of a `T`.
 #[inline(always)]
-fn submit_flags() -> u64 {
+unsafe fn zero<T>(record: *mut T) {
+    const { assert!(size_of::<T>() % 8 == 0 && align_of::<T>() >= 8) };
+    let words = record.cast::<u64>();
+    for i in 0..size_of::<T>() / 8 {
+        // SAFETY: word `i` of the record, which the caller says is writable and which is
+        // 8-byte aligned. Volatile, so that LLVM keeps the stores instead of making a `memset`.
+        unsafe { core::ptr::write_volatile(words.add(i), 0) };
+    }
+}
+
+/// The submit flags for a record of `size` bytes: a wake-up once `WAKEUP_BYTES` wait.
+#[inline(always)]
+fn submit_flags(size: u64) -> u64 {
     // SAFETY: a read-only global that user space may set at load time.
     let threshold = unsafe { core::ptr::read_volatile(&WAKEUP_BYTES) };
+    if threshold == 0 {
+        return BPF_RB_FORCE_WAKEUP as u64;
+    }
+    if let Some(unchecked) = UNCHECKED_BYTES.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot of this CPU; programs do not migrate while running.
+        let unchecked = unsafe { &mut *unchecked };
+        *unchecked += size;
+        if *unchecked < threshold / 16 {
+            return BPF_RB_NO_WAKEUP as u64;
+        }
+        *unchecked = 0;
+    }
     if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= threshold {
         BPF_RB_FORCE_WAKEUP as u64
     } else {
         BPF_RB_NO_WAKEUP as u64
     }
+}
+
+/// Submits a record with the flags `submit_flags` picks for its size.
+#[inline(always)]
+fn submit<T: 'static>(entry: aya_ebpf::maps::ring_buf::RingBufEntry<T>) {
+    entry.submit(submit_flags(core::mem::size_of::<T>() as u64));
+}
+
+/// A copy of bytes `span` of a struct in the target (`read_span`); fields are picked out of it
+/// by their offsets in the struct. It lives in this CPU's one buffer: the next `read_span`
+/// replaces it, and what was read from it counts only once `release` says it was not taken over
+/// meanwhile.
+struct Copied {
+    buffer: *const SpanBuffer,
+    owner: u64,
+    lo: u32,
+}
+
+impl Copied {
+    /// Whether the copy is still this program's: a program of another thread that ran on this
+    /// CPU while this one was preempted may have copied over it. A lost copy is counted as a
+    /// read fault, so the record being made is flagged (`seal`) and nothing read from it is
+    /// taken for the target's.
+    #[inline(always)]
+    fn release(self) -> Result<(), ()> {
+        // SAFETY: this CPU's buffer, which outlives the program; volatile, so the check is made
+        // after every read of the copy.
+        if unsafe { core::ptr::read_volatile(&raw const (*self.buffer).owner) } == self.owner {
+            Ok(())
+        } else {
+            bump(counter::READ_FAULTS);
+            Err(())
+        }
+    }
+
+    /// The 8 bytes at `offset` in the struct.
+    #[inline(always)]
+    fn u64_at(&self, offset: u32) -> u64 {
+        // The mask bounds the index for the verifier (user space keeps every field inside a
+        // span of at most `SPAN_BYTES`).
+        let index = (offset.wrapping_sub(self.lo) & (SPAN_BYTES - 1)) as usize;
+        // SAFETY: `index + 8` is inside the buffer's bytes; unaligned loads are allowed on
+        // x86-64.
+        unsafe {
+            core::ptr::read_unaligned(
+                (&raw const (*self.buffer).bytes)
+                    .cast::<u8>()
+                    .add(index)
+                    .cast::<u64>(),
+            )
+        }
+    }
+
+    #[inline(always)]
+    fn u32_at(&self, offset: u32) -> u32 {
+        self.u64_at(offset) as u32
+    }
+
+    #[inline(always)]
+    fn u8_at(&self, offset: u32) -> u8 {
+        self.u64_at(offset) as u8
+    }
+
+    /// The (data pointer, length) of the `String` or `Vec` whose header is at `offset`.
+    #[inline(always)]
+    fn header_at(&self, offset: u32, ptr: u32, len: u32) -> (u64, u64) {
+        (self.u64_at(offset + ptr), self.u64_at(offset + len))
+    }
+}
+
+/// Copies bytes `span` of the struct at `base` in one read, into this CPU's buffer.
+#[inline(always)]
+fn read_span(p: &Probe, base: u64, span: Span) -> Result<Copied, ()> {
+    let len = span.len();
+    if len == 0 || len > SPAN_BYTES {
+        bump(counter::READ_FAULTS);
+        return Err(());
+    }
+    let buffer = SPANS.get_ptr_mut(0).ok_or(())?;
+    let owner = (u64::from(p.pid) << 32) | u64::from(p.tid);
+    // `len` is 1..=SPAN_BYTES already; the mask is what the verifier bounds the copy by (it
+    // loses the comparison's bound on the way to the helper).
+    let n = ((len - 1) & (SPAN_BYTES - 1)) + 1;
+    // SAFETY: this CPU's buffer: its owner is claimed before the copy (see `SpanBuffer`), and
+    // at most `SPAN_BYTES` bytes go into its bytes; the source is checked by the helper.
+    let ret = unsafe {
+        core::ptr::write_volatile(&raw mut (*buffer).owner, owner);
+        raw_probe_read_user(
+            (&raw mut (*buffer).bytes).cast(),
+            n,
+            (base + span.lo as u64) as *const _,
+        )
+    };
+    if ret != 0 {
+        bump(counter::READ_FAULTS);
+        return Err(());
+    }
+    Ok(Copied {
+        buffer: buffer.cast_const(),
+        owner,
+        lo: span.lo,
+    })
 }
 
 fn try_activation(ctx: &ProbeContext) -> Result<(), ()> {
@@ -443,30 +603,26 @@ fn try_activation(ctx: &ProbeContext) -> Result<(), ()> {
 #[inline(always)]
 fn emit_activation(p: &Probe, machines: u64) -> Result<(), ()> {
     let layout = layout_for(p)?;
-    let jobs = read_header(machines + layout.offsets.activation_jobs as u64)?;
-    let job_count = pick(&jobs, layout.offsets.vec_len);
+    let o = &layout.offsets;
+    let copied = read_span(p, machines, o.machines_span())?;
+    let (jobs_ptr, job_count) = copied.header_at(o.activation_jobs, o.vec_ptr, o.vec_len);
     if job_count == 0 {
-        return Ok(());
+        return copied.release();
     }
     let mut entry = reserve::<ActivationEvent>()?;
     // SAFETY: `entry` is a reserved, zeroed, properly aligned record.
     let e = unsafe { &mut *entry.as_mut_ptr() };
     e.header = header(p, kind::ACTIVATION);
-    let _ = read_string(
-        &mut e.run_id,
-        machines + layout.offsets.activation_run_id as u64,
-        layout,
-    );
-    let _ = read_string(
+    let _ = copied_string(&mut e.run_id, &copied, o.activation_run_id, layout);
+    let _ = copied_string(
         &mut e.workflow_type,
-        machines + layout.offsets.activation_workflow_type as u64,
+        &copied,
+        o.activation_workflow_type,
         layout,
     );
-    e.history_length =
-        read_u32(machines + layout.offsets.activation_history_length as u64).unwrap_or(0);
-    e.is_replaying =
-        read_u8(machines + layout.offsets.activation_is_replaying as u64).unwrap_or(0) as u32;
-    let jobs_ptr = pick(&jobs, layout.offsets.vec_ptr);
+    e.history_length = copied.u32_at(o.activation_history_length);
+    e.is_replaying = copied.u8_at(o.activation_is_replaying) as u32;
+    let _ = copied.release();
     e.job_count = job_count;
     let job_size = layout.offsets.job_size as u64;
     // Core sorts jobs only when it ships an activation; here `InitializeWorkflow` may follow
@@ -501,7 +657,7 @@ fn emit_activation(p: &Probe, machines: u64) -> Result<(), ()> {
         );
     }
     seal(&mut e.header, p);
-    entry.submit(submit_flags());
+    submit(entry);
     Ok(())
 }
 
@@ -509,23 +665,26 @@ fn try_completion(ctx: &ProbeContext) -> Result<(), ()> {
     let p = probe(ctx);
     let layout = layout_for(&p)?;
     let completion = arg(ctx, p.cookie.arg_a)?;
+    let o = &layout.offsets;
     let mut entry = reserve::<CompletionEvent>()?;
     // SAFETY: `entry` is a reserved, zeroed, properly aligned record.
     let e = unsafe { &mut *entry.as_mut_ptr() };
     e.header = header(&p, kind::COMPLETION);
-    let _ = read_string(
-        &mut e.run_id,
-        completion + layout.offsets.completion_run_id as u64,
-        layout,
-    );
-    e.status_tag =
-        read_u64(completion + layout.offsets.completion_status_tag as u64).unwrap_or(u64::MAX);
+    // A completion that cannot be read is still sent (flagged by `seal`): user space counts it.
+    e.status_tag = u64::MAX;
+    let mut commands = (0, 0);
+    if let Ok(copied) = read_span(&p, completion, o.completion_span()) {
+        let _ = copied_string(&mut e.run_id, &copied, o.completion_run_id, layout);
+        e.status_tag = copied.u64_at(o.completion_status_tag);
+        commands = copied.header_at(o.completion_commands, o.vec_ptr, o.vec_len);
+        if copied.release().is_err() {
+            e.status_tag = u64::MAX;
+        }
+    }
     if layout.tags.status_successful.matches(e.status_tag) {
         e.successful = 1;
-        let commands =
-            read_header(completion + layout.offsets.completion_commands as u64).unwrap_or([0; 4]);
-        let ptr = pick(&commands, layout.offsets.vec_ptr);
-        e.command_count = pick(&commands, layout.offsets.vec_len);
+        let (ptr, count) = commands;
+        e.command_count = count;
         e.last_command_tag = u64::MAX;
         if e.command_count > 0 {
             let last = ptr + (e.command_count - 1) * layout.offsets.command_size as u64;
@@ -537,7 +696,7 @@ fn try_completion(ctx: &ProbeContext) -> Result<(), ()> {
         }
     }
     seal(&mut e.header, &p);
-    entry.submit(submit_flags());
+    submit(entry);
     Ok(())
 }
 
@@ -553,16 +712,23 @@ fn try_eviction(ctx: &ProbeContext) -> Result<(), ()> {
 fn try_eviction_request(ctx: &ProbeContext) -> Result<(), ()> {
     let p = probe(ctx);
     let layout = layout_for(&p)?;
+    let o = &layout.offsets;
     let request = arg(ctx, p.cookie.arg_a)?;
+    let mut entry = reserve::<EvictionEvent>()?;
+    // SAFETY: `entry` is a reserved, zeroed, properly aligned record.
+    let e = unsafe { &mut *entry.as_mut_ptr() };
+    e.header = header(&p, kind::EVICTION);
     // An unreadable reason is sent as one no reason has, never as a real one (and the record
     // is flagged).
-    let reason = read_u32(request + layout.offsets.evict_request_reason as u64).unwrap_or(u32::MAX);
-    send_eviction(
-        &p,
-        layout,
-        request + layout.offsets.evict_request_run_id as u64,
-        reason,
-    )
+    e.reason = u32::MAX;
+    if let Ok(copied) = read_span(&p, request, o.evict_request_span()) {
+        let _ = copied_string(&mut e.run_id, &copied, o.evict_request_run_id, layout);
+        e.reason = copied.u32_at(o.evict_request_reason);
+        let _ = copied.release();
+    }
+    seal(&mut e.header, &p);
+    submit(entry);
+    Ok(())
 }
 
 /// An eviction record: the run id `String` at `run_id`, and the reason.
@@ -572,10 +738,10 @@ fn send_eviction(p: &Probe, layout: &Layout, run_id: u64, reason: u32) -> Result
     // SAFETY: `entry` is a reserved, zeroed, properly aligned record.
     let e = unsafe { &mut *entry.as_mut_ptr() };
     e.header = header(p, kind::EVICTION);
-    let _ = read_string(&mut e.run_id, run_id, layout);
+    let _ = read_string(p, &mut e.run_id, run_id, layout);
     e.reason = reason;
     seal(&mut e.header, p);
-    entry.submit(submit_flags());
+    submit(entry);
     Ok(())
 }
 
@@ -621,12 +787,13 @@ fn try_worker(ctx: &ProbeContext, event_kind: u32) -> Result<(), ()> {
     e.header = header(&p, event_kind);
     e.worker = worker;
     let _ = read_string(
+        &p,
         &mut e.task_queue,
         worker + layout.offsets.worker_task_queue as u64,
         layout,
     );
     seal(&mut e.header, &p);
-    entry.submit(submit_flags());
+    submit(entry);
     Ok(())
 }
 
@@ -642,12 +809,13 @@ fn try_worker_created(ctx: &ProbeContext) -> Result<(), ()> {
     e.header = header(&p, kind::WORKER_START);
     e.worker = config;
     let _ = read_string(
+        &p,
         &mut e.task_queue,
         config + layout.offsets.config_task_queue as u64,
         layout,
     );
     seal(&mut e.header, &p);
-    entry.submit(submit_flags());
+    submit(entry);
     Ok(())
 }
 
@@ -657,7 +825,7 @@ fn try_vec_message_return(ctx: &RetProbeContext) -> Result<(), ()> {
     // SAFETY: a read of this program's own map; the value is copied out before the removal.
     let slot = unsafe { RETURN_SLOTS.get(&key) }.copied();
     let _ = RETURN_SLOTS.remove(&key);
-    match slot.map(returned_vec) {
+    match slot.map(|slot| returned_vec(&p, slot)) {
         Some(Ok((ptr, len))) => emit_message(&p, ptr, len),
         // The slot aged out, or the Vec cannot be read: a message is gone, and user space must
         // know it.
@@ -671,8 +839,10 @@ fn try_vec_message_return(ctx: &RetProbeContext) -> Result<(), ()> {
 /// encoded length, so two of them are equal and the third is the pointer. Anything else is not
 /// read as a message.
 #[inline(always)]
-fn returned_vec(slot: u64) -> Result<(u64, u64), ()> {
-    let words = [read_u64(slot)?, read_u64(slot + 8)?, read_u64(slot + 16)?];
+fn returned_vec(p: &Probe, slot: u64) -> Result<(u64, u64), ()> {
+    let header = read_span(p, slot, HEADER)?;
+    let words = [header.u64_at(0), header.u64_at(8), header.u64_at(16)];
+    header.release()?;
     if words[0] == words[1] {
         Ok((words[2], words[0]))
     } else if words[0] == words[2] {
@@ -687,15 +857,16 @@ fn returned_vec(slot: u64) -> Result<(u64, u64), ()> {
 
 fn try_decode_buf_prefix(ctx: &ProbeContext) -> Result<(), ()> {
     let p = probe(ctx);
-    let buf = arg(ctx, p.cookie.arg_a)?;
-    let len = read_u64(buf + DECODE_BUF_LEN)?;
+    let buf = read_span(&p, arg(ctx, p.cookie.arg_a)?, TWO_WORDS)?;
+    let (len, bytes) = (buf.u64_at(DECODE_BUF_LEN), buf.u64_at(DECODE_BUF_BYTES));
+    buf.release()?;
     // An empty response (a long poll that timed out, a completion without a next task).
     if len == 0 {
         return Ok(());
     }
-    let bytes = read_u64(buf + DECODE_BUF_BYTES)?;
-    let ptr = read_u64(bytes + BYTES_MUT_PTR)?;
-    let buffered = read_u64(bytes + BYTES_MUT_LEN)?;
+    let bytes = read_span(&p, bytes, TWO_WORDS)?;
+    let (ptr, buffered) = (bytes.u64_at(BYTES_MUT_PTR), bytes.u64_at(BYTES_MUT_LEN));
+    bytes.release()?;
     // The message is buffered whole before it is decoded.
     if buffered < len {
         bump(counter::READ_FAULTS);
@@ -866,7 +1037,7 @@ fn send_chunk_record(
             e.len = 0;
         }
     }
-    entry.submit(submit_flags());
+    submit(entry);
     Ok(())
 }
 
@@ -892,7 +1063,7 @@ fn try_worker_bare(ctx: &ProbeContext, event_kind: u32, with_self: bool) -> Resu
     let e = unsafe { &mut *entry.as_mut_ptr() };
     e.header = header(&p, event_kind);
     e.worker = worker;
-    entry.submit(submit_flags());
+    submit(entry);
     Ok(())
 }
 

@@ -411,7 +411,7 @@ impl TargetLayout {
                 )));
             }
         }
-        Ok(Layout {
+        let layout = Layout {
             abi_version: observer_common::ABI_VERSION,
             _pad: 0,
             offsets: self.offsets.try_map(|field, value| {
@@ -433,7 +433,22 @@ impl TargetLayout {
                     .tag("TimeoutFailureInfo", "failure info")?
                     .to_match(),
             },
-        })
+        };
+        // Each program copies a record's fields out of one struct in one read of at most
+        // `SPAN_BYTES`; a layout that spreads them further cannot be read.
+        for (name, span) in layout.offsets.spans() {
+            if span.len() > observer_common::SPAN_BYTES {
+                return Err(shape(format!(
+                    "the fields read from `{name}` span bytes {}..{} ({} bytes), more than the \
+                     {} the programs copy in one read",
+                    span.lo,
+                    span.hi,
+                    span.len(),
+                    observer_common::SPAN_BYTES
+                )));
+            }
+        }
+        Ok(layout)
     }
 
     /// The niche rules that give this layout's tag values (none when they are not known).
@@ -984,6 +999,29 @@ mod tests {
         window[8..16].copy_from_slice(&1_700_000_000i64.to_le_bytes());
         window[16..20].copy_from_slice(&250_000_000i32.to_le_bytes());
         assert_eq!(layout.decode(&window), Some((1_700_000_000, 250_000_000)));
+    }
+
+    #[test]
+    fn fields_spread_past_one_copy_are_refused() {
+        let mut layout = sample_layout();
+        layout.offsets.activation_jobs = 216;
+        layout.offsets.activation_run_id = 480;
+        layout.offsets.activation_workflow_type = 456;
+        layout.offsets.activation_history_length = 1184;
+        layout.offsets.activation_is_replaying = 1200;
+        let kernel = layout.kernel_layout().expect("within one copy");
+        // From the jobs' header to the replay flag's one byte.
+        assert_eq!(
+            kernel.offsets.machines_span(),
+            observer_common::Span { lo: 216, hi: 1201 }
+        );
+        layout.offsets.activation_is_replaying = 216 + u64::from(observer_common::SPAN_BYTES);
+        let err = layout.kernel_layout().expect_err("one byte too far");
+        assert!(
+            err.to_string()
+                .contains("`WorkflowMachines` span bytes 216..4313 (4097 bytes)"),
+            "{err}"
+        );
     }
 
     #[test]
