@@ -45,6 +45,10 @@ pub const APT_PACKAGES: &[(&str, &str)] = &[
         "setpriv and unshare: the capability and namespace tests",
     ),
     ("bpftrace", "the benchmark's bare uprobe cost"),
+    (
+        "prometheus",
+        "the dashboard and alert test's real Prometheus, and promtool",
+    ),
     ("python3", "runs pip"),
     (
         "python3-pip",
