@@ -565,6 +565,16 @@ pub struct Observer {
 impl Observer {
     /// Attaches to `pid` and waits until every probe is attached.
     pub fn attach(env: &Env, pid: u32, extra: &[&str]) -> anyhow::Result<Self> {
+        Self::attach_with_env(env, pid, extra, &[])
+    }
+
+    /// [`Observer::attach`] with these environment variables set for the observer.
+    pub fn attach_with_env(
+        env: &Env,
+        pid: u32,
+        extra: &[&str],
+        vars: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         // Several observers may watch one worker: each gets its own files.
         let name = unique(&format!("observer-{pid}"));
         let (stdout, out) = env.log(&format!("{name}.out"))?;
@@ -573,6 +583,7 @@ impl Observer {
         command
             .args(["attach", "--pid", &pid.to_string()])
             .args(extra)
+            .envs(vars.iter().copied())
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);

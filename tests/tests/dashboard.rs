@@ -26,6 +26,8 @@ const ALL: &str = ".*";
 /// `$__rate_interval` as Grafana would make it of a 1 s scrape interval (at least four
 /// samples).
 const RATE_INTERVAL: &str = "15s";
+/// The observed worker's pod, as its resource attributes say.
+const POD: &str = "orders-worker-7d9f";
 /// The end state of each end counter, as the recording rule names it.
 const STATES: [&str; 5] = [
     "completed",
@@ -391,10 +393,13 @@ fn dashboard_panels_and_alert_rules_equal_the_servers_record() -> anyhow::Result
     let task_queue = unique("dashboard");
     let worker = start_worker(&env, &server, &task_queue, &[])?;
     let scrape = format!("127.0.0.1:{}", free_port()?);
-    let observer = Observer::attach(
+    // A pod name among the resource attributes, as `watch` gives a worker in Kubernetes: the
+    // dashboard's pod selector reads it from `target_info`.
+    let observer = Observer::attach_with_env(
         &env,
         worker.pid(),
         &["--no-export", "--prometheus-listen", &scrape],
+        &[("OTEL_RESOURCE_ATTRIBUTES", &format!("k8s.pod.name={POD}"))],
     )?;
     let prometheus = Prometheus::start(&env, &scrape, &root().join(ALERTS))?;
     let started_at = now();
@@ -458,11 +463,7 @@ fn dashboard_panels_and_alert_rules_equal_the_servers_record() -> anyhow::Result
         BTreeSet::from(["temporal-observer".to_string()])
     );
     assert_eq!(resolve("instance")?, BTreeSet::from([scrape.clone()]));
-    assert_eq!(
-        resolve("pod")?,
-        BTreeSet::new(),
-        "no pods outside Kubernetes"
-    );
+    assert_eq!(resolve("pod")?, BTreeSet::from([POD.to_string()]));
     assert_eq!(resolve("workflow_type")?, types);
 
     // Every query Prometheus accepts; the ones with a ground truth equal the server's record,
