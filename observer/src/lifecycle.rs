@@ -22,7 +22,8 @@ use std::{
 use serde::Serialize;
 
 use crate::events::{
-    Event, EventBody, EvictionReason, JobKind, Nanos, RunInit, Terminal, UUID_DASHES,
+    CompletionStatus, Event, EventBody, EvictionReason, JobKind, Nanos, RunInit, Terminal,
+    UUID_DASHES,
 };
 
 /// How a run ended; the end states are exclusive.
@@ -223,6 +224,15 @@ struct Run {
     /// Open while records were lost: its end may have been among them, so its deadline passing
     /// proves nothing and no timeout is inferred for it.
     affected_by_loss: bool,
+    /// An eviction for a reason that confirms an end came while no end was pending. Where the
+    /// eviction probe sees requests (`ManagedRun::request_eviction`), core carries a request
+    /// out only once the run has no work left (a replay's further activations come first); if
+    /// the terminal completion comes meanwhile, core makes no further request (the waiting
+    /// eviction stands in for `WorkflowExecutionEnding`), and the next thing seen of the run
+    /// is the workflow code's empty reply to the eviction. Stale where the eviction was
+    /// carried out already: harmless, since core then evicts (and is seen evicting) after every
+    /// terminal completion before its reply, for the end or for the completion's failure.
+    eviction_waiting: bool,
 }
 
 impl Run {
@@ -374,15 +384,31 @@ impl Engine {
             }
             EventBody::Completion {
                 run_id,
+                status,
+                command_count,
                 terminal,
                 timeout_failure,
                 ..
             } => {
-                let Some(terminal) = terminal else { return };
                 let key = RunKey::new(run_id);
                 if self.ended.contains(&key) {
                     return;
                 }
+                let Some(terminal) = terminal else {
+                    // The empty reply to an eviction core carried out on a request made before
+                    // the terminal completion (see `Run::eviction_waiting`): the server took
+                    // the end, or core would have requested the eviction again with the
+                    // failure's reason.
+                    let reply = *status == CompletionStatus::Successful && *command_count == 0;
+                    if let Some(run) = self.runs.get(&key)
+                        && reply
+                        && run.eviction_waiting
+                        && let Some((end, at)) = run.pending()
+                    {
+                        self.end(key, end, at, out);
+                    }
+                    return;
+                };
                 let run = self.run(key, now);
                 if run.replaying {
                     return;
@@ -405,9 +431,12 @@ impl Engine {
                     None if *reason == EvictionReason::WorkflowExecutionEnding => {
                         self.forget(&key);
                     }
-                    // The completion failed; the run goes on and will come back, replayed.
+                    // The completion failed; the run goes on and will come back, replayed. Or
+                    // nothing was pending: an eviction for room, or a request that waits for
+                    // the activation that is out.
                     _ => {
                         if let Some(run) = self.runs.get_mut(&key) {
+                            run.eviction_waiting = pending.is_none() && reason.confirms_end();
                             run.set_pending(None);
                         }
                     }
@@ -852,6 +881,116 @@ mod tests {
                 ended("r1", "T", EndState::Canceled, Some(3.0))
             ]
         );
+    }
+
+    /// The workflow code's reply to an eviction: a successful completion without commands.
+    fn eviction_reply(at: Nanos, run: &str) -> Event {
+        event(
+            at,
+            EventBody::Completion {
+                run_id: run.into(),
+                status: CompletionStatus::Successful,
+                command_count: 0,
+                last_command: None,
+                terminal: None,
+                timeout_failure: false,
+            },
+        )
+    }
+
+    #[test]
+    fn an_eviction_requested_before_the_terminal_completion_ends_the_run_at_its_reply() {
+        // Where the probe sees eviction requests: core asks to evict the run for room while its
+        // activation is out, carries the eviction out after the terminal completion, and asks
+        // nothing more; the workflow code's empty reply to the eviction is the last record.
+        let mut engine = Engine::default();
+        let out = feed(
+            &mut engine,
+            &[
+                activation(0, "r1", false, Some(init("T", 0))),
+                eviction(SEC / 2, "r1", 1), // CacheFull, requested
+                completion(SEC, "r1", Some(Terminal::Complete), false),
+                eviction_reply(SEC + 1, "r1"),
+            ],
+        );
+        assert_eq!(
+            out,
+            vec![
+                Update::RunStarted {
+                    workflow_type: "T".into()
+                },
+                ended("r1", "T", EndState::Completed, Some(1.0))
+            ]
+        );
+        assert_eq!(engine.open_runs(), 0);
+    }
+
+    #[test]
+    fn a_rejected_terminal_completion_after_an_eviction_request_is_not_an_end() {
+        // The server rejects the completion (a signal came): core's new request overwrites the
+        // one for room, and the run comes back replayed, then really ends.
+        let mut engine = Engine::default();
+        let out = feed(
+            &mut engine,
+            &[
+                activation(0, "r1", false, Some(init("T", 0))),
+                eviction(SEC / 2, "r1", 1), // CacheFull, requested
+                completion(SEC, "r1", Some(Terminal::Complete), false),
+                eviction(SEC + 1, "r1", 7), // UnhandledCommand
+                eviction_reply(SEC + 2, "r1"),
+                activation(2 * SEC, "r1", true, Some(init("T", 0))),
+                activation(2 * SEC + 1, "r1", false, None),
+                completion(3 * SEC, "r1", Some(Terminal::Fail), false),
+                eviction(3 * SEC + 1, "r1", WORKFLOW_EXECUTION_ENDING),
+            ],
+        );
+        assert_eq!(
+            out,
+            vec![
+                Update::RunStarted {
+                    workflow_type: "T".into()
+                },
+                ended("r1", "T", EndState::Failed, Some(3.0))
+            ]
+        );
+    }
+
+    #[test]
+    fn an_eviction_requested_during_a_replay_waits_for_the_runs_work_and_its_end() {
+        // Recorded from the end-to-end test with a cache of one where the probe sees requests:
+        // the request for room comes while the run replays, core finishes the replay and the
+        // run's new work first, the terminal completion follows, and only the empty reply to
+        // the eviction comes after it.
+        let mut engine = Engine::default();
+        let out = feed(
+            &mut engine,
+            &[
+                activation(0, "r1", false, Some(init("T", 0))),
+                completion(1, "r1", None, false),
+                activation(SEC, "r1", true, Some(init("T", 0))),
+                eviction(SEC + 1, "r1", 1), // CacheFull, requested
+                completion(SEC + 2, "r1", None, false),
+                activation(SEC + 3, "r1", true, None),
+                completion(SEC + 4, "r1", None, false),
+                activation(SEC + 5, "r1", false, None),
+                // The workflow code's empty answer to an activation is no eviction reply, and
+                // nothing is pending: nothing ends.
+                eviction_reply(SEC + 6, "r1"),
+                activation(SEC + 7, "r1", false, None),
+                completion(2 * SEC, "r1", Some(Terminal::Complete), false),
+                eviction_reply(2 * SEC + 1, "r1"),
+            ],
+        );
+        assert_eq!(
+            out,
+            vec![
+                Update::RunStarted {
+                    workflow_type: "T".into()
+                },
+                ended("r1", "T", EndState::Completed, Some(2.0))
+            ]
+        );
+        assert_eq!(engine.open_runs(), 0);
     }
 
     #[test]
