@@ -75,6 +75,8 @@ impl Prometheus {
             ),
         )?;
         let addr = format!("127.0.0.1:{}", free_port()?);
+        let log_path = env.logs.join("prometheus.log");
+        let log = std::fs::File::create(&log_path)?;
         let mut command = Command::new(tool("prometheus")?);
         command
             .arg(format!("--config.file={}", config.display()))
@@ -82,8 +84,11 @@ impl Prometheus {
                 "--storage.tsdb.path={}",
                 dir.join("data").display()
             ))
-            .arg(format!("--web.listen-address={addr}"));
-        let process = Guard::spawn("prometheus", command, env.logs.join("prometheus.log"))?;
+            .arg(format!("--web.listen-address={addr}"))
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        let process = Guard::spawn("prometheus", command, log_path)?;
         let prometheus = Self {
             _process: process,
             base: format!("http://{addr}"),
