@@ -23,6 +23,7 @@ const OBJECT_NAME: &str = "observer.bpf.o";
 fn main() {
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("set by cargo"));
+    version_info(&manifest_dir);
     let ebpf_dir = manifest_dir.join("../observer-ebpf");
     let common_dir = manifest_dir.join("../observer-common");
     for watched in [
@@ -226,6 +227,74 @@ fn nightly_missing() -> Vec<String> {
 }
 
 /// PATH with `~/.cargo/bin` appended, where `cargo install` puts bpf-linker.
+/// `--version`'s long form, `VERSION (commit COMMIT, built YYYY-MM-DD)`, as
+/// `TEMPORAL_OBSERVER_LONG_VERSION`. The commit is `TEMPORAL_OBSERVER_COMMIT` where set (a build
+/// from a source tree without `.git`), else the checkout's `HEAD`; the date is
+/// `SOURCE_DATE_EPOCH`'s where set, else the commit's, in UTC: never the clock, so that building
+/// one commit twice gives the same binary.
+fn version_info(manifest_dir: &Path) {
+    for var in ["TEMPORAL_OBSERVER_COMMIT", "SOURCE_DATE_EPOCH"] {
+        println!("cargo:rerun-if-env-changed={var}");
+    }
+    let git = |args: &[&str]| -> Option<String> {
+        let out = Command::new("git")
+            .arg("-C")
+            .arg(manifest_dir)
+            .args(args)
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        (out.status.success() && !text.is_empty()).then_some(text)
+    };
+    // A new commit or checkout moves HEAD or the branch it names.
+    if let Some(git_dir) = git(&["rev-parse", "--absolute-git-dir"]) {
+        let git_dir = PathBuf::from(git_dir);
+        println!("cargo:rerun-if-changed={}", git_dir.join("HEAD").display());
+        println!(
+            "cargo:rerun-if-changed={}",
+            git_dir.join("packed-refs").display()
+        );
+        if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"]) {
+            println!("cargo:rerun-if-changed={}", git_dir.join(branch).display());
+        }
+    }
+    let commit = env::var("TEMPORAL_OBSERVER_COMMIT")
+        .ok()
+        .filter(|c| !c.is_empty())
+        .or_else(|| git(&["rev-parse", "--short=12", "HEAD"]))
+        .unwrap_or_else(|| "unknown".into());
+    let epoch = env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .or_else(|| git(&["log", "-1", "--format=%ct"]))
+        .and_then(|e| e.trim().parse::<i64>().ok());
+    let date = epoch.map_or_else(
+        || "unknown".to_string(),
+        |seconds| {
+            let (year, month, day) = civil_from_days(seconds.div_euclid(86_400));
+            format!("{year:04}-{month:02}-{day:02}")
+        },
+    );
+    println!(
+        "cargo:rustc-env=TEMPORAL_OBSERVER_LONG_VERSION={} (commit {commit}, built {date})",
+        env::var("CARGO_PKG_VERSION").unwrap_or_default()
+    );
+}
+
+/// The proleptic Gregorian (year, month, day) of a day count since 1970-01-01 (Howard
+/// Hinnant's `civil_from_days`).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
 fn search_path() -> OsString {
     let mut dirs: Vec<PathBuf> = env::var_os("PATH")
         .map(|p| env::split_paths(&p).collect())

@@ -386,3 +386,35 @@ fn without_a_row_of_its_niche_rule_the_rows_are_re_placed_by_it() -> anyhow::Res
     );
     Ok(())
 }
+
+/// `--version` names the package version, the commit the binary was built from and that
+/// commit's date (UTC): the checkout's own, since `cargo xtask test` builds it from there.
+#[test]
+fn version_names_the_commit_and_its_date() -> anyhow::Result<()> {
+    let git = |args: &[&str]| -> anyhow::Result<String> {
+        let out = std::process::Command::new("git")
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("TZ", "UTC")
+            .args(args)
+            .output()?;
+        anyhow::ensure!(out.status.success(), "git {args:?} failed");
+        Ok(String::from_utf8(out.stdout)?.trim().to_string())
+    };
+    let commit = git(&["rev-parse", "--short=12", "HEAD"])?;
+    let date = git(&["log", "-1", "--date=format-local:%Y-%m-%d", "--format=%cd"])?;
+    let run = |flag: &str| -> anyhow::Result<String> {
+        let out = std::process::Command::new(e2e::observer_binary()?)
+            .arg(flag)
+            .output()?;
+        anyhow::ensure!(out.status.success(), "{flag} failed");
+        Ok(String::from_utf8(out.stdout)?.trim().to_string())
+    };
+    let version = env!("CARGO_PKG_VERSION");
+    assert_eq!(
+        run("--version")?,
+        format!("temporal-observer {version} (commit {commit}, built {date})"),
+        "rebuild the observer (`cargo build --release -p observer`) after committing"
+    );
+    assert_eq!(run("-V")?, format!("temporal-observer {version}"));
+    Ok(())
+}

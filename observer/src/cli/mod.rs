@@ -21,7 +21,12 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 /// Observe Rust Temporal workers from outside, with eBPF uprobes on the sdk-core code linked into
 /// them. The worker's code is never changed and its memory is only read.
 #[derive(Debug, Parser)]
-#[command(name = "temporal-observer", version, propagate_version = true)]
+#[command(
+    name = "temporal-observer",
+    version,
+    long_version = env!("TEMPORAL_OBSERVER_LONG_VERSION"),
+    propagate_version = true
+)]
 pub struct Cli {
     /// A layout table to use instead of the one built in: a JSON array of rows as
     /// `cargo xtask gen-layouts` writes them (observer/layouts.json), for example with a row
