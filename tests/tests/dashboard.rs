@@ -28,14 +28,6 @@ const ALL: &str = ".*";
 const RATE_INTERVAL: &str = "15s";
 /// The observed worker's pod, as its resource attributes say.
 const POD: &str = "orders-worker-7d9f";
-/// The end state of each end counter, as the recording rule names it.
-const STATES: [&str; 5] = [
-    "completed",
-    "failed",
-    "canceled",
-    "timed_out",
-    "continued_as_new",
-];
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -329,6 +321,7 @@ fn by_type(series: &[Series]) -> BTreeMap<String, f64> {
         .collect()
 }
 
+/// An end counter's state, as the dashboard's legends and the recording rule name it.
 fn state_of(metric: &str) -> &str {
     metric
         .trim_start_matches("compozy_temporal_workflow_")
@@ -531,7 +524,8 @@ fn dashboard_panels_and_alert_rules_equal_the_servers_record() -> anyhow::Result
                 exact += 1;
             }
             ("End states since the observer started", r) => {
-                let state = STATES[(r.as_bytes()[0] - b'B') as usize];
+                // Refs B..F are the end counters, in `ENDS`' order.
+                let state = state_of(ENDS[(r.as_bytes()[0] - b'B') as usize]);
                 assert_close(&what, &values, &ended_by_type(Some(state)), 0.0);
                 exact += 1;
             }
