@@ -48,6 +48,9 @@ pub enum JobKind {
     InitializeWorkflow,
     QueryWorkflow,
     RemoveFromCache,
+    /// A new seed for the workflow's randomness: core sends it when it reaches the failed task
+    /// a reset left in the history of the run the reset made.
+    UpdateRandomSeed,
     /// Any other job, by its `workflow_activation_job::Variant` name (or `tag:N` when the
     /// layout names no variant for the tag).
     Other(String),
@@ -60,6 +63,7 @@ impl JobKind {
             "InitializeWorkflow" => Self::InitializeWorkflow,
             "QueryWorkflow" => Self::QueryWorkflow,
             "RemoveFromCache" => Self::RemoveFromCache,
+            "UpdateRandomSeed" => Self::UpdateRandomSeed,
             other => Self::Other(other.to_string()),
         }
     }
@@ -80,6 +84,7 @@ impl std::fmt::Display for JobKind {
             Self::InitializeWorkflow => "InitializeWorkflow",
             Self::QueryWorkflow => "QueryWorkflow",
             Self::RemoveFromCache => "RemoveFromCache",
+            Self::UpdateRandomSeed => "UpdateRandomSeed",
             Self::Other(name) => name,
         })
     }

@@ -12,6 +12,10 @@
 //!   entirely) are ignored, and so is anything about a run already ended;
 //! - a run the server times out sends nothing: it is ended `timed_out` once its deadline (known
 //!   from its first activation) plus a grace period has passed;
+//! - a run made by a reset replays the history it was copied from, then runs for real the task
+//!   after the reset point, where core gives the workflow a new random seed: that task starts it;
+//! - a run the server terminates sends nothing either, and has no end state: without a deadline
+//!   to wait for, it is forgotten (and counted) once it has been idle for the expiry;
 //! - open runs are bounded: past the cap the least recently active is forgotten and counted.
 
 use std::{
@@ -106,7 +110,14 @@ pub struct Limits {
     pub max_ended_runs: usize,
     /// How long past a run's deadline before the server is taken to have timed it out.
     pub timeout_grace_nanos: Nanos,
+    /// How long a run without a deadline may go without any news before it is forgotten: the
+    /// server closed it without telling the worker (terminated, or reset into a new run).
+    pub idle_expiry_nanos: Nanos,
 }
+
+/// Seven days: longer than most runs wait for a signal, short enough that terminated runs do not
+/// pile up in the open-run count.
+pub const DEFAULT_IDLE_EXPIRY_SECS: u64 = 7 * 24 * 3600;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -114,6 +125,7 @@ impl Default for Limits {
             max_open_runs: 100_000,
             max_ended_runs: 100_000,
             timeout_grace_nanos: 2_000_000_000,
+            idle_expiry_nanos: Nanos::from(DEFAULT_IDLE_EXPIRY_SECS) * 1_000_000_000,
         }
     }
 }
@@ -219,6 +231,8 @@ struct Run {
     pending_end: Option<EndState>,
     /// An `InitializeWorkflow` was seen: the run's start counted then, unless it replayed.
     init_seen: bool,
+    /// The run's start was counted.
+    started: bool,
     /// Whether the latest activation replayed history.
     replaying: bool,
     /// Open while records were lost: its end may have been among them, so its deadline passing
@@ -273,6 +287,7 @@ pub struct Engine {
     /// asks one worker more than once, and only the first counts.
     unnamed_shut_down: HashSet<String>,
     dropped_runs: u64,
+    expired_runs: u64,
     affected_runs: u64,
 }
 
@@ -292,6 +307,11 @@ impl Engine {
     /// Open runs forgotten because of the cap.
     pub fn dropped_runs(&self) -> u64 {
         self.dropped_runs
+    }
+
+    /// Open runs forgotten after the idle expiry (see [`Limits::idle_expiry_nanos`]).
+    pub fn expired_runs(&self) -> u64 {
+        self.expired_runs
     }
 
     /// Runs marked because records were lost while they were open.
@@ -371,15 +391,25 @@ impl Engine {
                 if !*replaying && new_work {
                     run.set_pending(None);
                 }
+                let first_init = init.is_some() && !run.init_seen;
                 if let Some(init) = init {
-                    let first_time = !run.init_seen;
                     run.init_seen = true;
                     apply_init(run, init);
-                    if first_time && !*replaying {
-                        out.push(Update::RunStarted {
-                            workflow_type: init.workflow_type.clone(),
-                        });
+                }
+                // Started by its first real task, or (a run a reset made, whose first task
+                // replayed the history it was copied from) by the real task after the reset.
+                let reset = jobs.contains(&JobKind::UpdateRandomSeed);
+                if !*replaying && !run.started && (first_init || reset) {
+                    run.started = true;
+                    if reset {
+                        // The server starts the new run at the reset, not when the history it
+                        // copied began: this task came right after, as close as core tells.
+                        run.start_unix_nanos = MaybeStamp::new(Some(now));
                     }
+                    let workflow_type = run.workflow_type.as_deref().unwrap_or(UNKNOWN_TYPE);
+                    out.push(Update::RunStarted {
+                        workflow_type: workflow_type.to_string(),
+                    });
                 }
             }
             EventBody::Completion {
@@ -516,6 +546,23 @@ impl Engine {
             .collect();
         for (key, deadline) in expired {
             self.end(key, EndState::TimedOut, deadline, out);
+        }
+        // Idle runs, oldest first; one whose deadline will end it stays for that.
+        let cutoff = now.saturating_sub(stamp(self.limits.idle_expiry_nanos));
+        let idle: Vec<RunKey> = self
+            .by_activity
+            .iter()
+            .take_while(|(active, _)| *active < cutoff)
+            .filter(|(_, key)| {
+                self.runs.get(key).is_some_and(|run| {
+                    run.deadline_unix_nanos.get().is_none() || run.affected_by_loss
+                })
+            })
+            .map(|(_, key)| key.clone())
+            .collect();
+        for key in idle {
+            self.forget(&key);
+            self.expired_runs += 1;
         }
     }
 
@@ -1146,6 +1193,109 @@ mod tests {
         out.clear();
         engine.on_tick(200 * SEC, &mut out);
         assert_eq!(out, vec![], "ended once");
+    }
+
+    fn started(ty: &str) -> Update {
+        Update::RunStarted {
+            workflow_type: ty.into(),
+        }
+    }
+
+    #[test]
+    fn a_run_made_by_a_reset_starts_at_the_real_task_after_the_reset_point() {
+        let mut engine = Engine::default();
+        let copied = init("Reset", 10 * SEC);
+        let out = feed(
+            &mut engine,
+            &[
+                // The reset run's first task replays the base run's history...
+                activation(50 * SEC, "new", true, Some(copied.clone())),
+                completion(50 * SEC, "new", None, false),
+                // ...up to the failed task the reset left, where core sends a new seed.
+                activation_with(50 * SEC, "new", false, None, "UpdateRandomSeed"),
+                completion(51 * SEC, "new", Some(Terminal::Complete), false),
+                eviction(51 * SEC, "new", WORKFLOW_EXECUTION_ENDING),
+            ],
+        );
+        assert_eq!(
+            out,
+            vec![
+                started("Reset"),
+                // Timed from the reset's task: the server starts the new run at the reset.
+                ended("new", "Reset", EndState::Completed, Some(1.0)),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_reset_to_the_first_task_starts_the_new_run_once() {
+        let mut engine = Engine::default();
+        let mut first = activation(50 * SEC, "new", false, Some(init("Reset", 10 * SEC)));
+        if let EventBody::Activation { jobs, .. } = &mut first.body {
+            jobs.push(JobKind::UpdateRandomSeed);
+        }
+        let out = feed(&mut engine, &[first]);
+        assert_eq!(out, vec![started("Reset")]);
+    }
+
+    #[test]
+    fn a_reset_run_replayed_again_does_not_start_again() {
+        let mut engine = Engine::default();
+        let out = feed(
+            &mut engine,
+            &[
+                // Seen late (or after an eviction): the seed comes while replaying.
+                activation(60 * SEC, "new", true, Some(init("Reset", 10 * SEC))),
+                activation_with(60 * SEC, "new", true, None, "UpdateRandomSeed"),
+                activation_with(60 * SEC, "new", false, None, "SignalWorkflow"),
+            ],
+        );
+        assert_eq!(out, vec![]);
+    }
+
+    #[test]
+    fn a_terminated_run_without_a_deadline_is_forgotten_once_idle() {
+        let mut engine = Engine::new(Limits {
+            idle_expiry_nanos: 10 * SEC,
+            ..Limits::default()
+        });
+        let mut slow = init("Slow", 100 * SEC);
+        slow.execution_timeout_nanos = Some(3600 * SEC);
+        let mut out = feed(
+            &mut engine,
+            &[
+                activation(
+                    100 * SEC,
+                    "terminated",
+                    false,
+                    Some(init("Waits", 100 * SEC)),
+                ),
+                activation(100 * SEC, "deadline", false, Some(slow)),
+                activation(100 * SEC, "busy", false, Some(init("Waits", 100 * SEC))),
+                activation(105 * SEC, "busy", false, None),
+            ],
+        );
+        out.clear();
+        engine.on_tick(110 * SEC, &mut out);
+        assert_eq!((engine.open_runs(), engine.expired_runs()), (3, 0));
+        engine.on_tick(110 * SEC + 1, &mut out);
+        assert_eq!(
+            (engine.open_runs(), engine.expired_runs()),
+            (2, 1),
+            "only the idle run without a deadline goes"
+        );
+        engine.on_tick(116 * SEC, &mut out);
+        assert_eq!((engine.open_runs(), engine.expired_runs()), (1, 2));
+        assert_eq!(out, vec![], "an expired run has no end state");
+        // A run that comes back after expiring is news again: its end counts.
+        feed(
+            &mut engine,
+            &[
+                completion(200 * SEC, "terminated", Some(Terminal::Complete), false),
+                eviction(200 * SEC, "terminated", WORKFLOW_EXECUTION_ENDING),
+            ],
+        );
+        assert_eq!(engine.expired_runs(), 2);
     }
 
     #[test]

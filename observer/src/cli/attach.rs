@@ -9,7 +9,7 @@ use clap::{Args, ValueEnum, builder::TypedValueParser as _};
 use crate::{
     export::{ExportSettings, Transport},
     kernel::KernelSettings,
-    lifecycle::Limits,
+    lifecycle::{DEFAULT_IDLE_EXPIRY_SECS, Limits},
     plan, privileges,
     session::{self, Format, SessionConfig},
     target::Target,
@@ -114,6 +114,18 @@ pub struct LifecycleArgs {
         help_heading = "Lifecycle"
     )]
     pub timeout_grace_ms: u64,
+    /// How long a run without a deadline may go without any news before it is forgotten
+    /// (counted in temporal_observer_runs_expired_total). The server tells the worker nothing
+    /// when it terminates a run (a client's terminate, a reset, a parent's close policy): such a
+    /// run has no end state and would stay open. A run that waits longer than this for a signal
+    /// still counts its end when it comes, without a duration.
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = DEFAULT_IDLE_EXPIRY_SECS,
+        help_heading = "Lifecycle"
+    )]
+    pub idle_run_expiry_secs: u64,
 }
 
 #[derive(Clone, Debug, Args)]
@@ -182,6 +194,7 @@ impl SessionArgs {
             limits: Limits {
                 max_open_runs: self.lifecycle.max_open_runs.max(1),
                 timeout_grace_nanos: i128::from(self.lifecycle.timeout_grace_ms) * 1_000_000,
+                idle_expiry_nanos: i128::from(self.lifecycle.idle_run_expiry_secs) * 1_000_000_000,
                 ..Limits::default()
             },
             kernel: KernelSettings {

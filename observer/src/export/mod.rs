@@ -46,6 +46,7 @@ pub mod name {
     pub const TARGETS_OBSERVED: &str = "temporal_observer_targets_observed";
     pub const RUNS_TRACKED: &str = "temporal_observer_runs_tracked";
     pub const RUNS_DROPPED: &str = "temporal_observer_runs_dropped_total";
+    pub const RUNS_EXPIRED: &str = "temporal_observer_runs_expired_total";
     pub const RUNS_AFFECTED: &str = "temporal_observer_runs_affected_by_loss_total";
     pub const RECORDS_TRUNCATED: &str = "temporal_observer_records_truncated_total";
     pub const MESSAGES_INCOMPLETE: &str = "temporal_observer_messages_incomplete_total";
@@ -167,6 +168,7 @@ pub struct Metrics {
     targets_observed: Gauge<i64>,
     runs_tracked: Gauge<i64>,
     runs_dropped: Cumulative,
+    runs_expired: Cumulative,
     runs_affected: Cumulative,
     records_truncated: Cumulative,
     messages_incomplete: Cumulative,
@@ -264,6 +266,11 @@ impl Metrics {
                 name::RUNS_DROPPED,
                 "Open runs forgotten because of the memory cap",
             ),
+            runs_expired: cumulative(
+                name::RUNS_EXPIRED,
+                "Open runs without a deadline forgotten after --idle-run-expiry-secs without news: \
+                 runs the server closed without telling the worker (terminated, or reset)",
+            ),
             runs_affected: cumulative(
                 name::RUNS_AFFECTED,
                 "Runs open while probe records were lost (no timeout is inferred for them)",
@@ -349,6 +356,7 @@ impl Metrics {
         self.events_lost.report(health.events_lost);
         self.read_faults.report(health.read_faults);
         self.runs_dropped.report(health.runs_dropped);
+        self.runs_expired.report(health.runs_expired);
         self.runs_affected.report(health.runs_affected);
         self.records_truncated.report(health.records_truncated);
         self.messages_incomplete.report(health.messages_incomplete);
@@ -388,6 +396,8 @@ pub struct Health {
     /// Messages that lost a chunk.
     pub messages_incomplete: u64,
     pub runs_dropped: u64,
+    /// Open runs forgotten after the idle expiry.
+    pub runs_expired: u64,
     pub runs_affected: u64,
     pub probes_attached: i64,
     pub targets_observed: i64,

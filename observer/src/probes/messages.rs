@@ -457,7 +457,7 @@ fn decode_activation(bytes: &[u8], _: &TargetLayout) -> Result<EventBody, Decode
             Some(Variant::InitializeWorkflow(_)) => JobKind::InitializeWorkflow,
             Some(Variant::QueryWorkflow(_)) => JobKind::QueryWorkflow,
             Some(Variant::RemoveFromCache(_)) => JobKind::RemoveFromCache,
-            Some(other) => JobKind::Other(variant_name(other)),
+            Some(other) => JobKind::from_variant(&variant_name(other)),
             None => JobKind::Other("None".into()),
         })
         .collect();

@@ -368,6 +368,7 @@ pub async fn observe(
                 verification: plan.verification,
                 max_open_runs: config.limits.max_open_runs,
                 timeout_grace_nanos: config.limits.timeout_grace_nanos,
+                idle_expiry_nanos: config.limits.idle_expiry_nanos,
                 configured_workers: config.configured_workers,
             },
         )?),

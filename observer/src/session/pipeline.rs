@@ -289,6 +289,7 @@ impl<S: Sink> Pipeline<S> {
             records_truncated: self.messages_truncated,
             messages_incomplete: self.messages_incomplete,
             runs_dropped: self.engine.dropped_runs(),
+            runs_expired: self.engine.expired_runs(),
             runs_affected: self.engine.affected_runs(),
             probes_attached: if targets > 0 { self.probes_attached } else { 0 },
             targets_observed: targets,

@@ -57,7 +57,14 @@ pub struct Header {
     /// The session's lifecycle settings and configured workers, which the values depend on.
     pub max_open_runs: usize,
     pub timeout_grace_nanos: i128,
+    /// Absent in recordings made before runs expired: the default then.
+    #[serde(default = "default_idle_expiry")]
+    pub idle_expiry_nanos: i128,
     pub configured_workers: Option<i64>,
+}
+
+fn default_idle_expiry() -> i128 {
+    Limits::default().idle_expiry_nanos
 }
 
 /// One input of a session.
@@ -214,6 +221,7 @@ pub fn pipeline<S: Sink>(header: &Header, sink: S) -> Pipeline<S> {
     let limits = Limits {
         max_open_runs: header.max_open_runs,
         timeout_grace_nanos: header.timeout_grace_nanos,
+        idle_expiry_nanos: header.idle_expiry_nanos,
         ..Limits::default()
     };
     let (candidates, verification) = if header.candidates.is_empty() {
@@ -356,6 +364,7 @@ mod tests {
             verification: Verification::Live,
             max_open_runs: 10,
             timeout_grace_nanos: 1_000_000_000,
+            idle_expiry_nanos: 3_600_000_000_000,
             configured_workers: None,
         };
         let inputs = vec![
