@@ -7,7 +7,7 @@ use std::{collections::BTreeMap, path::Path, time::Duration};
 use serde_json::Value;
 
 use crate::{
-    DevServer, Env, GroundTruth, Mix, Observer, RunStatus, Worker, drive,
+    DevServer, Env, GroundTruth, GroundTruthRun, Mix, Observer, RunStatus, Worker, drive,
     otlp::{Received, Receiver, Transport},
     parse_events, unique,
 };
@@ -25,19 +25,38 @@ pub const BUCKETS: [f64; 11] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+/// The end metric a run the server closed this way counts, if any: a terminated run (by a
+/// client, a reset or its parent's close policy) tells the worker nothing and has none.
+pub fn end_metric(run: &GroundTruthRun) -> Option<&'static str> {
+    Some(match (run.status, run.failure_is_timeout) {
+        (RunStatus::Completed, _) => ENDS[0],
+        (RunStatus::Failed, false) => ENDS[1],
+        (RunStatus::Canceled, _) => ENDS[2],
+        (RunStatus::Failed, true) | (RunStatus::TimedOut, _) => ENDS[3],
+        (RunStatus::ContinuedAsNew, _) => ENDS[4],
+        (RunStatus::Terminated, _) => return None,
+        (RunStatus::Running, _) => panic!("run {} is still running on the server", run.run_id),
+    })
+}
+
+/// The runs a worker ran (a run closed before its first task was never a worker's to see).
+pub fn observable(truth: &GroundTruth) -> impl Iterator<Item = &GroundTruthRun> {
+    truth.runs.iter().filter(|run| run.ran)
+}
+
+/// Runs a worker ran that the server terminated: counted started, never ended, and expired
+/// from the observer's table once idle.
+pub fn terminated(truth: &GroundTruth) -> usize {
+    observable(truth)
+        .filter(|run| end_metric(run).is_none())
+        .count()
+}
+
 /// What the counters must read, from the server's record: metric -> workflow type -> count.
 pub fn expected(truth: &GroundTruth) -> BTreeMap<&'static str, BTreeMap<String, i64>> {
     let mut counts: BTreeMap<&'static str, BTreeMap<String, i64>> = BTreeMap::new();
-    for run in &truth.runs {
-        let end = match (run.status, run.failure_is_timeout) {
-            (RunStatus::Completed, _) => ENDS[0],
-            (RunStatus::Failed, false) => ENDS[1],
-            (RunStatus::Canceled, _) => ENDS[2],
-            (RunStatus::Failed, true) | (RunStatus::TimedOut, _) => ENDS[3],
-            (RunStatus::ContinuedAsNew, _) => ENDS[4],
-            (other, _) => panic!("run {} is {other:?} on the server", run.run_id),
-        };
-        for metric in [STARTED, end] {
+    for run in observable(truth) {
+        for metric in std::iter::once(STARTED).chain(end_metric(run)) {
             *counts
                 .entry(metric)
                 .or_default()
@@ -144,7 +163,8 @@ pub fn observe_worker(
 /// Whether the export counts an end for every run the server recorded: when
 /// [`observe_worker`] stops waiting.
 pub fn every_run_ended(received: &Received, truth: &GroundTruth) -> bool {
-    total_ends(received) == truth.runs.len() as i64
+    let ends = observable(truth).filter(|run| end_metric(run).is_some());
+    total_ends(received) == ends.count() as i64
 }
 
 /// Like [`observe_worker`], with more observer arguments, waiting (at most 30 s after the
@@ -210,8 +230,8 @@ pub fn observe_worker_until(
 }
 
 /// Every counter equals the server's count per workflow type (no other type appears), every
-/// run that started has ended, and the histogram counts each ended run with the contract's
-/// buckets.
+/// run that started has ended or was terminated, and the histogram counts each ended run with
+/// the contract's buckets.
 pub fn assert_counts_match(received: &Received, truth: &GroundTruth) {
     let expected = expected(truth);
     for metric in std::iter::once(STARTED).chain(ENDS) {
@@ -239,9 +259,13 @@ pub fn assert_counts_match(received: &Received, truth: &GroundTruth) {
     }
     for (ty, started) in expected.get(STARTED).into_iter().flatten() {
         let ended: i64 = ENDS.iter().map(|m| received.int(m, ty).unwrap_or(0)).sum();
+        let terminated = observable(truth)
+            .filter(|run| run.workflow_type == *ty && end_metric(run).is_none())
+            .count() as i64;
         assert_eq!(
-            *started, ended,
-            "{ty}: started = the sum of the end states (no run left open)"
+            *started,
+            ended + terminated,
+            "{ty}: started = the sum of the end states + the terminated (no run left open)"
         );
         let (count, _, bounds) = received.histogram(DURATION, ty).unwrap_or_default();
         assert_eq!(count as i64, ended, "{ty}: one duration per ended run");
@@ -270,7 +294,7 @@ pub fn assert_matches_server(outcome: &Outcome) {
             )
         })
         .collect();
-    for run in &truth.runs {
+    for run in observable(truth).filter(|run| end_metric(run).is_some()) {
         let server = (run.close_time_unix_nanos - run.start_time_unix_nanos) as f64 / 1e9;
         let seen = durations.get(run.run_id.as_str()).copied();
         assert!(

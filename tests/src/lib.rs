@@ -643,6 +643,77 @@ pub struct Mix {
     /// Bytes of each completing run's input (0: a short one): large inputs make large
     /// `InitializeWorkflow` activations.
     pub input_bytes: usize,
+    /// The SDK features beyond the end states: see [`Features`].
+    pub features: Features,
+}
+
+/// Runs of the workflow features the end states alone do not cover (the workload driver's flags
+/// of the same names say what each does).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Features {
+    /// Parents of each of the six child plans (a parent and its child each).
+    pub parent_plans: usize,
+    pub local_activity: usize,
+    pub local_activity_long: usize,
+    pub update: usize,
+    pub signal_with_start: usize,
+    pub flaky_task: usize,
+    pub nondeterminism: usize,
+    pub retry: usize,
+    pub cron: usize,
+    pub terminate: usize,
+    pub reset: usize,
+}
+
+impl Features {
+    /// Each feature at least once.
+    pub fn all() -> Self {
+        Self {
+            parent_plans: 1,
+            local_activity: 2,
+            local_activity_long: 1,
+            update: 2,
+            signal_with_start: 2,
+            flaky_task: 2,
+            nondeterminism: 1,
+            retry: 2,
+            cron: 1,
+            terminate: 2,
+            reset: 2,
+        }
+    }
+
+    fn flags(&self) -> Vec<String> {
+        let Self {
+            parent_plans,
+            local_activity,
+            local_activity_long,
+            update,
+            signal_with_start,
+            flaky_task,
+            nondeterminism,
+            retry,
+            cron,
+            terminate,
+            reset,
+        } = *self;
+        [
+            ("--parent-plans", parent_plans),
+            ("--local-activity", local_activity),
+            ("--local-activity-long", local_activity_long),
+            ("--update", update),
+            ("--signal-with-start", signal_with_start),
+            ("--flaky-task", flaky_task),
+            ("--nondeterminism", nondeterminism),
+            ("--retry", retry),
+            ("--cron", cron),
+            ("--terminate", terminate),
+            ("--reset", reset),
+        ]
+        .into_iter()
+        .flat_map(|(flag, count)| [flag.to_string(), count.to_string()])
+        .collect()
+    }
 }
 
 impl Mix {
@@ -660,6 +731,7 @@ impl Mix {
             signal: 2,
             server_timeout_ms: 2000,
             input_bytes: 0,
+            features: Features::default(),
         }
     }
 }
@@ -724,6 +796,7 @@ impl Driver {
             ])
             .args(["--server-timeout-ms", &mix.server_timeout_ms.to_string()])
             .args(["--input-bytes", &mix.input_bytes.to_string()])
+            .args(mix.features.flags())
             .arg("--out")
             .arg(&out)
             .stdin(Stdio::null())

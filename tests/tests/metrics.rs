@@ -57,6 +57,7 @@ fn evictions_from_a_cache_of_one_never_count_twice() -> anyhow::Result<()> {
         signal: 4,
         server_timeout_ms: 2000,
         input_bytes: 0,
+        ..Mix::default()
     };
     let outcome = observe(
         "metrics_evictions",

@@ -68,6 +68,7 @@ pub fn run(paths: &Paths, observer_args: &[String]) -> anyhow::Result<()> {
         signal: 1,
         server_timeout_ms: 2000,
         input_bytes: 0,
+        ..Mix::default()
     };
     let mut round = 0;
     while !INTERRUPTED.load(Ordering::SeqCst) {

@@ -24,6 +24,11 @@ pub struct GroundTruthRun {
     pub status: RunStatus,
     /// True for a `Failed` run whose failure's cause chain holds a timeout failure.
     pub failure_is_timeout: bool,
+    /// Whether any worker ran a task of the run. A run the server closed before that (a cron
+    /// or retry run waiting for its time) was never seen by a worker. Absent in records written
+    /// before it existed, where every run ran.
+    #[serde(default = "ran_by_default")]
+    pub ran: bool,
     pub start_time_unix_nanos: u128,
     pub close_time_unix_nanos: u128,
 }
@@ -34,4 +39,8 @@ pub struct GroundTruth {
     pub namespace: String,
     pub task_queue: String,
     pub runs: Vec<GroundTruthRun>,
+}
+
+fn ran_by_default() -> bool {
+    true
 }

@@ -130,6 +130,7 @@ pub fn evictions_from_a_cache_of_one_never_count_twice(sdk: &Sdk) -> anyhow::Res
         signal: 3,
         server_timeout_ms: 2000,
         input_bytes: 0,
+        ..Mix::default()
     };
     let outcome = observe_worker(
         &env,

@@ -1,0 +1,246 @@
+//! The workflow features beyond the end states (child workflows and parent-close policies, local
+//! activities, updates, signal-with-start, failing and nondeterministic workflow tasks, retries,
+//! cron, terminations, resets), a worker without a cache, and two workers in one process: each
+//! against the Temporal server's own record of the same runs.
+
+use std::time::Duration;
+
+use e2e::{
+    DevServer, Env, Features, GroundTruth, Mix, Observer, RunStatus, Worker,
+    accuracy::{
+        as_strs, assert_counts_match, assert_matches_server, every_run_ended, export_to, observe,
+        observe_worker_until, terminated, with,
+    },
+    drive,
+    otlp::{Received, Receiver, Transport},
+    parse_events, start_worker, unique,
+};
+
+const RUNS_TRACKED: &str = "temporal_observer_runs_tracked";
+const RUNS_EXPIRED: &str = "temporal_observer_runs_expired_total";
+
+fn count(truth: &GroundTruth, workflow_type: &str, status: RunStatus) -> usize {
+    truth
+        .runs
+        .iter()
+        .filter(|r| r.workflow_type == workflow_type && r.status == status)
+        .count()
+}
+
+#[test]
+fn every_sdk_feature_counts_what_the_server_records() -> anyhow::Result<()> {
+    let env = Env::require("features")?;
+    let mix = Mix {
+        features: Features::all(),
+        ..Mix::every_end_state()
+    };
+    // Terminated runs leave the open-run table once idle this long: longer than any run here
+    // waits between tasks (the long local activity, 3 s).
+    let settled = |r: &Received, truth: &GroundTruth| {
+        every_run_ended(r, truth)
+            && r.int(RUNS_TRACKED, "") == Some(0)
+            && r.int(RUNS_EXPIRED, "") == Some(terminated(truth) as i64)
+    };
+    let outcome = observe_worker_until(
+        &env,
+        &Worker::Rust(env.worker.clone()),
+        Transport::Http,
+        &[],
+        &["--idle-run-expiry-secs", "8"],
+        &mix,
+        &settled,
+    )?;
+    let truth = &outcome.truth;
+
+    // The server recorded what each feature is meant to produce.
+    let features = Features::all();
+    assert_eq!(
+        count(truth, "SignalWorkflow", RunStatus::Terminated),
+        features.terminate + features.reset + features.parent_plans,
+        "terminated: by the driver, by the resets, by a parent's close policy"
+    );
+    assert_eq!(
+        count(truth, "RetryWorkflow", RunStatus::Failed),
+        features.retry,
+        "each retried workflow's first attempt is a failed run"
+    );
+    assert_eq!(
+        count(truth, "RetryWorkflow", RunStatus::Completed),
+        features.retry
+    );
+    assert_eq!(
+        count(truth, "NondeterminismWorkflow", RunStatus::TimedOut),
+        features.nondeterminism
+    );
+    let cron: Vec<_> = truth
+        .runs
+        .iter()
+        .filter(|r| r.workflow_id.contains("-cron-"))
+        .collect();
+    assert!(
+        cron.len() >= 2
+            && cron
+                .first()
+                .is_some_and(|r| r.status == RunStatus::Completed)
+            && cron.last().is_some_and(|r| r.status == RunStatus::TimedOut),
+        "a cron chain: completed runs, then the one the server timed out: {cron:#?}"
+    );
+
+    // The worker really went through the sequences the features are about.
+    let lines = &outcome.lines;
+    let evicted_for = |reason: &str| {
+        lines
+            .iter()
+            .filter(|l| l["probe"] == "eviction" && l["reason_name"] == reason)
+            .count()
+    };
+    assert!(
+        evicted_for("Nondeterminism") > 0,
+        "a nondeterminism eviction"
+    );
+    assert!(
+        evicted_for("LangFail") > 0,
+        "the panicking task's eviction: {:?}",
+        lines
+            .iter()
+            .filter(|l| l["probe"] == "eviction")
+            .map(|l| l["reason_name"].to_string())
+            .collect::<Vec<_>>()
+    );
+    let reset_seeds = lines
+        .iter()
+        .filter(|l| l["probe"] == "activation" && l["replaying"] == false)
+        .filter(|l| {
+            l["jobs"]
+                .as_array()
+                .is_some_and(|jobs| jobs.iter().any(|j| j == "UpdateRandomSeed"))
+        })
+        .count();
+    assert_eq!(
+        reset_seeds, features.reset,
+        "one real task after each reset point"
+    );
+
+    assert_matches_server(&outcome);
+    assert_eq!(
+        outcome.received.int(RUNS_EXPIRED, ""),
+        Some(terminated(truth) as i64),
+        "every terminated run left the table"
+    );
+    Ok(())
+}
+
+#[test]
+fn without_a_cache_every_task_replays_and_counts_stay_exact() -> anyhow::Result<()> {
+    let mix = Mix {
+        features: Features {
+            parent_plans: 1,
+            update: 1,
+            signal_with_start: 1,
+            flaky_task: 1,
+            local_activity: 1,
+            ..Features::default()
+        },
+        ..Mix::every_end_state()
+    };
+    let outcome = observe(
+        "features_no_cache",
+        Transport::Http,
+        &["--max-cached-workflows", "0"],
+        &mix,
+    )?;
+    let replayed_starts = outcome
+        .lines
+        .iter()
+        .filter(|l| l["probe"] == "activation" && l["replaying"] == true && l.get("init").is_some())
+        .count();
+    assert!(
+        replayed_starts > 0,
+        "with no cache, later tasks replay the run from its start"
+    );
+    assert_matches_server(&outcome);
+    Ok(())
+}
+
+#[test]
+fn two_workers_in_one_process_count_apart_and_one_stops_while_the_other_works() -> anyhow::Result<()>
+{
+    let env = Env::require("features_two_workers")?;
+    let server = DevServer::start(&env)?;
+    let receiver = Receiver::start(Transport::Grpc)?;
+    let (first_queue, second_queue) = (unique("first-queue"), unique("second-queue"));
+    let mut worker = start_worker(
+        &env,
+        &server,
+        &first_queue,
+        &["--task-queue", &second_queue],
+    )?;
+    let args = with(
+        export_to(&receiver),
+        &["--print-updates", "--format", "json"],
+    );
+    let observer = Observer::attach(&env, worker.pid(), &as_strs(&args))?;
+    let mix = Mix {
+        features: Features {
+            update: 1,
+            parent_plans: 1,
+            ..Features::default()
+        },
+        ..Mix::every_end_state()
+    };
+    let on_first = e2e::Driver::spawn(&env, &server, &first_queue, &unique("a"), &mix, None)?;
+    let on_second = drive(&env, &server, &second_queue, &unique("b"), &mix)?;
+    let on_first = on_first.wait()?;
+    let both = merged(&[&on_first, &on_second]);
+    let received = receiver.wait_for(Duration::from_secs(30), "both queues' runs", |r| {
+        every_run_ended(r, &both)
+    })?;
+    assert_eq!(
+        received.int("compozy_temporal_workers_running_total", ""),
+        Some(2)
+    );
+
+    // SAFETY: kill has no memory preconditions; the pid is our own child.
+    unsafe { libc::kill(worker.pid() as libc::pid_t, libc::SIGUSR1) };
+    worker.wait_for_log(
+        &format!("worker of {second_queue} stopped"),
+        Duration::from_secs(30),
+    )?;
+    receiver.wait_for(Duration::from_secs(10), "one worker running", |r| {
+        r.int("compozy_temporal_workers_running_total", "") == Some(1)
+    })?;
+    let after = drive(&env, &server, &first_queue, &unique("c"), &mix)?;
+    let all = merged(&[&on_first, &on_second, &after]);
+    receiver.wait_for(Duration::from_secs(30), "every run", |r| {
+        every_run_ended(r, &all)
+    })?;
+    let (status, stdout, log) = observer.stop()?;
+    assert!(status.success(), "{log}");
+    let received = receiver.received();
+    assert_counts_match(&received, &all);
+    assert_eq!(
+        received.int("compozy_temporal_workers_running_total", ""),
+        Some(1),
+        "one of the two stopped"
+    );
+    assert_eq!(
+        received.int("compozy_temporal_workers_configured_total", ""),
+        Some(2),
+        "two distinct workers seen"
+    );
+    let deltas: Vec<i64> = parse_events(&stdout)?
+        .iter()
+        .filter(|l| l["update"] == "workers_running")
+        .filter_map(|l| l["delta"].as_i64())
+        .collect();
+    assert_eq!(deltas, vec![1, 1, -1], "two started, one stopped");
+    Ok(())
+}
+
+fn merged(truths: &[&GroundTruth]) -> GroundTruth {
+    GroundTruth {
+        namespace: truths[0].namespace.clone(),
+        task_queue: truths[0].task_queue.clone(),
+        runs: truths.iter().flat_map(|t| t.runs.clone()).collect(),
+    }
+}
