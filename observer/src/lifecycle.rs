@@ -2,8 +2,11 @@
 //!
 //! Pure and deterministic: events and the current time go in, updates come out. The rules are the
 //! metric contract's:
-//! - a run starts when its first workflow task runs for real (`InitializeWorkflow`, not replaying);
-//!   a replay after an eviction or a restart never starts it again;
+//! - a run starts when its first workflow task runs for real (`InitializeWorkflow`, not replaying)
+//!   and that task's completion is handed back successfully; a replay after an eviction or a
+//!   restart never starts it again. Counting at the completion, not the activation, keeps a
+//!   fleet exact: a worker killed (or a task failing) before it completes its first task does
+//!   not count the start that the worker retrying the task counts;
 //! - a run ends once: its terminal command is pending until core evicts the run, which it does
 //!   after the server accepted the command (`WorkflowExecutionEnding`, or an eviction for room
 //!   that was already pending, see [`EvictionReason::confirms_end`]); an eviction that means the
@@ -233,6 +236,9 @@ struct Run {
     init_seen: bool,
     /// The run's start was counted.
     started: bool,
+    /// The run's first task ran for real and its start counts once a completion of it is
+    /// handed back successfully (or the run ends first).
+    start_pending: bool,
     /// Whether the latest activation replayed history.
     replaying: bool,
     /// Open while records were lost: its end may have been among them, so its deadline passing
@@ -397,19 +403,16 @@ impl Engine {
                     apply_init(run, init);
                 }
                 // Started by its first real task, or (a run a reset made, whose first task
-                // replayed the history it was copied from) by the real task after the reset.
+                // replayed the history it was copied from) by the real task after the reset,
+                // once that task's completion is handed back.
                 let reset = jobs.contains(&JobKind::UpdateRandomSeed);
                 if !*replaying && !run.started && (first_init || reset) {
-                    run.started = true;
+                    run.start_pending = true;
                     if reset {
                         // The server starts the new run at the reset, not when the history it
                         // copied began: this task came right after, as close as core tells.
                         run.start_unix_nanos = MaybeStamp::new(Some(now));
                     }
-                    let workflow_type = run.workflow_type.as_deref().unwrap_or(UNKNOWN_TYPE);
-                    out.push(Update::RunStarted {
-                        workflow_type: workflow_type.to_string(),
-                    });
                 }
             }
             EventBody::Completion {
@@ -423,6 +426,11 @@ impl Engine {
                 let key = RunKey::new(run_id);
                 if self.ended.contains(&key) {
                     return;
+                }
+                if *status == CompletionStatus::Successful
+                    && let Some(run) = self.runs.get_mut(&key)
+                {
+                    start_if_pending(run, out);
                 }
                 let Some(terminal) = terminal else {
                     // The empty reply to an eviction core carried out on a request made before
@@ -561,7 +569,9 @@ impl Engine {
             .map(|(_, key)| key.clone())
             .collect();
         for key in idle {
-            self.forget(&key);
+            if let Some(mut run) = self.forget(&key) {
+                start_if_pending(&mut run, out);
+            }
             self.expired_runs += 1;
         }
     }
@@ -629,9 +639,12 @@ impl Engine {
     }
 
     fn end(&mut self, key: RunKey, end: EndState, at: Stamp, out: &mut Vec<Update>) {
-        let Some(run) = self.forget(&key) else {
+        let Some(mut run) = self.forget(&key) else {
             return;
         };
+        // A run whose first task never completed successfully here (it failed every time and
+        // the server timed the run out) still started.
+        start_if_pending(&mut run, out);
         let duration_seconds = run
             .start_unix_nanos
             .get()
@@ -659,6 +672,18 @@ impl Engine {
                 self.ended.remove(&old);
             }
         }
+    }
+}
+
+/// Counts a start that waited for its task's completion (see [`Run::start_pending`]).
+fn start_if_pending(run: &mut Run, out: &mut Vec<Update>) {
+    if run.start_pending && !run.started {
+        run.started = true;
+        run.start_pending = false;
+        let workflow_type = run.workflow_type.as_deref().unwrap_or(UNKNOWN_TYPE);
+        out.push(Update::RunStarted {
+            workflow_type: workflow_type.to_string(),
+        });
     }
 }
 
@@ -1124,6 +1149,7 @@ mod tests {
                 // A brand-new run: its task reaches core before its first activation.
                 task("new"),
                 activation(2 * SEC, "new", false, Some(init("Late", 2 * SEC))),
+                completion(2 * SEC, "new", None, false),
             ],
         );
         assert_eq!(
@@ -1183,7 +1209,10 @@ mod tests {
         start.execution_timeout_nanos = Some(2 * SEC);
         let mut out = feed(
             &mut engine,
-            &[activation(100 * SEC, "r", false, Some(start))],
+            &[
+                activation(100 * SEC, "r", false, Some(start)),
+                completion(100 * SEC, "r", None, false),
+            ],
         );
         out.clear();
         engine.on_tick(102 * SEC + SEC / 2, &mut out);
@@ -1234,7 +1263,10 @@ mod tests {
         if let EventBody::Activation { jobs, .. } = &mut first.body {
             jobs.push(JobKind::UpdateRandomSeed);
         }
-        let out = feed(&mut engine, &[first]);
+        let out = feed(
+            &mut engine,
+            &[first, completion(50 * SEC, "new", None, false)],
+        );
         assert_eq!(out, vec![started("Reset")]);
     }
 
@@ -1251,6 +1283,82 @@ mod tests {
             ],
         );
         assert_eq!(out, vec![]);
+    }
+
+    fn failed_completion(at: Nanos, run: &str) -> Event {
+        let mut event = completion(at, run, None, false);
+        if let EventBody::Completion { status, .. } = &mut event.body {
+            *status = CompletionStatus::Failed;
+        }
+        event
+    }
+
+    const LANG_FAIL: u32 = 4;
+
+    #[test]
+    fn a_first_task_that_never_completes_here_does_not_start_the_run() {
+        // The worker took the run's first task and died (or the observer stopped) before
+        // completing it: the worker that retries the task counts the start.
+        let mut engine = Engine::default();
+        let mut out = feed(
+            &mut engine,
+            &[activation(SEC, "r", false, Some(init("T", SEC)))],
+        );
+        engine.on_process_exit(&mut out);
+        assert_eq!(out, vec![]);
+    }
+
+    #[test]
+    fn a_failed_first_task_starts_the_run_at_its_retrys_completion() {
+        let mut engine = Engine::default();
+        let out = feed(
+            &mut engine,
+            &[
+                activation(SEC, "r", false, Some(init("T", SEC))),
+                failed_completion(SEC, "r"),
+                eviction(SEC, "r", LANG_FAIL),
+                // No task completed: the retry is the first task again, not a replay.
+                activation(2 * SEC, "r", false, Some(init("T", SEC))),
+                completion(2 * SEC, "r", None, false),
+                activation(3 * SEC, "r", false, None),
+                completion(3 * SEC, "r", Some(Terminal::Complete), false),
+                eviction(3 * SEC, "r", WORKFLOW_EXECUTION_ENDING),
+            ],
+        );
+        assert_eq!(
+            out,
+            vec![
+                started("T"),
+                ended("r", "T", EndState::Completed, Some(2.0))
+            ]
+        );
+    }
+
+    #[test]
+    fn a_run_whose_first_task_always_fails_starts_when_the_server_times_it_out() {
+        let mut engine = Engine::new(Limits {
+            timeout_grace_nanos: SEC,
+            ..Limits::default()
+        });
+        let mut start = init("T", 0);
+        start.execution_timeout_nanos = Some(3 * SEC);
+        let mut out = feed(
+            &mut engine,
+            &[
+                activation(0, "r", false, Some(start.clone())),
+                failed_completion(0, "r"),
+                eviction(0, "r", LANG_FAIL),
+                activation(SEC, "r", false, Some(start)),
+                failed_completion(SEC, "r"),
+                eviction(SEC, "r", LANG_FAIL),
+            ],
+        );
+        assert_eq!(out, vec![]);
+        engine.on_tick(5 * SEC, &mut out);
+        assert_eq!(
+            out,
+            vec![started("T"), ended("r", "T", EndState::TimedOut, Some(3.0))]
+        );
     }
 
     #[test]
@@ -1270,8 +1378,11 @@ mod tests {
                     false,
                     Some(init("Waits", 100 * SEC)),
                 ),
+                completion(100 * SEC, "terminated", None, false),
                 activation(100 * SEC, "deadline", false, Some(slow)),
+                completion(100 * SEC, "deadline", None, false),
                 activation(100 * SEC, "busy", false, Some(init("Waits", 100 * SEC))),
+                completion(100 * SEC, "busy", None, false),
                 activation(105 * SEC, "busy", false, None),
             ],
         );
@@ -1307,11 +1418,14 @@ mod tests {
         let deadline_run = |run: &str| {
             let mut start = init("Slow", 0);
             start.execution_timeout_nanos = Some(2 * SEC);
-            activation(0, run, false, Some(start))
+            [
+                activation(0, run, false, Some(start)),
+                completion(0, run, None, false),
+            ]
         };
         let mut out = feed(
             &mut engine,
-            &[deadline_run("lost-end"), deadline_run("seen-end")],
+            &[deadline_run("lost-end"), deadline_run("seen-end")].concat(),
         );
         engine.on_loss();
         engine.on_loss();
@@ -1358,7 +1472,13 @@ mod tests {
             ..Limits::default()
         });
         let events: Vec<Event> = (0..10)
-            .map(|i| activation(i * SEC, &format!("r{i}"), false, Some(init("T", i * SEC))))
+            .flat_map(|i| {
+                let run = format!("r{i}");
+                [
+                    activation(i * SEC, &run, false, Some(init("T", i * SEC))),
+                    completion(i * SEC, &run, None, false),
+                ]
+            })
             .collect();
         let out = feed(&mut engine, &events);
         assert_eq!(out.len(), 10, "every start counts");

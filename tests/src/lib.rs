@@ -663,6 +663,7 @@ pub struct Features {
     pub cron: usize,
     pub terminate: usize,
     pub reset: usize,
+    pub slow_first_task: usize,
 }
 
 impl Features {
@@ -680,6 +681,7 @@ impl Features {
             cron: 1,
             terminate: 2,
             reset: 2,
+            slow_first_task: 0,
         }
     }
 
@@ -696,6 +698,7 @@ impl Features {
             cron,
             terminate,
             reset,
+            slow_first_task,
         } = *self;
         [
             ("--parent-plans", parent_plans),
@@ -709,6 +712,7 @@ impl Features {
             ("--cron", cron),
             ("--terminate", terminate),
             ("--reset", reset),
+            ("--slow-first-task", slow_first_task),
         ]
         .into_iter()
         .flat_map(|(flag, count)| [flag.to_string(), count.to_string()])

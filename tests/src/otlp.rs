@@ -102,6 +102,55 @@ impl Received {
             .unwrap_or_default()
     }
 
+    /// Every process's series summed, as a backend sums one metric over its resources: counters
+    /// and gauges added, histograms' counts, sums and buckets added.
+    pub fn summed(&self) -> Received {
+        let mut sum = Received {
+            exports: self.exports,
+            ..Received::default()
+        };
+        for process in self.processes.values() {
+            for (metric, series) in &process.series {
+                let into = sum.series.entry(metric.clone()).or_default();
+                for (attributes, value) in series {
+                    match (into.get_mut(attributes), value) {
+                        (None, value) => {
+                            into.insert(attributes.clone(), value.clone());
+                        }
+                        (Some(Value::Int(total)), Value::Int(v)) => *total += v,
+                        (Some(Value::Double(total)), Value::Double(v)) => *total += v,
+                        (
+                            Some(Value::Histogram {
+                                count,
+                                sum,
+                                buckets,
+                                ..
+                            }),
+                            Value::Histogram {
+                                count: c,
+                                sum: s,
+                                buckets: b,
+                                ..
+                            },
+                        ) => {
+                            *count += c;
+                            *sum += s;
+                            for (total, more) in buckets.iter_mut().zip(b) {
+                                *total += more;
+                            }
+                        }
+                        (Some(total), value) => {
+                            panic!(
+                                "{metric}{{{attributes}}}: {total:?} and {value:?} differ in kind"
+                            )
+                        }
+                    }
+                }
+            }
+        }
+        sum
+    }
+
     fn absorb(&mut self, request: &ExportMetricsServiceRequest) {
         self.exports += 1;
         for resource_metrics in &request.resource_metrics {

@@ -244,3 +244,136 @@ fn merged(truths: &[&GroundTruth]) -> GroundTruth {
         runs: truths.iter().flat_map(|t| t.runs.clone()).collect(),
     }
 }
+
+/// A fleet on one task queue, every process observed by one `watch`: the first worker takes the
+/// first tasks of waiting runs (they stay on its sticky queue), then spins in the first task of
+/// a slow run with more tasks queued behind it, and is killed with SIGKILL there. Two more
+/// workers take over: the sticky runs' next tasks (after the sticky queue's timeout) and the
+/// lost first tasks (after their task timeout). Summed over the three processes' resources, as a
+/// backend sums them, every counter equals the server's record: the lost first tasks start
+/// their runs once (on the worker that completed them), the sticky runs end once.
+#[test]
+fn a_fleet_with_a_worker_killed_mid_task_counts_each_run_once() -> anyhow::Result<()> {
+    let env = Env::require("features_fleet")?;
+    let server = DevServer::start(&env)?;
+    let receiver = Receiver::start(Transport::Grpc)?;
+    let observer = Observer::watch(
+        &env,
+        &[],
+        &[
+            "--exe-glob",
+            "sample-worker",
+            "--otlp-endpoint",
+            &receiver.endpoint,
+            "--otlp-protocol",
+            "grpc",
+            "--metric-export-interval-ms",
+            "500",
+            "--print-events",
+            "--format",
+            "json",
+        ],
+    )?;
+    let mut observer = observer;
+    let queue = unique("fleet");
+    let attached = |pid: u32| format!("attached 6 probes to PID {pid} (");
+    let mut victim = start_worker(&env, &server, &queue, &[])?;
+    observer
+        .process
+        .wait_for_log(&attached(victim.pid()), Duration::from_secs(10))?;
+
+    // Runs whose first task the victim completes: they wait on its sticky queue.
+    let waiting = Mix {
+        signal: 4,
+        cancel: 2,
+        complete: 2,
+        ..Mix::default()
+    };
+    let gate = env.logs.join(unique("fleet-gate"));
+    let sticky = e2e::Driver::spawn(
+        &env,
+        &server,
+        &queue,
+        &unique("sticky"),
+        &waiting,
+        Some(gate),
+    )?;
+    std::thread::sleep(Duration::from_secs(1));
+    // Then load it: a first task that spins, and more queued behind it.
+    let load = Mix {
+        complete: 3,
+        features: Features {
+            slow_first_task: 2,
+            ..Features::default()
+        },
+        ..Mix::default()
+    };
+    let lost = e2e::Driver::spawn(&env, &server, &queue, &unique("lost"), &load, None)?;
+    victim.wait_for_log("spinning in the first task", Duration::from_secs(30))?;
+    // Any completion handed back before the spin has reached the server by now.
+    std::thread::sleep(Duration::from_millis(300));
+    let victim_pid = victim.pid();
+    // SAFETY: kill has no memory preconditions; the pid is our own child.
+    unsafe { libc::kill(victim_pid as libc::pid_t, libc::SIGKILL) };
+    victim.wait_exit(Duration::from_secs(10))?;
+
+    let survivors = [
+        start_worker(&env, &server, &queue, &[])?,
+        start_worker(&env, &server, &queue, &[])?,
+    ];
+    for worker in &survivors {
+        observer
+            .process
+            .wait_for_log(&attached(worker.pid()), Duration::from_secs(10))?;
+    }
+    let sticky = sticky.wait()?;
+    let lost = lost.wait()?;
+    let all = merged(&[&sticky, &lost]);
+    receiver.wait_for(Duration::from_secs(30), "every run's end", |r| {
+        every_run_ended(&r.summed(), &all)
+    })?;
+    let (status, stdout, log) = observer.stop()?;
+    assert!(status.success(), "watch exited with {status}; log:\n{log}");
+    let received = receiver.received();
+    assert_eq!(
+        received.processes.len(),
+        3,
+        "one resource per process: {:?}",
+        received.processes.keys()
+    );
+    let summed = received.summed();
+    assert_counts_match(&summed, &all);
+    assert_eq!(
+        summed.int("compozy_temporal_workers_running_total", ""),
+        Some(2),
+        "the killed worker's is 0"
+    );
+
+    // The scenario happened as described: the victim ran the sticky runs' first tasks and
+    // began the slow runs' first tasks, and ended none of them.
+    let events = parse_events(&stdout)?;
+    let victims_activations = |workflow_type: &str| {
+        events
+            .iter()
+            .filter(|e| e["pid"] == victim_pid && e["probe"] == "activation")
+            .filter(|e| e["init"]["workflow_type"] == workflow_type)
+            .count()
+    };
+    assert_eq!(victims_activations("SignalWorkflow"), waiting.signal);
+    assert!(
+        victims_activations("SlowFirstTaskWorkflow") >= 1,
+        "the victim began a slow first task"
+    );
+    let at_victim = &received.processes[&victim_pid.to_string()];
+    assert_eq!(
+        at_victim.int(e2e::accuracy::ENDS[0], "SignalWorkflow"),
+        None,
+        "the sticky runs ended elsewhere"
+    );
+    assert_eq!(
+        at_victim.int(e2e::accuracy::STARTED, "SlowFirstTaskWorkflow"),
+        None,
+        "a first task the victim never completed is not its start"
+    );
+    Ok(())
+}
