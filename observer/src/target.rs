@@ -35,6 +35,22 @@ pub enum TargetError {
          upgrade?): the file there now is not the one it runs. Restart the worker"
     )]
     BridgeReplaced { pid: u32, path: PathBuf },
+    #[error(
+        "PID {pid} runs {exe_name}, {} MiB: {}",
+        bytes >> 20,
+        if *links_sdk_core {
+            "a Temporal worker larger than the observer reads (it holds the file in memory to \
+             resolve it, with about as much again to parse it; the limit is 1 GiB)"
+        } else {
+            "no Temporal worker (it does not link sdk-core), and too large to read whole"
+        }
+    )]
+    TooLarge {
+        pid: u32,
+        exe_name: String,
+        bytes: u64,
+        links_sdk_core: bool,
+    },
     #[error("cannot read {path}: {source}")]
     Io {
         path: PathBuf,
@@ -67,6 +83,34 @@ pub struct Target {
     pub probed: Probed,
     /// The bytes of the probed file.
     pub image: Vec<u8>,
+}
+
+/// The largest file read whole to resolve it: resolving takes about as much memory again.
+pub const MAX_IMAGE_BYTES: u64 = 1 << 30;
+
+/// Whether the file holds sdk-core's crate name (its symbols, or at least its panic paths),
+/// read a chunk at a time: memory stays constant whatever the file's size.
+fn links_sdk_core(path: &Path) -> std::io::Result<bool> {
+    use std::io::Read as _;
+    const NEEDLES: [&[u8]; 2] = [b"temporalio_sdk_core", b"temporalio-sdk-core"];
+    let finders = NEEDLES.map(memchr::memmem::Finder::new);
+    let overlap = NEEDLES.iter().map(|n| n.len()).max().unwrap_or(0) - 1;
+    let mut file = std::fs::File::open(path)?;
+    let mut buffer = vec![0u8; 1 << 20];
+    let mut kept = 0;
+    loop {
+        let read = file.read(&mut buffer[kept..])?;
+        if read == 0 {
+            return Ok(false);
+        }
+        let filled = kept + read;
+        if finders.iter().any(|f| f.find(&buffer[..filled]).is_some()) {
+            return Ok(true);
+        }
+        // A needle may straddle two chunks: keep the tail.
+        kept = overlap.min(filled);
+        buffer.copy_within(filled - kept..filled, 0);
+    }
 }
 
 /// The name (as `comm`, cut to 15 bytes) of the thread each sdk-core worker runs its workflow
@@ -158,10 +202,22 @@ impl Target {
                 runtime: Runtime::Node,
             });
         }
+        // A Rust SDK worker links sdk-core (its symbols, or at least its panic paths). Scanned
+        // without holding the file: `watch` looks at every executable on a node, and most are
+        // no worker, some of them large.
+        let links_sdk_core = links_sdk_core(&exe_link).map_err(|e| classify(pid, &exe_link, e))?;
+        let size = std::fs::metadata(&exe_link)
+            .map_err(|e| classify(pid, &exe_link, e))?
+            .len();
+        if size > MAX_IMAGE_BYTES {
+            return Err(TargetError::TooLarge {
+                pid,
+                exe_name,
+                bytes: size,
+                links_sdk_core,
+            });
+        }
         let image = std::fs::read(&exe_link).map_err(|e| classify(pid, &exe_link, e))?;
-        // A Rust SDK worker links sdk-core (its symbols, or at least its panic paths).
-        let links_sdk_core = memchr::memmem::find(&image, b"temporalio_sdk_core").is_some()
-            || memchr::memmem::find(&image, b"temporalio-sdk-core").is_some();
         if links_sdk_core {
             return Ok(Self {
                 pid,
@@ -262,6 +318,26 @@ pub fn classify(pid: u32, path: &Path, error: std::io::Error) -> TargetError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_sdk_core_scan_finds_the_name_anywhere_across_chunks() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let needle = b"temporalio_sdk_core";
+        // At the start, straddling the first chunk boundary, at the very end, and nowhere.
+        for at in [Some(0), Some((1 << 20) - 7), Some(3 << 20), None] {
+            let mut bytes = vec![0u8; (3 << 20) + needle.len()];
+            if let Some(at) = at {
+                bytes[at..at + needle.len()].copy_from_slice(needle);
+            }
+            let path = dir.path().join("exe");
+            std::fs::write(&path, &bytes).expect("write");
+            assert_eq!(
+                links_sdk_core(&path).expect("scan"),
+                at.is_some(),
+                "at {at:?}"
+            );
+        }
+    }
 
     #[test]
     fn a_missing_pid_is_reported_as_such() {

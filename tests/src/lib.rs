@@ -35,7 +35,8 @@ pub struct Env {
     pub test: String,
 }
 
-fn workspace_root() -> PathBuf {
+/// The repository checkout the tests run from.
+pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 

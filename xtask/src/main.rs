@@ -90,6 +90,22 @@ enum Task {
     /// of HEAD, then run inside it the demo (under tmux, until it shows live values, then
     /// Ctrl-C) and `cargo xtask test`. Prints the minutes each step took. Takes about an hour.
     FreshCheck(fresh::Args),
+    /// Feed mutated real inputs to the observer's resolution and decoding paths for a while:
+    /// the sample worker's executables (release, fat LTO, and full debug info for the DWARF
+    /// reader), the recorded session's probe records, and the bridges' protobuf messages.
+    /// Prints inputs run, outcomes, panics (inputs saved under target/fuzz-crashes/) and the
+    /// worst time and heap per input; fails on any panic. `cargo xtask test` runs a short pass.
+    Fuzz {
+        /// Minutes per target.
+        #[arg(long, default_value_t = 10)]
+        minutes: u64,
+        /// Targets (comma-separated: resolve, records, messages).
+        #[arg(long, default_value = "resolve,records,messages")]
+        targets: String,
+        /// Seed of the mutations, in hex; a run is repeated by its seed.
+        #[arg(long)]
+        seed: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -130,6 +146,26 @@ fn main() -> ExitCode {
             .and_then(|()| build())
             .and_then(|()| matrix::run(&only)),
         Task::FreshCheck(args) => fresh::run(&args),
+        Task::Fuzz {
+            minutes,
+            targets,
+            seed,
+        } => setup::run().and_then(|()| build()).and_then(|()| {
+            // A build with DWARF, so that the layout reader is fuzzed too.
+            fixture::build_worker(None, "debug-info")?;
+            let mut command = cargo();
+            command
+                .current_dir(&paths().root)
+                .args(["test", "--release", "-p", "e2e", "--test", "fuzz"])
+                .args(["--", "--nocapture", "--test-threads=1"])
+                .env("FUZZ_SECONDS", (minutes * 60).to_string())
+                .env("FUZZ_TARGETS", targets)
+                .env("FUZZ_WITH_DWARF", "1");
+            if let Some(seed) = seed {
+                command.env("FUZZ_SEED", seed);
+            }
+            sh(&mut command)
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
