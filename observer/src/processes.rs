@@ -54,10 +54,16 @@ pub fn age(pid: u32) -> Option<Duration> {
     age_from(&stat, &uptime, u64::try_from(ticks).ok()?)
 }
 
-fn age_from(stat: &str, uptime: &str, ticks_per_second: u64) -> Option<Duration> {
+/// When the process started, in clock ticks since boot (`/proc/PID/stat`'s field 22): with the
+/// PID, what tells one process from a later one that reuses its PID.
+pub fn start_ticks(stat: &str) -> Option<u64> {
     // The command name (field 2) may hold spaces and parentheses: count fields after its end.
     let after_comm = &stat[stat.rfind(')')? + 1..];
-    let start_ticks: u64 = after_comm.split_whitespace().nth(19)?.parse().ok()?;
+    after_comm.split_whitespace().nth(19)?.parse().ok()
+}
+
+fn age_from(stat: &str, uptime: &str, ticks_per_second: u64) -> Option<Duration> {
+    let start_ticks = start_ticks(stat)?;
     let uptime_seconds: f64 = uptime.split_whitespace().next()?.parse().ok()?;
     let started = start_ticks as f64 / ticks_per_second.max(1) as f64;
     Some(Duration::from_secs_f64((uptime_seconds - started).max(0.0)))

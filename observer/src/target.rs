@@ -83,6 +83,9 @@ pub struct Target {
     pub probed: Probed,
     /// The bytes of the probed file.
     pub image: Vec<u8>,
+    /// When the process started (see [`crate::processes::start_ticks`]): a process that later
+    /// gets the same PID is another one.
+    pub start_ticks: Option<u64>,
 }
 
 /// The largest file read whole to resolve it: resolving takes about as much memory again.
@@ -164,6 +167,9 @@ impl Target {
             return Err(TargetError::NoSuchProcess { pid });
         }
         let exe_link = dir.join("exe");
+        let start_ticks = std::fs::read_to_string(dir.join("stat"))
+            .ok()
+            .and_then(|stat| crate::processes::start_ticks(&stat));
         let resolved = std::fs::read_link(&exe_link).map_err(|e| classify(pid, &exe_link, e))?;
         let exe_name = resolved
             .file_name()
@@ -190,6 +196,7 @@ impl Target {
                     exe_name,
                     probed: Probed::Library { path, runtime },
                     image,
+                    start_ticks,
                 });
             }
             None => {}
@@ -225,6 +232,7 @@ impl Target {
                 exe_name,
                 probed: Probed::Executable,
                 image,
+                start_ticks,
             });
         }
         match [Runtime::Python, Runtime::Node]
@@ -243,6 +251,7 @@ impl Target {
                 exe_name,
                 probed: Probed::Executable,
                 image,
+                start_ticks,
             }),
         }
     }
@@ -263,8 +272,21 @@ impl Target {
     }
 
     /// Whether the process still exists.
+    /// Whether the process still runs: its PID is there and is still this process (a PID is
+    /// reused once its process is gone).
     pub fn is_alive(&self) -> bool {
-        self.exe_link.parent().is_some_and(Path::exists)
+        let Some(dir) = self.exe_link.parent() else {
+            return false;
+        };
+        match self.start_ticks {
+            Some(started) => {
+                std::fs::read_to_string(dir.join("stat"))
+                    .ok()
+                    .and_then(|stat| crate::processes::start_ticks(&stat))
+                    == Some(started)
+            }
+            None => dir.exists(),
+        }
     }
 }
 

@@ -130,7 +130,8 @@ impl Env {
         Ok(env)
     }
 
-    fn log(&self, name: &str) -> anyhow::Result<(PathBuf, File)> {
+    /// A new log file of this test, and its path.
+    pub fn log(&self, name: &str) -> anyhow::Result<(PathBuf, File)> {
         let path = self.logs.join(name);
         let file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
         Ok((path, file))
