@@ -49,6 +49,7 @@ pub enum EndState {
 #[serde(tag = "update", rename_all = "snake_case")]
 pub enum Update {
     RunStarted {
+        run_id: String,
         workflow_type: String,
     },
     RunEnded {
@@ -60,9 +61,7 @@ pub enum Update {
         duration_seconds: Option<f64>,
     },
     /// A worker started (+1) or stopped (-1) running.
-    WorkersRunning {
-        delta: i64,
-    },
+    WorkersRunning { delta: i64 },
 }
 
 impl std::fmt::Display for EndState {
@@ -81,8 +80,14 @@ impl std::fmt::Display for EndState {
 impl std::fmt::Display for Update {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Update::RunStarted { workflow_type } => {
-                write!(f, "run_started workflow_type={workflow_type}")
+            Update::RunStarted {
+                run_id,
+                workflow_type,
+            } => {
+                write!(
+                    f,
+                    "run_started run_id={run_id} workflow_type={workflow_type}"
+                )
             }
             Update::RunEnded {
                 run_id,
@@ -430,7 +435,7 @@ impl Engine {
                 if *status == CompletionStatus::Successful
                     && let Some(run) = self.runs.get_mut(&key)
                 {
-                    start_if_pending(run, out);
+                    start_if_pending(&key, run, out);
                 }
                 let Some(terminal) = terminal else {
                     // The empty reply to an eviction core carried out on a request made before
@@ -570,7 +575,7 @@ impl Engine {
             .collect();
         for key in idle {
             if let Some(mut run) = self.forget(&key) {
-                start_if_pending(&mut run, out);
+                start_if_pending(&key, &mut run, out);
             }
             self.expired_runs += 1;
         }
@@ -644,7 +649,7 @@ impl Engine {
         };
         // A run whose first task never completed successfully here (it failed every time and
         // the server timed the run out) still started.
-        start_if_pending(&mut run, out);
+        start_if_pending(&key, &mut run, out);
         let duration_seconds = run
             .start_unix_nanos
             .get()
@@ -676,12 +681,13 @@ impl Engine {
 }
 
 /// Counts a start that waited for its task's completion (see [`Run::start_pending`]).
-fn start_if_pending(run: &mut Run, out: &mut Vec<Update>) {
+fn start_if_pending(key: &RunKey, run: &mut Run, out: &mut Vec<Update>) {
     if run.start_pending && !run.started {
         run.started = true;
         run.start_pending = false;
         let workflow_type = run.workflow_type.as_deref().unwrap_or(UNKNOWN_TYPE);
         out.push(Update::RunStarted {
+            run_id: key.to_string(),
             workflow_type: workflow_type.to_string(),
         });
     }
@@ -839,7 +845,8 @@ mod tests {
             out,
             vec![
                 Update::RunStarted {
-                    workflow_type: "Greet".into()
+                    run_id: "r1".into(),
+                    workflow_type: "Greet".into(),
                 },
                 ended("r1", "Greet", EndState::Completed, Some(2.0)),
             ]
@@ -895,7 +902,8 @@ mod tests {
             out,
             vec![
                 Update::RunStarted {
-                    workflow_type: "T".into()
+                    run_id: "r1".into(),
+                    workflow_type: "T".into(),
                 },
                 ended("r1", "T", EndState::Completed, Some(3.0))
             ]
@@ -948,7 +956,8 @@ mod tests {
             out,
             vec![
                 Update::RunStarted {
-                    workflow_type: "T".into()
+                    run_id: "r1".into(),
+                    workflow_type: "T".into(),
                 },
                 ended("r1", "T", EndState::Canceled, Some(3.0))
             ]
@@ -989,7 +998,8 @@ mod tests {
             out,
             vec![
                 Update::RunStarted {
-                    workflow_type: "T".into()
+                    run_id: "r1".into(),
+                    workflow_type: "T".into(),
                 },
                 ended("r1", "T", EndState::Completed, Some(1.0))
             ]
@@ -1020,7 +1030,8 @@ mod tests {
             out,
             vec![
                 Update::RunStarted {
-                    workflow_type: "T".into()
+                    run_id: "r1".into(),
+                    workflow_type: "T".into(),
                 },
                 ended("r1", "T", EndState::Failed, Some(3.0))
             ]
@@ -1057,7 +1068,8 @@ mod tests {
             out,
             vec![
                 Update::RunStarted {
-                    workflow_type: "T".into()
+                    run_id: "r1".into(),
+                    workflow_type: "T".into(),
                 },
                 ended("r1", "T", EndState::Completed, Some(2.0))
             ]
@@ -1082,7 +1094,8 @@ mod tests {
             out,
             vec![
                 Update::RunStarted {
-                    workflow_type: "T".into()
+                    run_id: "r1".into(),
+                    workflow_type: "T".into(),
                 },
                 ended("r1", "T", EndState::Completed, Some(1.0))
             ]
@@ -1157,7 +1170,8 @@ mod tests {
             vec![
                 ended("old", "Late", EndState::Completed, None),
                 Update::RunStarted {
-                    workflow_type: "Late".into()
+                    run_id: "new".into(),
+                    workflow_type: "Late".into(),
                 },
             ]
         );
@@ -1192,7 +1206,8 @@ mod tests {
             vec![
                 ended("old", "Late", EndState::Completed, None),
                 Update::RunStarted {
-                    workflow_type: "Real".into()
+                    run_id: "new".into(),
+                    workflow_type: "Real".into(),
                 },
                 ended("new", "Real", EndState::Completed, Some(1.0)),
             ]
@@ -1224,8 +1239,9 @@ mod tests {
         assert_eq!(out, vec![], "ended once");
     }
 
-    fn started(ty: &str) -> Update {
+    fn started(run: &str, ty: &str) -> Update {
         Update::RunStarted {
+            run_id: run.into(),
             workflow_type: ty.into(),
         }
     }
@@ -1249,7 +1265,7 @@ mod tests {
         assert_eq!(
             out,
             vec![
-                started("Reset"),
+                started("new", "Reset"),
                 // Timed from the reset's task: the server starts the new run at the reset.
                 ended("new", "Reset", EndState::Completed, Some(1.0)),
             ]
@@ -1267,7 +1283,7 @@ mod tests {
             &mut engine,
             &[first, completion(50 * SEC, "new", None, false)],
         );
-        assert_eq!(out, vec![started("Reset")]);
+        assert_eq!(out, vec![started("new", "Reset")]);
     }
 
     #[test]
@@ -1328,7 +1344,7 @@ mod tests {
         assert_eq!(
             out,
             vec![
-                started("T"),
+                started("r", "T"),
                 ended("r", "T", EndState::Completed, Some(2.0))
             ]
         );
@@ -1357,7 +1373,10 @@ mod tests {
         engine.on_tick(5 * SEC, &mut out);
         assert_eq!(
             out,
-            vec![started("T"), ended("r", "T", EndState::TimedOut, Some(3.0))]
+            vec![
+                started("r", "T"),
+                ended("r", "T", EndState::TimedOut, Some(3.0))
+            ]
         );
     }
 

@@ -16,6 +16,7 @@ mod fresh;
 mod layouts;
 mod matrix;
 mod setup;
+mod soak;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -106,6 +107,18 @@ enum Task {
         #[arg(long)]
         seed: Option<String>,
     },
+    /// A steady mixed workload while the worker is restarted and the observer is killed and
+    /// restarted at random moments (seeded, printed); then every start and end each observer
+    /// life reported is checked against the server's record (none twice, none wrong, none
+    /// missing where a run was wholly observed), and the observer's RSS and open runs are
+    /// printed as sampled. `cargo xtask test` runs three minutes of it.
+    Soak {
+        #[arg(long, default_value_t = 30.0)]
+        minutes: f64,
+        /// Seed of the chaos, in hex (default: from the clock, printed).
+        #[arg(long)]
+        seed: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -146,6 +159,17 @@ fn main() -> ExitCode {
             .and_then(|()| build())
             .and_then(|()| matrix::run(&only)),
         Task::FreshCheck(args) => fresh::run(&args),
+        Task::Soak { minutes, seed } => setup::run().and_then(|()| build()).and_then(|()| {
+            let seed = match seed {
+                Some(hex) => u64::from_str_radix(hex.trim_start_matches("0x"), 16)
+                    .with_context(|| format!("--seed {hex}: not a hexadecimal number"))?,
+                None => std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64)
+                    .unwrap_or(1),
+            };
+            soak::run(&soak::Settings { minutes, seed })
+        }),
         Task::Fuzz {
             minutes,
             targets,
@@ -334,6 +358,10 @@ fn test() -> anyhow::Result<()> {
             "--pipeline-events",
             "100000",
         ]))?;
+    // Three minutes of the soak, its chaos seeded from the clock (printed, to repeat).
+    sh(Command::new(std::env::current_exe()?)
+        .env("TEMPORAL_CLI", setup::temporal_cli()?)
+        .args(["soak", "--minutes", "3"]))?;
     eprintln!("xtask: all checks and tests passed");
     Ok(())
 }

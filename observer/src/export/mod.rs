@@ -304,7 +304,7 @@ impl Metrics {
 
     fn record_into(&self, update: &Update, snapshot: &mut Snapshot) {
         match update {
-            Update::RunStarted { workflow_type } => {
+            Update::RunStarted { workflow_type, .. } => {
                 self.started
                     .add(1, &[KeyValue::new("workflow_type", workflow_type.clone())]);
                 *snapshot
@@ -448,9 +448,11 @@ mod tests {
     fn updates_reach_the_mirror_per_workflow_type() {
         let metrics = Metrics::in_memory();
         metrics.record(&Update::RunStarted {
+            run_id: "r".into(),
             workflow_type: "A".into(),
         });
         metrics.record(&Update::RunStarted {
+            run_id: "r".into(),
             workflow_type: "A".into(),
         });
         metrics.record(&Update::RunEnded {

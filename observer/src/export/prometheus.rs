@@ -128,6 +128,7 @@ mod tests {
             .block_on(async { Metrics::new(&settings, 42, "worker", &[]) })
             .expect("serving");
         metrics.record(&Update::RunStarted {
+            run_id: "r".into(),
             workflow_type: "Greet".into(),
         });
         let body = runtime.block_on(async {
