@@ -581,8 +581,13 @@ impl Engine {
         }
     }
 
-    /// The process exited: its workers stopped running.
+    /// The process exited: its workers stopped running, and its open runs leave the table
+    /// uncounted. Another worker carries them on from the server's history and counts what it
+    /// sees; a start still pending here is that worker's to count (its first task's completion
+    /// never reached the server from this process).
     pub fn on_process_exit(&mut self, out: &mut Vec<Update>) {
+        self.runs.clear();
+        self.by_activity.clear();
         for _ in self.workers_running.drain() {
             out.push(Update::WorkersRunning { delta: -1 });
         }
@@ -1321,6 +1326,34 @@ mod tests {
             &[activation(SEC, "r", false, Some(init("T", SEC)))],
         );
         engine.on_process_exit(&mut out);
+        assert_eq!(out, vec![]);
+    }
+
+    #[test]
+    fn a_processs_open_runs_leave_with_it_uncounted() {
+        // The worker was killed holding two runs: another worker carries them on and counts
+        // their ends. Nothing stays tracked, and no deadline is inferred here afterwards.
+        let mut engine = Engine::new(Limits {
+            timeout_grace_nanos: SEC,
+            ..Limits::default()
+        });
+        let mut slow = init("Slow", SEC);
+        slow.execution_timeout_nanos = Some(2 * SEC);
+        let mut out = feed(
+            &mut engine,
+            &[
+                activation(SEC, "a", false, Some(slow)),
+                completion(SEC, "a", None, false),
+                activation(SEC, "b", false, Some(init("T", SEC))),
+                completion(SEC, "b", None, false),
+            ],
+        );
+        assert_eq!(engine.open_runs(), 2);
+        out.clear();
+        engine.on_process_exit(&mut out);
+        assert_eq!(out, vec![]);
+        assert_eq!(engine.open_runs(), 0);
+        engine.on_tick(100 * SEC, &mut out);
         assert_eq!(out, vec![]);
     }
 
