@@ -456,6 +456,27 @@ pub fn typescript_worker() -> anyhow::Result<(PathBuf, PathBuf)> {
     Ok((node, dir.join("worker.js")))
 }
 
+/// The bridge the Python sample worker's virtual environment has.
+pub fn python_bridge() -> anyhow::Result<PathBuf> {
+    let (python, _) = python_worker()?;
+    let output = Command::new(&python)
+        .args([
+            "-c",
+            "import temporalio.bridge, os; print(os.path.dirname(temporalio.bridge.__file__))",
+        ])
+        .output()?;
+    ensure!(output.status.success(), "{output:?}");
+    let dir = PathBuf::from(String::from_utf8(output.stdout)?.trim());
+    std::fs::read_dir(&dir)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("temporal_sdk_bridge"))
+        })
+        .ok_or_else(|| anyhow::anyhow!("no temporal_sdk_bridge*.so in {}", dir.display()))
+}
+
 /// The bridge library the TypeScript sample worker loads.
 pub fn typescript_bridge() -> anyhow::Result<PathBuf> {
     let path = workspace_root().join(

@@ -3,131 +3,27 @@
 //! cron, terminations, resets), a worker without a cache, and two workers in one process: each
 //! against the Temporal server's own record of the same runs.
 
+#[path = "support/features.rs"]
+mod features;
+
 use std::time::Duration;
 
 use e2e::{
-    DevServer, Env, Features, GroundTruth, Mix, Observer, RunStatus, Worker,
+    DevServer, Env, Features, GroundTruth, Mix, Observer, Worker,
     accuracy::{
         as_strs, assert_counts_match, assert_matches_server, every_run_ended, export_to, observe,
-        observe_worker_until, terminated, with,
+        with,
     },
     drive,
-    otlp::{Received, Receiver, Transport},
+    otlp::{Receiver, Transport},
     parse_events, start_worker, unique,
 };
 
-const RUNS_TRACKED: &str = "temporal_observer_runs_tracked";
-const RUNS_EXPIRED: &str = "temporal_observer_runs_expired_total";
-
-fn count(truth: &GroundTruth, workflow_type: &str, status: RunStatus) -> usize {
-    truth
-        .runs
-        .iter()
-        .filter(|r| r.workflow_type == workflow_type && r.status == status)
-        .count()
-}
-
 #[test]
 fn every_sdk_feature_counts_what_the_server_records() -> anyhow::Result<()> {
-    let env = Env::require("features")?;
-    let mix = Mix {
-        features: Features::all(),
-        ..Mix::every_end_state()
-    };
-    // Terminated runs leave the open-run table once idle this long: longer than any run here
-    // waits between tasks (the long local activity, 3 s).
-    let settled = |r: &Received, truth: &GroundTruth| {
-        every_run_ended(r, truth)
-            && r.int(RUNS_TRACKED, "") == Some(0)
-            && r.int(RUNS_EXPIRED, "") == Some(terminated(truth) as i64)
-    };
-    let outcome = observe_worker_until(
-        &env,
-        &Worker::Rust(env.worker.clone()),
-        Transport::Http,
-        &[],
-        &["--idle-run-expiry-secs", "8"],
-        &mix,
-        &settled,
-    )?;
-    let truth = &outcome.truth;
-
-    // The server recorded what each feature is meant to produce.
-    let features = Features::all();
-    assert_eq!(
-        count(truth, "SignalWorkflow", RunStatus::Terminated),
-        features.terminate + features.reset + features.parent_plans,
-        "terminated: by the driver, by the resets, by a parent's close policy"
-    );
-    assert_eq!(
-        count(truth, "RetryWorkflow", RunStatus::Failed),
-        features.retry,
-        "each retried workflow's first attempt is a failed run"
-    );
-    assert_eq!(
-        count(truth, "RetryWorkflow", RunStatus::Completed),
-        features.retry
-    );
-    assert_eq!(
-        count(truth, "NondeterminismWorkflow", RunStatus::TimedOut),
-        features.nondeterminism
-    );
-    let cron: Vec<_> = truth
-        .runs
-        .iter()
-        .filter(|r| r.workflow_id.contains("-cron-"))
-        .collect();
-    assert!(
-        cron.len() >= 2
-            && cron
-                .first()
-                .is_some_and(|r| r.status == RunStatus::Completed)
-            && cron.last().is_some_and(|r| r.status == RunStatus::TimedOut),
-        "a cron chain: completed runs, then the one the server timed out: {cron:#?}"
-    );
-
-    // The worker really went through the sequences the features are about.
-    let lines = &outcome.lines;
-    let evicted_for = |reason: &str| {
-        lines
-            .iter()
-            .filter(|l| l["probe"] == "eviction" && l["reason_name"] == reason)
-            .count()
-    };
-    assert!(
-        evicted_for("Nondeterminism") > 0,
-        "a nondeterminism eviction"
-    );
-    assert!(
-        evicted_for("LangFail") > 0,
-        "the panicking task's eviction: {:?}",
-        lines
-            .iter()
-            .filter(|l| l["probe"] == "eviction")
-            .map(|l| l["reason_name"].to_string())
-            .collect::<Vec<_>>()
-    );
-    let reset_seeds = lines
-        .iter()
-        .filter(|l| l["probe"] == "activation" && l["replaying"] == false)
-        .filter(|l| {
-            l["jobs"]
-                .as_array()
-                .is_some_and(|jobs| jobs.iter().any(|j| j == "UpdateRandomSeed"))
-        })
-        .count();
-    assert_eq!(
-        reset_seeds, features.reset,
-        "one real task after each reset point"
-    );
-
-    assert_matches_server(&outcome);
-    assert_eq!(
-        outcome.received.int(RUNS_EXPIRED, ""),
-        Some(terminated(truth) as i64),
-        "every terminated run left the table"
-    );
-    Ok(())
+    features::every_sdk_feature_counts_what_the_server_records("features", |env| {
+        Worker::Rust(env.worker.clone())
+    })
 }
 
 #[test]

@@ -1,7 +1,9 @@
 //! Hostile and broken inputs on the observer's resolution and decoding paths, found by seeded
 //! mutation of real inputs: the sample worker's executables (what `watch` parses for every
-//! process on a node: ELF, symbols, `.comment`, DWARF, package metadata), the probe records of a
-//! recorded session, and the protobuf messages the bridges' probes copy. Every input must give a
+//! process on a node: ELF, symbols, `.comment`, DWARF, package metadata), the Python and
+//! TypeScript bridge libraries (what `watch` parses for every mapped library that looks like
+//! one), the probe records of a recorded session, and the protobuf messages the bridges' probes
+//! copy. Every input must give a
 //! result or a typed error: no panic, and each resolution bounded in time and memory (the worst
 //! case is measured and printed, and held to the limits below).
 //!
@@ -21,6 +23,7 @@ use std::{
 use observer_common::EventHeader;
 use prost::Message as _;
 use temporal_observer::{
+    bridge::{self, Installed, Runtime},
     events::{self, Clock},
     layout::TargetLayout,
     plan, probes,
@@ -213,14 +216,15 @@ fn outcome_of<T, E: std::fmt::Display>(result: &Result<T, E>) -> String {
     }
 }
 
-/// Runs `check` on mutations of `seeds` until `budget` is spent or `max_runs` are done.
+/// Runs `check` on mutations of `seeds` until `budget` is spent or `max_runs` are done; `check`
+/// is told which seed the input was made from.
 fn fuzz(
     target: &str,
     seed: u64,
     seeds: &[Vec<u8>],
     budget: Duration,
     max_runs: u64,
-    check: &dyn Fn(&[u8]) -> String,
+    check: &dyn Fn(usize, &[u8]) -> String,
 ) -> Report {
     let regions: Vec<Vec<(usize, usize)>> = seeds.iter().map(|s| regions(s)).collect();
     let mut rng = Rng(seed | 1);
@@ -234,7 +238,7 @@ fn fuzz(
         let base = CURRENT.load(Ordering::Relaxed);
         Peak::reset();
         let began = Instant::now();
-        let result = std::panic::catch_unwind(AssertUnwindSafe(|| check(&input)));
+        let result = std::panic::catch_unwind(AssertUnwindSafe(|| check(which, &input)));
         report.worst_time = report.worst_time.max(began.elapsed());
         report.worst_heap = report.worst_heap.max(Peak::above(base));
         report.runs += 1;
@@ -273,6 +277,21 @@ fn executables() -> anyhow::Result<Vec<Vec<u8>>> {
 
 fn resolve(image: &[u8]) -> String {
     outcome_of(&plan::resolve(image))
+}
+
+/// The SDK bridges the Python and TypeScript sample workers load (what `watch` parses for every
+/// process that maps one), each with what its installed package says.
+fn bridges() -> anyhow::Result<Vec<(Runtime, Installed, Vec<u8>)>> {
+    [
+        (Runtime::Python, e2e::python_bridge()?),
+        (Runtime::Node, e2e::typescript_bridge()?),
+    ]
+    .into_iter()
+    .map(|(runtime, path)| {
+        let installed = bridge::installed(runtime, &path);
+        Ok((runtime, installed, std::fs::read(&path)?))
+    })
+    .collect()
 }
 
 /// The recorded every-end-state session: its records and the layout they were read with.
@@ -433,14 +452,15 @@ fn hostile_inputs_never_panic_hang_or_exhaust_the_observer() -> anyhow::Result<(
     let seconds: Option<u64> = std::env::var("FUZZ_SECONDS")
         .ok()
         .and_then(|s| s.parse().ok());
-    let targets = std::env::var("FUZZ_TARGETS").unwrap_or("resolve,records,messages".into());
+    let targets =
+        std::env::var("FUZZ_TARGETS").unwrap_or("resolve,bridges,records,messages".into());
     let seed = std::env::var("FUZZ_SEED")
         .ok()
         .and_then(|s| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok())
         .unwrap_or(0x5eed_0b5e_4e00_0016);
     let (budget, runs) = match seconds {
-        Some(s) => (Duration::from_secs(s), [u64::MAX; 3]),
-        None => (Duration::from_secs(3600), [24, 20_000, 20_000]),
+        Some(s) => (Duration::from_secs(s), [u64::MAX; 4]),
+        None => (Duration::from_secs(3600), [24, 24, 20_000, 20_000]),
     };
     for target in targets.split(',') {
         match target {
@@ -450,12 +470,27 @@ fn hostile_inputs_never_panic_hang_or_exhaust_the_observer() -> anyhow::Result<(
                 for seed in &seeds {
                     assert_eq!(resolve(seed), "ok");
                 }
-                let report = fuzz(target, seed, &seeds, budget, runs[0], &resolve);
+                let report = fuzz(target, seed, &seeds, budget, runs[0], &|_, image| {
+                    resolve(image)
+                });
+                assert_clean(target, &report, &RESOLVE_LIMITS);
+            }
+            "bridges" => {
+                let bridges = bridges()?;
+                let resolve_bridge = |which: usize, image: &[u8]| {
+                    let (runtime, installed, _) = &bridges[which];
+                    outcome_of(&plan::resolve_bridge(*runtime, image, installed))
+                };
+                for (which, (.., image)) in bridges.iter().enumerate() {
+                    assert_eq!(resolve_bridge(which, image), "ok");
+                }
+                let seeds: Vec<Vec<u8>> = bridges.iter().map(|(.., image)| image.clone()).collect();
+                let report = fuzz(target, seed, &seeds, budget, runs[1], &resolve_bridge);
                 assert_clean(target, &report, &RESOLVE_LIMITS);
             }
             "records" => {
                 let (layout, clock, records) = recorded()?;
-                let report = fuzz(target, seed, &records, budget, runs[1], &|bytes| {
+                let report = fuzz(target, seed, &records, budget, runs[2], &|_, bytes| {
                     outcome_of(&events::decode(bytes, &layout, &clock))
                 });
                 assert_clean(target, &report, &DECODE_LIMITS);
@@ -463,12 +498,12 @@ fn hostile_inputs_never_panic_hang_or_exhaust_the_observer() -> anyhow::Result<(
             "messages" => {
                 let layout = TargetLayout::default();
                 let clock = Clock::fixed(0);
-                let report = fuzz(target, seed, &messages(), budget, runs[2], &|bytes| {
+                let report = fuzz(target, seed, &messages(), budget, runs[3], &|_, bytes| {
                     decode_as_every_probe(bytes, &layout, &clock)
                 });
                 assert_clean(target, &report, &DECODE_LIMITS);
             }
-            other => anyhow::bail!("no fuzz target {other} (resolve, records, messages)"),
+            other => anyhow::bail!("no fuzz target {other} (resolve, bridges, records, messages)"),
         }
     }
     Ok(())

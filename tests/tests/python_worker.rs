@@ -4,6 +4,8 @@
 
 #[path = "support/bridges.rs"]
 mod bridges;
+#[path = "support/features.rs"]
+mod features;
 #[path = "support/replay.rs"]
 mod replay;
 
@@ -20,6 +22,13 @@ const PYTHON: Sdk = Sdk {
     // sdk-core's Python worker may ask again on the way out.
     one_shutdown_call_per_worker: false,
 };
+
+#[test]
+fn python_every_sdk_feature_counts_what_the_server_records() -> anyhow::Result<()> {
+    features::every_sdk_feature_counts_what_the_server_records("python_features", |_| {
+        Worker::Python
+    })
+}
 
 #[test]
 fn python_metrics_equal_the_servers_record() -> anyhow::Result<()> {
@@ -65,7 +74,7 @@ fn a_ring_buffer_too_small_for_one_message_is_refused() -> anyhow::Result<()> {
 fn inspect_reads_the_bridge_with_its_package_versions() -> anyhow::Result<()> {
     let env = Env::require("python_inspect")?;
     let (python, _) = python_worker()?;
-    let library = python_bridge()?;
+    let library = e2e::python_bridge()?;
     let pinned = std::fs::read_to_string(
         python
             .ancestors()
@@ -91,33 +100,12 @@ fn inspect_reads_the_bridge_with_its_package_versions() -> anyhow::Result<()> {
     )
 }
 
-/// The bridge the Python sample worker's virtual environment has.
-fn python_bridge() -> anyhow::Result<std::path::PathBuf> {
-    let (python, _) = python_worker()?;
-    let output = Command::new(&python)
-        .args([
-            "-c",
-            "import temporalio.bridge, os; print(os.path.dirname(temporalio.bridge.__file__))",
-        ])
-        .output()?;
-    anyhow::ensure!(output.status.success(), "{output:?}");
-    let dir = std::path::PathBuf::from(String::from_utf8(output.stdout)?.trim());
-    std::fs::read_dir(&dir)?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("temporal_sdk_bridge"))
-        })
-        .ok_or_else(|| anyhow::anyhow!("no temporal_sdk_bridge*.so in {}", dir.display()))
-}
-
 #[test]
 fn a_python_bridge_without_a_required_point_is_refused() -> anyhow::Result<()> {
     let env = Env::require("python_no_points")?;
     bridges::a_bridge_without_a_required_point_is_refused(
         &env,
-        &python_bridge()?,
+        &e2e::python_bridge()?,
         "temporalio/bridge/temporal_sdk_bridge.abi3.so",
     )
 }

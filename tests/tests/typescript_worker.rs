@@ -5,6 +5,8 @@
 
 #[path = "support/bridges.rs"]
 mod bridges;
+#[path = "support/features.rs"]
+mod features;
 #[path = "support/replay.rs"]
 mod replay;
 
@@ -22,6 +24,13 @@ const TYPESCRIPT: Sdk = Sdk {
     probes_attached: 10,
     one_shutdown_call_per_worker: true,
 };
+
+#[test]
+fn typescript_every_sdk_feature_counts_what_the_server_records() -> anyhow::Result<()> {
+    features::every_sdk_feature_counts_what_the_server_records("typescript_features", |_| {
+        Worker::TypeScript
+    })
+}
 
 #[test]
 fn typescript_metrics_equal_the_servers_record() -> anyhow::Result<()> {

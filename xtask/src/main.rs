@@ -93,15 +93,16 @@ enum Task {
     FreshCheck(fresh::Args),
     /// Feed mutated real inputs to the observer's resolution and decoding paths for a while:
     /// the sample worker's executables (release, fat LTO, and full debug info for the DWARF
-    /// reader), the recorded session's probe records, and the bridges' protobuf messages.
+    /// reader), the Python and TypeScript bridge libraries, the recorded session's probe
+    /// records, and the bridges' protobuf messages.
     /// Prints inputs run, outcomes, panics (inputs saved under target/fuzz-crashes/) and the
     /// worst time and heap per input; fails on any panic. `cargo xtask test` runs a short pass.
     Fuzz {
         /// Minutes per target.
         #[arg(long, default_value_t = 10)]
         minutes: u64,
-        /// Targets (comma-separated: resolve, records, messages).
-        #[arg(long, default_value = "resolve,records,messages")]
+        /// Targets (comma-separated: resolve, bridges, records, messages).
+        #[arg(long, default_value = "resolve,bridges,records,messages")]
         targets: String,
         /// Seed of the mutations, in hex; a run is repeated by its seed.
         #[arg(long)]
@@ -175,7 +176,9 @@ fn main() -> ExitCode {
             targets,
             seed,
         } => setup::run().and_then(|()| build()).and_then(|()| {
-            // A build with DWARF, so that the layout reader is fuzzed too.
+            // The fat-LTO executable is mutated beside the release one, and a build with DWARF
+            // so that the layout reader is fuzzed too.
+            matrix::make_variant("lto")?;
             fixture::build_worker(None, "debug-info")?;
             let mut command = cargo();
             command
