@@ -226,7 +226,6 @@ fn nightly_missing() -> Vec<String> {
     }
 }
 
-/// PATH with `~/.cargo/bin` appended, where `cargo install` puts bpf-linker.
 /// `--version`'s long form, `VERSION (commit COMMIT, built YYYY-MM-DD)`, as
 /// `TEMPORAL_OBSERVER_LONG_VERSION`. The commit is `TEMPORAL_OBSERVER_COMMIT` where set (a build
 /// from a source tree without `.git`), else the checkout's `HEAD`; the date is
@@ -295,6 +294,7 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     (year, month, day)
 }
 
+/// PATH with `~/.cargo/bin` appended, where `cargo install` puts bpf-linker.
 fn search_path() -> OsString {
     let mut dirs: Vec<PathBuf> = env::var_os("PATH")
         .map(|p| env::split_paths(&p).collect())

@@ -154,7 +154,7 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-fn host_tools() -> anyhow::Result<()> {
+pub fn host_tools() -> anyhow::Result<()> {
     let installed = Command::new("mmdebstrap")
         .arg("--version")
         .stdout(Stdio::null())
@@ -192,26 +192,17 @@ fn apt_sources() -> Vec<PathBuf> {
     sources
 }
 
-fn make_root(root: &Path) -> anyhow::Result<()> {
-    if root.exists() {
-        let leftovers = stop_processes_in(root);
-        if !leftovers.is_empty() {
-            eprintln!(
-                "fresh-check: stopped processes left in the old root: {}",
-                leftovers.join(", ")
-            );
-        }
-        remove_root(root)?;
-    }
+/// A bookworm root (a directory, or a tarball where `target` ends in `.tar`) of mmdebstrap's
+/// `variant` plus `packages`, from the same package registry as this machine (its apt sources
+/// and apt.conf.d).
+pub fn mmdebstrap(variant: &str, packages: &[&str], target: &Path) -> anyhow::Result<()> {
     let sources = apt_sources();
     ensure!(!sources.is_empty(), "this machine has no apt sources");
     let mut command = Command::new("mmdebstrap");
-    command.args([
-        "--variant=apt",
-        "--mode=root",
-        "--quiet",
-        &format!("--include={}", BASE_PACKAGES.join(",")),
-    ]);
+    command.args([&format!("--variant={variant}"), "--mode=root", "--quiet"]);
+    if !packages.is_empty() {
+        command.arg(format!("--include={}", packages.join(",")));
+    }
     for option in std::fs::read_dir("/etc/apt/apt.conf.d")
         .into_iter()
         .flatten()
@@ -219,10 +210,34 @@ fn make_root(root: &Path) -> anyhow::Result<()> {
     {
         command.arg(format!("--aptopt={}", option.path().display()));
     }
-    command.arg("bookworm").arg(root);
+    command.arg("bookworm").arg(target);
     command.args(&sources);
-    sh(&mut command)?;
-    std::fs::write(root.join(MARKER), "made by cargo xtask fresh-check\n")?;
+    sh(&mut command)
+}
+
+/// A clean root at `root` (an old one this check made is stopped and removed first), marked as
+/// made here.
+pub fn make_clean_root(root: &Path, variant: &str, packages: &[&str]) -> anyhow::Result<()> {
+    if root.exists() {
+        let leftovers = stop_processes_in(root);
+        if !leftovers.is_empty() {
+            eprintln!(
+                "xtask: stopped processes left in the old root: {}",
+                leftovers.join(", ")
+            );
+        }
+        remove_root(root)?;
+    }
+    if let Some(parent) = root.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    mmdebstrap(variant, packages, root)?;
+    std::fs::write(root.join(MARKER), "made by cargo xtask\n")?;
+    Ok(())
+}
+
+fn make_root(root: &Path) -> anyhow::Result<()> {
+    make_clean_root(root, "apt", BASE_PACKAGES)?;
     // The CA certificates this machine adds (a TLS-inspecting proxy in front of the registries).
     let extra = Path::new("/usr/local/share/ca-certificates");
     let target = root.join("usr/local/share/ca-certificates");
@@ -259,7 +274,7 @@ fn make_root(root: &Path) -> anyhow::Result<()> {
 }
 
 /// Removes a root this check made, and nothing else.
-fn remove_root(root: &Path) -> anyhow::Result<()> {
+pub fn remove_root(root: &Path) -> anyhow::Result<()> {
     ensure!(
         root.join(MARKER).is_file(),
         "{} exists but was not made by fresh-check (no {MARKER} in it); remove it yourself or \
@@ -345,7 +360,7 @@ exec chroot {r} /usr/bin/env -i {env} /bin/bash -c {cmd}",
     )
 }
 
-fn shell_quote(s: &str) -> String {
+pub fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
@@ -583,7 +598,7 @@ fn processes_in(root: &Path) -> Vec<(u32, String)> {
 
 /// Stops everything still running in the root and waits until it is gone; returns what had to
 /// be stopped.
-fn stop_processes_in(root: &Path) -> Vec<String> {
+pub fn stop_processes_in(root: &Path) -> Vec<String> {
     let found = processes_in(root);
     for (pid, _) in &found {
         // SAFETY: kill has no memory preconditions.

@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod demo;
+mod dist;
 mod fixture;
 mod fresh;
 mod layouts;
@@ -91,6 +92,13 @@ enum Task {
     /// of HEAD, then run inside it the demo (under tmux, until it shows live values, then
     /// Ctrl-C) and `cargo xtask test`. Prints the minutes each step took. Takes about an hour.
     FreshCheck(fresh::Args),
+    /// Make what a user installs without a Rust toolchain, under target/dist/: the bundle
+    /// temporal-observer-VERSION-x86_64-linux.tar.gz (binary, deployment files, licenses of
+    /// what it links), the Debian package (lintian-clean) and the container image (podman, from
+    /// a base made here: no registry). With --check, install and run each one (a bare Debian 12
+    /// root, `apt install` in a clean one, the image as the DaemonSet runs it) and check what it
+    /// observes against the Temporal server. Takes about 10 minutes (20 with --check).
+    Dist(dist::Args),
     /// Feed mutated real inputs to the observer's resolution and decoding paths for a while:
     /// the sample worker's executables (release, fat LTO, and full debug info for the DWARF
     /// reader), the Python and TypeScript bridge libraries, the recorded session's probe
@@ -160,6 +168,7 @@ fn main() -> ExitCode {
             .and_then(|()| build())
             .and_then(|()| matrix::run(&only)),
         Task::FreshCheck(args) => fresh::run(&args),
+        Task::Dist(args) => dist::run(&args),
         Task::Soak { minutes, seed } => setup::run().and_then(|()| build()).and_then(|()| {
             let seed = match seed {
                 Some(hex) => u64::from_str_radix(hex.trim_start_matches("0x"), 16)

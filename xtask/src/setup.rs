@@ -73,9 +73,38 @@ pub const APT_PACKAGES: &[(&str, &str)] = &[
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
+/// What `cargo xtask dist` needs besides the build's Debian packages.
+pub const DIST_APT_PACKAGES: &[(&str, &str)] = &[
+    (
+        "mmdebstrap",
+        "the container image's base and the clean roots the checks install into",
+    ),
+    (
+        "podman",
+        "builds the container image without a daemon, and runs it as the DaemonSet does",
+    ),
+    (
+        "runc",
+        "podman's runtime for the check (crun refuses a hybrid cgroup hierarchy)",
+    ),
+    ("lintian", "checks the Debian package"),
+    ("help2man", "the package's manual page, from `--help`"),
+    (
+        "dpkg-dev",
+        "dpkg-shlibdeps: the package's library dependencies, read from the binary",
+    ),
+];
+/// The cargo tools `cargo xtask dist` runs: (crate, version, features).
+const DIST_CARGO_TOOLS: &[(&str, &str, &str)] = &[
+    // The licenses of what the binary links, from the dependency graph.
+    ("cargo-about", "0.9.3", "cli"),
+    // The Debian package, from `[package.metadata.deb]` in observer/Cargo.toml.
+    ("cargo-deb", "3.8.0", ""),
+];
+
 pub fn run() -> anyhow::Result<()> {
     let mut did: Vec<String> = Vec::new();
-    let packages = apt()?;
+    let packages = apt(APT_PACKAGES)?;
     if !packages.is_empty() {
         did.push(format!("Debian packages ({})", packages.join(" ")));
     }
@@ -142,10 +171,10 @@ fn provided() -> Vec<String> {
         .collect()
 }
 
-/// Installs the missing Debian packages; returns their names.
-fn apt() -> anyhow::Result<Vec<&'static str>> {
+/// Installs the missing ones of `packages`; returns their names.
+fn apt(packages: &[(&'static str, &str)]) -> anyhow::Result<Vec<&'static str>> {
     let provided = provided();
-    let missing: Vec<&'static str> = APT_PACKAGES
+    let missing: Vec<&'static str> = packages
         .iter()
         .map(|(package, _)| *package)
         .filter(|p| !installed(p) && !provided.iter().any(|v| v == p))
@@ -167,7 +196,38 @@ fn apt() -> anyhow::Result<Vec<&'static str>> {
     Ok(missing)
 }
 
-fn cargo_bin(name: &str) -> PathBuf {
+/// What `cargo xtask dist` needs on top of [`run`]'s: its Debian packages and cargo tools.
+pub fn dist_tools() -> anyhow::Result<()> {
+    let mut did: Vec<String> = Vec::new();
+    let packages = apt(DIST_APT_PACKAGES)?;
+    if !packages.is_empty() {
+        did.push(format!("Debian packages ({})", packages.join(" ")));
+    }
+    for (tool, version, features) in DIST_CARGO_TOOLS {
+        let subcommand = tool.trim_start_matches("cargo-");
+        let found = Command::new(cargo_bin(tool))
+            .args([subcommand, "--version"])
+            .output();
+        if found.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(version)) {
+            continue;
+        }
+        let mut command = Command::new("cargo");
+        command.args(["install", "--locked", tool, "--version", version]);
+        if !features.is_empty() {
+            command.args(["--features", features]);
+        }
+        sh(&mut command)?;
+        did.push(format!("{tool} {version}"));
+    }
+    if did.is_empty() {
+        eprintln!("xtask: setup: the dist tools are already installed");
+    } else {
+        eprintln!("xtask: setup: installed {}", did.join(", "));
+    }
+    Ok(())
+}
+
+pub fn cargo_bin(name: &str) -> PathBuf {
     let home = std::env::var_os("CARGO_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))

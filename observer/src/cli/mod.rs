@@ -18,8 +18,9 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
-/// Observe Rust Temporal workers from outside, with eBPF uprobes on the sdk-core code linked into
-/// them. The worker's code is never changed and its memory is only read.
+/// Observe Temporal workers from outside, with eBPF uprobes on the sdk-core code inside them
+/// (linked into a Rust worker, or the bridge library of a Python or TypeScript worker). The
+/// worker's code is never changed and its memory is only read.
 #[derive(Debug, Parser)]
 #[command(
     name = "temporal-observer",
@@ -63,7 +64,7 @@ pub enum Command {
     /// Needs CAP_SYS_ADMIN (root). Probes are removed when the observer exits,
     /// however it exits.
     Attach(attach::AttachArgs),
-    /// Find and follow every Rust Temporal worker on this host (or node): a scan of /proc, then
+    /// Find and follow every Temporal worker on this host (or node): a scan of /proc, then
     /// the kernel's exec and exit events; each worker is attached to as it starts and forgotten
     /// when it exits, with its own OTLP resource (pid, container, Kubernetes pod).
     ///
