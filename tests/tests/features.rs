@@ -10,10 +10,7 @@ use std::time::Duration;
 
 use e2e::{
     DevServer, Env, Features, GroundTruth, Mix, Observer, Worker,
-    accuracy::{
-        as_strs, assert_counts_match, assert_matches_server, every_run_ended, export_to, observe,
-        with,
-    },
+    accuracy::{as_strs, assert_counts_match, every_run_ended, export_to, with},
     drive,
     otlp::{Receiver, Transport},
     parse_events, start_worker, unique,
@@ -28,34 +25,9 @@ fn every_sdk_feature_counts_what_the_server_records() -> anyhow::Result<()> {
 
 #[test]
 fn without_a_cache_every_task_replays_and_counts_stay_exact() -> anyhow::Result<()> {
-    let mix = Mix {
-        features: Features {
-            parent_plans: 1,
-            update: 1,
-            signal_with_start: 1,
-            flaky_task: 1,
-            local_activity: 1,
-            ..Features::default()
-        },
-        ..Mix::every_end_state()
-    };
-    let outcome = observe(
-        "features_no_cache",
-        Transport::Http,
-        &["--max-cached-workflows", "0"],
-        &mix,
-    )?;
-    let replayed_starts = outcome
-        .lines
-        .iter()
-        .filter(|l| l["probe"] == "activation" && l["replaying"] == true && l.get("init").is_some())
-        .count();
-    assert!(
-        replayed_starts > 0,
-        "with no cache, later tasks replay the run from its start"
-    );
-    assert_matches_server(&outcome);
-    Ok(())
+    features::without_a_cache_every_task_replays_and_counts_stay_exact("features_no_cache", |env| {
+        Worker::Rust(env.worker.clone())
+    })
 }
 
 #[test]

@@ -31,6 +31,13 @@ fn python_every_sdk_feature_counts_what_the_server_records() -> anyhow::Result<(
 }
 
 #[test]
+fn python_without_a_cache_every_task_replays_and_counts_stay_exact() -> anyhow::Result<()> {
+    features::without_a_cache_every_task_replays_and_counts_stay_exact("python_no_cache", |_| {
+        Worker::Python
+    })
+}
+
+#[test]
 fn python_metrics_equal_the_servers_record() -> anyhow::Result<()> {
     bridges::metrics_equal_the_servers_record(&PYTHON)
 }

@@ -33,6 +33,14 @@ fn typescript_every_sdk_feature_counts_what_the_server_records() -> anyhow::Resu
 }
 
 #[test]
+fn typescript_without_a_cache_every_task_replays_and_counts_stay_exact() -> anyhow::Result<()> {
+    features::without_a_cache_every_task_replays_and_counts_stay_exact(
+        "typescript_no_cache",
+        |_| Worker::TypeScript,
+    )
+}
+
+#[test]
 fn typescript_metrics_equal_the_servers_record() -> anyhow::Result<()> {
     bridges::metrics_equal_the_servers_record(&TYPESCRIPT)
 }

@@ -277,7 +277,7 @@ fn make_root(root: &Path) -> anyhow::Result<()> {
 pub fn remove_root(root: &Path) -> anyhow::Result<()> {
     ensure!(
         root.join(MARKER).is_file(),
-        "{} exists but was not made by fresh-check (no {MARKER} in it); remove it yourself or \
+        "{} exists but was not made by cargo xtask (no {MARKER} in it); remove it yourself or \
          choose another --root",
         root.display()
     );

@@ -41,6 +41,10 @@ pub const APT_PACKAGES: &[(&str, &str)] = &[
     ("libc6-dev", "the C library the linker links against"),
     ("binutils", "objcopy: the stripped worker variants"),
     (
+        "git",
+        "the commit `--version` names (the observer's build script asks git), and its test",
+    ),
+    (
         "util-linux",
         "setpriv and unshare: the capability and namespace tests",
     ),

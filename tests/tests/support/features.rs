@@ -1,12 +1,14 @@
 //! Every workflow feature the SDKs offer beyond the end states (child workflows and each
 //! parent-close policy, local activities, updates with a validator, signal-with-start, failing
 //! and nondeterministic workflow tasks, retries, cron, terminations, resets), run by one SDK's
-//! sample worker and checked against the Temporal server's own record of the same runs. Each
-//! SDK's test file calls this with its worker.
+//! sample worker and checked against the Temporal server's own record of the same runs; and a
+//! worker without a workflow cache. Each SDK's test file calls these with its worker.
 
 use e2e::{
     Env, Features, GroundTruth, Mix, RunStatus, Worker,
-    accuracy::{assert_matches_server, every_run_ended, observe_worker_until, terminated},
+    accuracy::{
+        assert_matches_server, every_run_ended, observe_worker, observe_worker_until, terminated,
+    },
     otlp::{Received, Transport},
 };
 
@@ -124,5 +126,43 @@ pub fn every_sdk_feature_counts_what_the_server_records(
         Some(terminated(truth) as i64),
         "every terminated run left the table"
     );
+    Ok(())
+}
+
+/// With `max_cached_workflows = 0` every workflow task is a full replay from the run's start, so
+/// each run's history is seen non-replaying once and replaying many times: counts stay exact.
+pub fn without_a_cache_every_task_replays_and_counts_stay_exact(
+    test: &str,
+    worker: fn(&Env) -> Worker,
+) -> anyhow::Result<()> {
+    let env = Env::require(test)?;
+    let mix = Mix {
+        features: Features {
+            parent_plans: 1,
+            update: 1,
+            signal_with_start: 1,
+            flaky_task: 1,
+            local_activity: 1,
+            ..Features::default()
+        },
+        ..Mix::every_end_state()
+    };
+    let outcome = observe_worker(
+        &env,
+        &worker(&env),
+        Transport::Http,
+        &["--max-cached-workflows", "0"],
+        &mix,
+    )?;
+    let replayed_starts = outcome
+        .lines
+        .iter()
+        .filter(|l| l["probe"] == "activation" && l["replaying"] == true && l.get("init").is_some())
+        .count();
+    assert!(
+        replayed_starts > 0,
+        "with no cache, later tasks replay the run from its start"
+    );
+    assert_matches_server(&outcome);
     Ok(())
 }
