@@ -230,10 +230,24 @@ fn first_task_timed_out(env: &Env, server: &DevServer, run: &GroundTruthRun) -> 
     let Ok(output) = output else {
         return false;
     };
-    serde_json::from_slice::<serde_json::Value>(&output.stdout).is_ok_and(|history| {
-        history["events"][3]["eventType"]
-            .as_str()
-            .is_some_and(|t| t.contains("WORKFLOW_TASK_TIMED_OUT") || t == "WorkflowTaskTimedOut")
+    serde_json::from_slice::<serde_json::Value>(&output.stdout)
+        .is_ok_and(|history| first_task_outcome(&history).is_some_and(|t| t == "TIMED_OUT"))
+}
+
+/// How the run's first workflow task ended in the server's history: the first of its
+/// workflow-task completed, failed or timed-out events (an update admitted with the start can
+/// put other events before it, so it is not at a fixed index).
+fn first_task_outcome(history: &serde_json::Value) -> Option<&'static str> {
+    history["events"].as_array()?.iter().find_map(|event| {
+        let kind = event["eventType"].as_str()?;
+        // The CLI's JSON names them EVENT_TYPE_WORKFLOW_TASK_TIMED_OUT or WorkflowTaskTimedOut.
+        let normalized = kind.trim_start_matches("EVENT_TYPE_").replace('_', "");
+        ["COMPLETED", "FAILED", "TIMED_OUT"]
+            .into_iter()
+            .find(|outcome| {
+                normalized
+                    .eq_ignore_ascii_case(&format!("WORKFLOWTASK{}", outcome.replace('_', "")))
+            })
     })
 }
 
@@ -520,5 +534,51 @@ fn check(
             eprintln!("soak: {failure}");
         }
         anyhow::bail!("the soak found {} problems", failures.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn history(types: &[&str]) -> serde_json::Value {
+        serde_json::json!({
+            "events": types.iter().map(|t| serde_json::json!({ "eventType": t })).collect::<Vec<_>>()
+        })
+    }
+
+    #[test]
+    fn the_first_tasks_outcome_is_its_first_task_end_event_wherever_it_is() {
+        let timed_out_after_an_update = history(&[
+            "EVENT_TYPE_WORKFLOW_EXECUTION_STARTED",
+            "EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ADMITTED",
+            "EVENT_TYPE_WORKFLOW_TASK_SCHEDULED",
+            "EVENT_TYPE_WORKFLOW_TASK_STARTED",
+            "EVENT_TYPE_WORKFLOW_TASK_TIMED_OUT",
+            "EVENT_TYPE_WORKFLOW_TASK_SCHEDULED",
+            "EVENT_TYPE_WORKFLOW_TASK_STARTED",
+            "EVENT_TYPE_WORKFLOW_TASK_COMPLETED",
+        ]);
+        assert_eq!(
+            first_task_outcome(&timed_out_after_an_update),
+            Some("TIMED_OUT")
+        );
+        let completed = history(&[
+            "WorkflowExecutionStarted",
+            "WorkflowTaskScheduled",
+            "WorkflowTaskStarted",
+            "WorkflowTaskCompleted",
+            "WorkflowTaskTimedOut",
+        ]);
+        assert_eq!(first_task_outcome(&completed), Some("COMPLETED"));
+        let failed = history(&[
+            "WorkflowExecutionStarted",
+            "EVENT_TYPE_WORKFLOW_TASK_FAILED",
+        ]);
+        assert_eq!(first_task_outcome(&failed), Some("FAILED"));
+        assert_eq!(
+            first_task_outcome(&history(&["WorkflowExecutionStarted"])),
+            None
+        );
     }
 }
