@@ -3,9 +3,8 @@
 //! process on a node: ELF, symbols, `.comment`, DWARF, package metadata), the Python and
 //! TypeScript bridge libraries (what `watch` parses for every mapped library that looks like
 //! one), the probe records of a recorded session, and the protobuf messages the bridges' probes
-//! copy. Every input must give a
-//! result or a typed error: no panic, and each resolution bounded in time and memory (the worst
-//! case is measured and printed, and held to the limits below).
+//! copy. Every input must give a result or a typed error: no panic, and each resolution bounded
+//! in time and memory (the worst case is measured and printed, and held to the limits below).
 //!
 //! `cargo test` runs a short seeded pass; `cargo xtask fuzz --minutes N` runs each target for N
 //! minutes (`FUZZ_SECONDS`, `FUZZ_TARGETS`, `FUZZ_SEED` here). An input that panics is written
