@@ -10,7 +10,7 @@ use std::{collections::BTreeMap, time::Duration};
 use anyhow::Context as _;
 use e2e::{
     DevServer, Env, GroundTruth, Mix, Observer,
-    accuracy::assert_counts_match,
+    accuracy::{assert_counts_match, every_run_ended},
     drive, fixture_worker,
     otlp::{Receiver, Transport},
     run_observer_via, start_worker_binary, start_worker_in_namespaces, unique,
@@ -99,17 +99,11 @@ fn scenario(env: &Env, server: &DevServer, wrapper: &[String]) -> anyhow::Result
         drive(env, server, &queue_c, &queue_c, &mix(4))?,
     );
 
-    let ends = |truth: &GroundTruth| truth.runs.len() as i64;
     receiver.wait_for(Duration::from_secs(30), "every process's ends", |r| {
         truths.iter().all(|(pid, truth)| {
-            r.processes.get(&pid.to_string()).is_some_and(|p| {
-                e2e::accuracy::ENDS
-                    .iter()
-                    .flat_map(|m| p.workflow_types(m).into_iter().map(move |t| (m, t)))
-                    .map(|(m, t)| p.int(m, &t).unwrap_or(0))
-                    .sum::<i64>()
-                    == ends(truth)
-            })
+            r.processes
+                .get(&pid.to_string())
+                .is_some_and(|p| every_run_ended(p, truth))
         })
     })?;
     let (status, _stdout, log) = observer.stop()?;

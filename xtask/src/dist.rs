@@ -16,7 +16,7 @@ use std::{
 use anyhow::{Context as _, bail, ensure};
 use e2e::{
     DevServer, Env, Mix, Observer, Worker,
-    accuracy::{assert_counts_match, assert_matches_server, observe_worker},
+    accuracy::{assert_counts_match, assert_matches_server, every_run_ended, observe_worker},
     drive,
     otlp::{Receiver, Transport},
     run_observer_via, start_worker_binary, unique,
@@ -599,16 +599,10 @@ fn check_image(out: &Path, artifacts: &Artifacts) -> anyhow::Result<()> {
     )?;
     let truth = drive(&env, &server, &queue, &queue, &Mix::every_end_state())?;
     let pid = worker.pid().to_string();
-    let ends = truth.runs.len() as i64;
     receiver.wait_for(Duration::from_secs(30), "the worker's ends", |r| {
-        r.processes.get(&pid).is_some_and(|p| {
-            e2e::accuracy::ENDS
-                .iter()
-                .flat_map(|m| p.workflow_types(m).into_iter().map(move |t| (m, t)))
-                .map(|(m, t)| p.int(m, &t).unwrap_or(0))
-                .sum::<i64>()
-                >= ends
-        })
+        r.processes
+            .get(&pid)
+            .is_some_and(|p| every_run_ended(p, &truth))
     })?;
     let (status, _, log) = observer.stop()?;
     ensure!(
